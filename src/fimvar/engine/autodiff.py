@@ -1,0 +1,127 @@
+"""Exact per-sample derivatives of any ``nn.Module`` with ``torch.func``.
+
+``u_i`` (all T Jacobian columns) come from ``vmap(jacrev)``; the diagonal second derivatives
+``w_i = ∂²h/∂θ_i²`` of every output come from forward-over-reverse differentiation along each
+one-hot direction ``e_i``: ``w_i = d/dt [∂h(θ + t e_i)/∂t]`` with the inner derivative by
+reverse mode. (Forward-over-forward would be cheaper but is wrong through ``LayerNorm`` in
+current PyTorch.) Cost: T reverse passes per parameter entry and input, so this engine is for
+small models, and it is the ground truth every faster engine is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vmap
+
+from fimvar.engine.base import Engine, ParameterDerivatives
+
+
+class AutodiffEngine(Engine):
+    """``torch.func`` back end; works for any module whose forward is a pure function of its
+    parameters, buffers and one batched input."""
+
+    name = "autodiff"
+
+    def __init__(self, model: nn.Module, parameter_names: list[str], memory_budget: int) -> None:
+        super().__init__(model, parameter_names, memory_budget)
+        self._activation_elements: int | None = None
+
+    # -- functional form of the model on one input
+    def _single_output(self, params: dict, buffers: dict, x1: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.model, (params, buffers), (x1.unsqueeze(0),))
+        return out.reshape(-1)
+
+    def _split_parameters(self):
+        named = dict(self.model.named_parameters())
+        selected = {k: named[k].detach() for k in self.parameter_names}
+        frozen = {k: v.detach() for k, v in named.items() if k not in selected}
+        buffers = {k: v.detach() for k, v in self.model.named_buffers()}
+        buffers.update(frozen)
+        return selected, buffers
+
+    def _measure_activations(self, x: torch.Tensor) -> int:
+        """Number of activation elements one input produces (all module outputs)."""
+        if self._activation_elements is None:
+            total = [0]
+
+            def hook(module, inputs, output):
+                if isinstance(output, torch.Tensor):
+                    total[0] += output.numel()
+
+            handles = [m.register_forward_hook(hook) for m in self.model.modules()]
+            try:
+                with torch.no_grad():
+                    self.model(x[:1])
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._activation_elements = max(total[0], 1)
+        return self._activation_elements
+
+    def chunk_size(self, x: torch.Tensor, width: int, draws: int) -> int:
+        params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
+        activations = self._measure_activations(x)
+        # per input: U and W in float64 (2·T·P), the draws' scores (M·P), jacrev's T copies of
+        # the activations, all with a safety factor for temporaries
+        per_input = 8 * 6 * (2 * width * params + max(draws, 1) * params + width * activations)
+        return max(1, min(4096, self.memory_budget // per_input))
+
+    def derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
+        params, buffers = self._split_parameters()
+
+        def single(p, x1):
+            return self._single_output(p, buffers, x1)
+
+        with torch.no_grad():
+            outputs = self.model(x)
+        outputs = outputs.reshape(outputs.shape[0], -1)
+        width = outputs.shape[1]
+        jacobians = vmap(jacrev(single), in_dims=(None, 0))(params, x)
+        blocks = []
+        for name, value in params.items():
+            numel = value.numel()
+            first = jacobians[name].reshape(x.shape[0], width, numel).to(torch.float64)
+            second = self._second_derivatives(single, params, name, x, width)
+            blocks.append(ParameterDerivatives(name, value.shape, first, second))
+        return outputs.to(torch.float64), blocks
+
+    def _second_derivatives(self, single, params, name, x, width) -> torch.Tensor:
+        """``w`` of every entry of parameter ``name``: ``(n, T, numel)``."""
+        value = params[name]
+        numel = value.numel()
+        dtype = value.dtype
+        zero = torch.zeros((), dtype=dtype, device=value.device)
+        one = torch.ones((), dtype=dtype, device=value.device)
+
+        def along(x1, direction):
+            def path(t):
+                shifted = dict(params)
+                shifted[name] = params[name] + t * direction
+                return single(shifted, x1)
+
+            return jvp(jacrev(path), (zero,), (one,))[1]
+
+        per_direction = vmap(vmap(along, in_dims=(None, 0)), in_dims=(0, None))
+        activations = self._measure_activations(x)
+        budget = self.memory_budget // (8 * 8 * max(width, 1) * activations * x.shape[0])
+        step = max(1, min(numel, int(budget)))
+        pieces = []
+        for start in range(0, numel, step):
+            stop = min(numel, start + step)
+            directions = torch.zeros(stop - start, numel, dtype=dtype, device=value.device)
+            directions[torch.arange(stop - start), torch.arange(start, stop)] = 1
+            directions = directions.reshape(stop - start, *value.shape)
+            pieces.append(per_direction(x, directions))  # (n, d, T)
+        second = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+        return second.transpose(1, 2).to(torch.float64)
+
+
+def default_memory_budget() -> int:
+    """2 GiB, or a quarter of a CUDA device's memory when one is in use."""
+    budget = 2 * 1024**3
+    if torch.cuda.is_available():
+        budget = max(budget, torch.cuda.get_device_properties(0).total_memory // 4)
+    return int(math.floor(budget))

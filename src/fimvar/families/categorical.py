@@ -1,0 +1,137 @@
+"""Categorical (softmax) outputs: ``h`` are logits, ``t(y) = e_y``, ``ε = e_y − p``."""
+
+from __future__ import annotations
+
+import torch
+
+from fimvar.errors import FimvarError
+from fimvar.families.base import (
+    ExponentialFamily,
+    exclusive_pair_sum,
+    exclusive_sum,
+)
+
+
+class Categorical(ExponentialFamily):
+    """Softmax classification over ``T ≥ 2`` classes (theory.md §4, first row).
+
+    All contractions use the centered directions ``ũ_c = u_c − Σ_d p_d u_d`` so that
+    ``Var[(u·ε)²] = Σ_c p_c (ũ_c² − uᵀIu)²`` is computed without cancellation.
+    """
+
+    name = "categorical"
+    min_width = 2
+
+    def _width_hint(self) -> str:
+        return "a categorical model needs one logit per class (use 'bernoulli' for one sigmoid output)"
+
+    def check_labels(self, labels: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if labels.dim() == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.dim() != 1 or labels.shape[0] != h.shape[0]:
+            raise FimvarError(
+                f"categorical labels must be class indices of shape ({h.shape[0]},), got "
+                f"shape {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point():
+            if not torch.isfinite(labels).all() or (labels != labels.round()).any():
+                raise FimvarError("categorical labels must be integer class indices")
+        labels = labels.to(torch.int64)
+        classes = h.shape[1]
+        if (labels < 0).any() or (labels >= classes).any():
+            raise FimvarError(
+                f"categorical labels must lie in 0..{classes - 1} (the model has {classes} "
+                f"logits), got values from {int(labels.min())} to {int(labels.max())}"
+            )
+        return labels
+
+    def probabilities(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(h, dim=-1)
+
+    def uniform_width(self, width: int) -> int:
+        return 1
+
+    def sample(self, h: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        cdf = torch.cumsum(self.probabilities(h), dim=-1)
+        cdf = cdf / cdf[:, -1:]
+        labels = torch.searchsorted(cdf[:, None, :].expand(-1, uniforms.shape[1], -1).contiguous(),
+                                    uniforms[..., :1].contiguous())[..., 0]
+        return labels.clamp_max(h.shape[1] - 1)
+
+    def statistic(self, labels: torch.Tensor, width: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, width).to(torch.float64)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(h)
+
+    def fisher(self, h: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(h)
+        # the diagonal p_c (1 − p_c) is formed as p_c Σ_{d≠c} p_d: accurate for confident outputs
+        return (-p[:, :, None] * p[:, None, :]).diagonal_scatter(
+            p * exclusive_sum(p, dim=-1), dim1=1, dim2=2)
+
+    def third_cumulant(self, h: torch.Tensor) -> torch.Tensor:
+        # E[ε_a ε_b ε_c] = Σ_y p_y ε_ya ε_yb ε_yc with ε_y = e_y − p
+        p = self.probabilities(h)
+        eps = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :]
+        return torch.einsum("ny,nya,nyb,nyc->nabc", p, eps, eps, eps)
+
+    def fourth_moment(self, h: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(h)
+        eps = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :]
+        return torch.einsum("ny,nya,nyb,nyc,nyd->nabcd", p, eps, eps, eps, eps)
+
+    # -- closed forms (theory.md §4)
+    def _centered_directions(self, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return u - torch.einsum("nc,nck->nk", p, u)[:, None, :]
+
+    def quadratic(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(h)
+        centered = self._centered_directions(p, u)
+        return torch.einsum("nc,nck->nk", p, centered**2)
+
+    def fourth_variance(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(h)
+        centered_sq = self._centered_directions(p, u) ** 2
+        q = torch.einsum("nc,nck->nk", p, centered_sq)
+        return torch.einsum("nc,nck->nk", p, (centered_sq - q[:, None, :]) ** 2)
+
+    def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(h)
+        centered_u = self._centered_directions(p, u)
+        centered_w = self._centered_directions(p, w)
+        return torch.einsum("nc,nck->nk", p, centered_u**2 * centered_w)
+
+    def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # Var[(a·ε)(b·ε)] = Σ_c p_c (ã_c b̃_c − ãᵀ diag(p) b̃)², formed entry by entry (centered)
+        p = self.probabilities(h)
+        centered_a = self._centered_directions(p, a)
+        centered_b = self._centered_directions(p, b)
+        products = centered_a[:, :, :, None] * centered_b[:, :, None, :]  # (n, T, P, Q)
+        cross = torch.einsum("nc,ncij->nij", p, products)
+        return torch.einsum("nc,ncij->nij", p, (products - cross[:, None]) ** 2)
+
+    # -- spectra: λ_min(I) = λ̃_min(M) = λ̃_min(K) = 0 along u = 1 (ε sums to zero)
+    def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        from fimvar.tensor_eigen import SphereProblem, sphere_extrema
+
+        def m_form(u: torch.Tensor) -> torch.Tensor:
+            return self.fourth_variance(h, u)
+
+        def k_form(u: torch.Tensor) -> torch.Tensor:
+            return self.fourth_variance(h, u) + self.quadratic(h, u) ** 2
+
+        m_max, k_max = sphere_extrema([SphereProblem(m_form), SphereProblem(k_form)],
+                                      h.shape[0], h.shape[1], h.dtype, h.device)
+        zero = torch.zeros_like(m_max)
+        return {"m_min": zero, "m_max": m_max, "k_min": zero, "k_max": k_max}
+
+    def statistic_norm_bound(self, h: torch.Tensor) -> torch.Tensor:
+        # ‖e_y − p‖² = 1 − 2 p_y + ‖p‖², largest at the least likely class
+        p = self.probabilities(h)
+        return 1.0 - 2.0 * p.min(dim=-1).values + (p**2).sum(-1)
+
+    def categorical_margin(self, h: torch.Tensor) -> torch.Tensor:
+        """``m(x) = min(max_c p_c, 1 − ‖p‖²)`` of [B] Thm 5.2."""
+        p = self.probabilities(h)
+        return torch.minimum(p.max(dim=-1).values, exclusive_pair_sum(p, dim=-1))

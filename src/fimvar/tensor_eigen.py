@@ -1,0 +1,144 @@
+"""Extreme values of quartic forms on the unit sphere ("tensor eigenvalues", theory.md §5).
+
+``λ̃_min(M) = inf_{‖u‖=1} u⊗4·M`` and ``λ̃_max(M) = sup_{‖u‖=1} u⊗4·M`` have no closed form
+in general. They are found per input by multi-start Riemannian ascent:
+
+1. the form is evaluated on a fixed set of candidate directions (basis vectors, normalised sums
+   and differences of pairs of basis vectors for T ≤ 12, seeded random directions);
+2. the best ``keep`` candidates of every problem start an ascent on the sphere: each moves along
+   the great circle of its Riemannian gradient by an angle that grows after an improvement and
+   halves after a failure, so every start improves monotonically to a critical point;
+3. the best value over the starts is returned.
+
+Several problems (e.g. max and min of M and of K) run as one batch. The forms are callables on
+batched directions ``(n, T, R) → (n, R)``, built from the same family contractions that the
+estimators use, so no T⁴ tensor is formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+Form = Callable[..., torch.Tensor]
+
+#: seed of the random candidate directions; fixed so that results are reproducible
+START_SEED = 2_147_483_647
+
+
+@dataclass
+class SphereProblem:
+    """``sup`` (or ``inf`` when ``minimize``) of ``form(v_1, …, v_k)`` over unit vectors."""
+
+    form: Form
+    variables: int = 1
+    minimize: bool = False
+
+    def objective(self, *variables: torch.Tensor) -> torch.Tensor:
+        value = self.form(*variables)
+        return -value if self.minimize else value
+
+
+def candidate_directions(width: int, random: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Unit candidate directions of shape ``(T, R)``."""
+    eye = torch.eye(width, dtype=dtype, device=device)
+    columns = [eye]
+    if 2 <= width <= 12:
+        a, b = torch.triu_indices(width, width, offset=1, device=device)
+        columns += [(eye[:, a] + eye[:, b]) / 2**0.5, (eye[:, a] - eye[:, b]) / 2**0.5]
+    generator = torch.Generator(device="cpu").manual_seed(START_SEED)
+    noise = torch.randn(width, random, generator=generator, dtype=dtype).to(device)
+    columns.append(noise / noise.norm(dim=0, keepdim=True))
+    return torch.cat(columns, dim=1)
+
+
+def _value_and_gradient(objective: Form, variables: list[torch.Tensor]):
+    with torch.enable_grad():
+        leaves = [v.detach().requires_grad_(True) for v in variables]
+        value = objective(*leaves)
+        grads = torch.autograd.grad(value.sum(), leaves)
+    return value.detach(), [g.detach() for g in grads]
+
+
+def ascend(
+    objective: Form, starts: list[torch.Tensor], iterations: int = 200, tolerance: float = 1e-14
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Monotone Riemannian ascent of ``objective`` from every start ``(n, T, R)``.
+
+    Returns the final values ``(n, R)`` and points.
+    """
+    variables = [s.clone() for s in starts]
+    value, grads = _value_and_gradient(objective, variables)
+    step = torch.full_like(value, 0.5)
+    checkpoint = value.clone()
+    for iteration in range(iterations):
+        tangents = [g - (g * v).sum(1, keepdim=True) * v for g, v in zip(grads, variables, strict=False)]
+        norm = torch.sqrt(sum((t**2).sum(1) for t in tangents)).clamp_min(1e-300)
+        angle = step[:, None, :]
+        candidates = []
+        for v, t in zip(variables, tangents, strict=False):
+            moved = torch.cos(angle) * v + torch.sin(angle) * t / norm[:, None, :]
+            candidates.append(moved / moved.norm(dim=1, keepdim=True))
+        cand_value, cand_grads = _value_and_gradient(objective, candidates)
+        accept = cand_value > value
+        keep = accept[:, None, :]
+        variables = [torch.where(keep, c, v) for c, v in zip(candidates, variables, strict=False)]
+        grads = [torch.where(keep, cg, g) for cg, g in zip(cand_grads, grads, strict=False)]
+        value = torch.where(accept, cand_value, value)
+        step = torch.where(accept, (step * 1.5).clamp_max(1.0), step * 0.5)
+        if iteration % 10 == 9:
+            stalled = (value - checkpoint).abs() <= tolerance * value.abs() + 1e-300
+            if bool(stalled.all()):
+                break
+            checkpoint = value.clone()
+    return value, variables
+
+
+def sphere_extrema(
+    problems: Sequence[SphereProblem],
+    n: int,
+    width: int,
+    dtype: torch.dtype,
+    device,
+    *,
+    keep: int = 6,
+    random: int = 256,
+    iterations: int = 200,
+) -> list[torch.Tensor]:
+    """Solve several sphere problems for ``n`` inputs at once; one ``(n,)`` tensor each."""
+    candidates = candidate_directions(width, random, dtype, device)
+    count = candidates.shape[1]
+    keep = min(keep, count)
+    starts_per_problem = []
+    for problem in problems:
+        # variable j of candidate r is the candidate direction (r + j) mod R
+        variables = [torch.roll(candidates, shifts=-j, dims=1)[None].expand(n, -1, -1)
+                     for j in range(problem.variables)]
+        with torch.no_grad():
+            scores = problem.objective(*variables)
+        top = scores.topk(keep, dim=1).indices  # (n, keep)
+        chosen = [torch.gather(v, 2, top[:, None, :].expand(-1, width, -1)) for v in variables]
+        starts_per_problem.append(chosen)
+    most = max(p.variables for p in problems)
+    # pad every problem to the same number of variables so that one ascent runs them all
+    stacked = []
+    for j in range(most):
+        stacked.append(torch.cat([
+            chosen[j] if j < len(chosen) else chosen[0] for chosen in starts_per_problem
+        ], dim=2))
+
+    def objective(*variables: torch.Tensor) -> torch.Tensor:
+        values = []
+        for index, problem in enumerate(problems):
+            part = [v[:, :, index * keep:(index + 1) * keep] for v in variables[: problem.variables]]
+            values.append(problem.objective(*part))
+        return torch.cat(values, dim=1)
+
+    value, _ = ascend(objective, stacked, iterations)
+    results = []
+    for index, problem in enumerate(problems):
+        best = value[:, index * keep:(index + 1) * keep].max(dim=1).values
+        results.append(-best if problem.minimize else best)
+    return results
