@@ -127,14 +127,19 @@ class Oracle:
         fisher_stack = torch.stack([p["fisher"] for p in per_input])
         out["input_var"] = (fisher_stack.var(0, unbiased=True) if len(x) > 1
                             else torch.zeros_like(out["fisher"]))
+        full_stack = torch.stack([p["fisher_full"] for p in per_input])
+        out["input_var_full"] = (full_stack.var(0, unbiased=True) if len(x) > 1
+                                 else torch.zeros_like(out["fisher_full"]))
         if draws is not None:
             i1, i2 = [], []
-            for x1, ys in zip(x, draws, strict=False):
+            for x1, ys in zip(x, draws, strict=True):
                 scores, neg_h = self.score_and_hessian(x1, ys.double())
-                i1.append((scores**2).mean(0))
-                i2.append(torch.diagonal(neg_h, dim1=1, dim2=2).mean(0))
-            out["i1"] = torch.stack(i1).mean(0)
-            out["i2"] = torch.stack(i2).mean(0)
+                i1.append(torch.einsum("mi,mj->ij", scores, scores) / len(ys))
+                i2.append(neg_h.mean(0))
+            out["i1_full"] = torch.stack(i1).mean(0)
+            out["i2_full"] = torch.stack(i2).mean(0)
+            out["i1"] = torch.diagonal(out["i1_full"])
+            out["i2"] = torch.diagonal(out["i2_full"])
         if labels is not None:
             emp = []
             for x1, y in zip(x, labels, strict=False):

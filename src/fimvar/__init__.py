@@ -8,8 +8,11 @@ Implements Soen & Sun, *On the Variance of the Fisher Information for Deep Learn
 from fimvar.analyze import Analysis, analyze
 from fimvar.errors import FimvarError
 from fimvar.families import Bernoulli, Categorical, ExponentialFamily, Gaussian, Poisson
+from fimvar.full import FullResult, analyze_full
+from fimvar.hidden import HiddenFisher, hidden_fisher
 from fimvar.result import Bound, DiagonalResult, GroupBound
 from fimvar.sampling import sample_labels
+from fimvar.weight_norms import LayerNormBound, weight_norm_bounds
 
 __version__ = "0.1.0"
 
@@ -21,9 +24,15 @@ __all__ = [
     "DiagonalResult",
     "ExponentialFamily",
     "FimvarError",
+    "FullResult",
     "Gaussian",
     "GroupBound",
+    "HiddenFisher",
+    "LayerNormBound",
     "Poisson",
     "analyze",
+    "analyze_full",
+    "hidden_fisher",
     "sample_labels",
+    "weight_norm_bounds",
 ]

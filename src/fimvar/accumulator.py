@@ -22,11 +22,12 @@ class Accumulator:
         """Merge the chunk sums of one parameter (call once per parameter and chunk, then
         :meth:`finish_chunk`)."""
         previous = self.count
+        previous_fisher = self.sums.get(f"{name}/fisher")
         for quantity, value in chunk.items():
             key = f"{name}/{quantity}"
             value = value.detach().to(torch.float64)
             if quantity == "fisher_m2" and previous > 0:
-                old_mean = self.sums[f"{name}/fisher"] / previous
+                old_mean = previous_fisher / previous
                 new_mean = chunk["fisher"].to(torch.float64) / chunk_count
                 delta = new_mean - old_mean
                 value = value + delta**2 * (previous * chunk_count / (previous + chunk_count))

@@ -39,6 +39,25 @@ def trainable_parameters(model: nn.Module, names: Iterable[str] | None = None) -
     return names
 
 
+def check_parameters_finite(model: nn.Module, names: Iterable[str]) -> None:
+    """Raise when a parameter or buffer holds NaN or Inf."""
+    named = dict(model.named_parameters())
+    named.update(dict(model.named_buffers()))
+    bad = [n for n, t in named.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise FimvarError(f"the model's parameters or buffers {bad} contain NaN or Inf; fix the weights")
+
+
+def check_derivatives_finite(blocks) -> None:
+    """Raise when an engine produced NaN or Inf derivatives."""
+    for block in blocks:
+        if not (torch.isfinite(block.first).all() and torch.isfinite(block.second).all()):
+            raise FimvarError(
+                f"the derivatives of parameter {block.name!r} are NaN or Inf for some inputs; check "
+                "the weights and inputs for overflow"
+            )
+
+
 def warn_piecewise_linear(model: nn.Module) -> bool:
     """Warn when the model has ReLU-like activations; returns whether it has."""
     found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, PIECEWISE_LINEAR)})
