@@ -10,6 +10,8 @@ from fimvar.errors import FimvarError
 from fimvar.families import Bernoulli, Categorical, ExponentialFamily, Gaussian, Poisson
 from fimvar.full import FullResult, analyze_full
 from fimvar.hidden import HiddenFisher, hidden_fisher
+from fimvar.plan import CostModel, Plan, plan
+from fimvar.report import load
 from fimvar.result import Bound, DiagonalResult, GroupBound
 from fimvar.sampling import sample_labels
 from fimvar.weight_norms import LayerNormBound, weight_norm_bounds
@@ -21,6 +23,7 @@ __all__ = [
     "Bernoulli",
     "Bound",
     "Categorical",
+    "CostModel",
     "DiagonalResult",
     "ExponentialFamily",
     "FimvarError",
@@ -29,10 +32,13 @@ __all__ = [
     "GroupBound",
     "HiddenFisher",
     "LayerNormBound",
+    "Plan",
     "Poisson",
     "analyze",
     "analyze_full",
     "hidden_fisher",
+    "load",
+    "plan",
     "sample_labels",
     "weight_norm_bounds",
 ]

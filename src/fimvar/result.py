@@ -129,6 +129,8 @@ class DiagonalResult:
     group_bounds: dict[str, GroupBound] = field(default_factory=dict)
     group_exact: dict[str, dict[str, float]] = field(default_factory=dict)
     draw_moments: dict[str, Tensors] = field(default_factory=dict)
+    #: run metadata (seed, output width, model/data description…), carried into saved reports
+    metadata: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -336,6 +338,57 @@ class DiagonalResult:
                 f"{row['alpha_star']:>7.2f}{ub:>9.2f}"
             )
         return "\n".join(lines)
+
+    # ------------------------------------------------------------------ reports
+    def plan(self, rho: float = 0.1, delta: float = 0.05, **options):
+        """Sample-size plan per group for relative error ``rho`` with probability ≥ ``1 − delta``:
+        the estimator (Î1, Î2, combined, exact) and the inputs × draws it needs, by Chebyshev
+        (``N ≥ v/(δρ²I²)``) and the normal approximation (``N ≥ z² v/(ρ²I²)``), theory §8. Options:
+        ``cost`` (:class:`fimvar.plan.CostModel`), ``draws`` (fix M), ``include_model``.
+        Returns a :class:`fimvar.plan.Plan` (``print(plan)`` shows the table)."""
+        from fimvar.plan import plan
+
+        return plan(self, rho, delta, **options)
+
+    def summary(self, rho: float = 0.1, delta: float = 0.05) -> dict:
+        """The ``summary.json`` document (run, per-layer rows, bounds, plan) as a dict; its
+        schema is ``fimvar/report/summary.schema.json``."""
+        from fimvar.report.summary import build_summary
+
+        return build_summary(self, rho=rho, delta=delta)
+
+    def save(self, directory, *, rho: float = 0.1, delta: float = 0.05, figures: bool = True,
+             html: bool = True, run: dict | None = None):
+        """Write ``summary.json``, ``fisher.safetensors``, ``figures/`` and ``report.html`` into
+        ``directory``; read it back with :meth:`load`. Returns the folder path."""
+        from fimvar.report.files import save
+
+        return save(self, directory, rho=rho, delta=delta, figures=figures, html=html, run=run)
+
+    def plot(self, which: str = "all", path=None, *, rho: float = 0.1, delta: float = 0.05):
+        """A matplotlib figure: ``fisher_std``, ``bound_tightness``, ``relative_std`` or
+        ``sample_size`` (``all``: a dict of the four). With ``path``, also save it there (for
+        ``all``: a folder receiving ``<name>.png`` and ``.svg``)."""
+        from pathlib import Path
+
+        from fimvar.report.plots import FIGURES, figure, save_figures
+
+        if which == "all":
+            if path is not None:
+                save_figures(self, path, rho=rho, delta=delta)
+            return {name: figure(self, name, rho=rho, delta=delta) for name in FIGURES}
+        fig = figure(self, which, rho=rho, delta=delta)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+        return fig
+
+    @classmethod
+    def load(cls, path) -> DiagonalResult:
+        """Read a result written by :meth:`save` (its folder or its ``fisher.safetensors``)."""
+        from fimvar.report.files import load
+
+        return load(path)
 
     def __repr__(self) -> str:
         return (f"DiagonalResult(family={self.family!r}, inputs={self.num_inputs}, "

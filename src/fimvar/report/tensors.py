@@ -1,0 +1,151 @@
+"""``fisher.safetensors``: every per-parameter tensor of a result, readable by any safetensors tool.
+
+Keys are ``"<parameter>/<quantity>"`` (float64, the parameter's shape). Stored quantities:
+
+==========================  =================================================================
+``fisher``                  exact diagonal Fisher ``E_x I(θ_i|x)``
+``i1``, ``i2``              the estimators Î1, Î2 of this run (N inputs × M draws)
+``v1``, ``v2``, ``c12``     single-draw label variances of Î1, Î2 and their covariance (mean over x)
+``input_var``               ``Var_x I(θ_i|x)`` (unbiased, over the inputs)
+``empirical``,              empirical Fisher with the data labels and its bias ``EF − I``
+``empirical_bias``          (only with labels)
+``bound:<name>``            each per-parameter bound of [B] (e.g. ``bound:thm4.1_v1_upper``)
+``draw:<moment>``           raw sums of single draws (``i1``, ``i2``, ``i1_sq``, ``i2_sq``, ``i1_i2``)
+``variance_i1``, ...        derived, for convenience: total variance of Î1, Î2, the combination
+``variance_combined``,      and the exact estimator with this run's design, ``covariance``
+``variance_exact``,         ``Cov(Î1, Î2)``, ``alpha_star`` and the ``combined`` estimate
+``covariance``,
+``alpha_star``, ``combined``
+==========================  =================================================================
+
+The header metadata (key ``fimvar``) holds one JSON document with the format version and what
+:func:`read` needs to rebuild the :class:`~fimvar.DiagonalResult` (family, draws, inputs, engine,
+shapes, groups, run metadata, bound descriptions, group-level values); derived tensors are not
+read back, they are recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from fimvar.errors import FimvarError
+from fimvar.report.summary import clean
+
+FORMAT = "fimvar.diagonal-result"
+FORMAT_VERSION = 1
+PRIMARY = ("fisher", "i1", "i2", "v1", "v2", "c12", "input_var")
+DERIVED = ("variance_i1", "variance_i2", "variance_combined", "variance_exact", "covariance",
+           "alpha_star", "combined")
+
+
+def tensors_of(result) -> dict[str, torch.Tensor]:
+    """Every stored tensor of ``result``, keyed ``"<parameter>/<quantity>"``."""
+    quantities: dict[str, dict[str, torch.Tensor]] = {q: getattr(result, q) for q in PRIMARY}
+    if result.empirical is not None:
+        quantities["empirical"] = result.empirical
+        quantities["empirical_bias"] = result.empirical_bias
+    for name, bound in result.bounds.items():
+        quantities[f"bound:{name}"] = bound.values
+    for moment, values in result.draw_moments.items():
+        quantities[f"draw:{moment}"] = values
+    quantities.update({
+        "variance_i1": result.variance("i1"), "variance_i2": result.variance("i2"),
+        "variance_combined": result.variance("combined"), "variance_exact": result.variance("exact"),
+        "covariance": result.covariance(), "alpha_star": result.alpha_star(),
+        "combined": result.combined(),
+    })
+    out = {}
+    for quantity, values in quantities.items():
+        for name in result.shapes:
+            tensor = values[name].detach().to("cpu", torch.float64).contiguous()
+            out[f"{name}/{quantity}"] = tensor.reshape(tuple(result.shapes[name]))
+    return out
+
+
+def write(result, path: str | Path) -> None:
+    """Write ``fisher.safetensors`` (see the module docs)."""
+    from safetensors.torch import save_file
+
+    from fimvar import __version__
+
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fimvar_version": __version__,
+        "family": result.family,
+        "samples": result.samples,
+        "num_inputs": result.num_inputs,
+        "engine": result.engine,
+        "shapes": {k: list(v) for k, v in result.shapes.items()},
+        "groups": result.groups,
+        "metadata": result.metadata,
+        "bounds": {n: {"source": b.source, "quantity": b.quantity, "side": b.side}
+                   for n, b in result.bounds.items()},
+        "group_exact": result.group_exact,
+        "group_bounds": {n: {"source": b.source, "quantity": b.quantity, "side": b.side, "values": b.values}
+                         for n, b in result.group_bounds.items()},
+        "derived": list(DERIVED),
+    }
+    save_file(tensors_of(result), str(path), metadata={"fimvar": json.dumps(clean(header))})
+
+
+def read(path: str | Path):
+    """Rebuild a :class:`~fimvar.DiagonalResult` from ``fisher.safetensors``."""
+    from safetensors import safe_open
+
+    from fimvar.result import Bound, DiagonalResult, GroupBound
+
+    path = Path(path)
+    if not path.exists():
+        raise FimvarError(f"no saved result at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as stream:
+            header = (stream.metadata() or {}).get("fimvar")
+            tensors = {key: stream.get_tensor(key) for key in stream.keys()}
+    except Exception as error:
+        raise FimvarError(f"cannot read {path} as safetensors: {error}") from error
+    if header is None:
+        raise FimvarError(f"{path} was not written by fimvar (no 'fimvar' metadata)")
+    meta = json.loads(header)
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise FimvarError(f"{path} has format {meta.get('format')} v{meta.get('format_version')}; this "
+                          f"fimvar reads {FORMAT} v{FORMAT_VERSION}")
+    shapes = {k: torch.Size(v) for k, v in meta["shapes"].items()}
+
+    def quantity(q: str) -> dict[str, torch.Tensor]:
+        try:
+            return {name: tensors[f"{name}/{q}"] for name in shapes}
+        except KeyError as error:
+            raise FimvarError(f"{path} lacks the tensor {error.args[0]}") from error
+
+    has_labels = f"{next(iter(shapes))}/empirical" in tensors
+    result = DiagonalResult(
+        family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
+        engine=meta["engine"], shapes=shapes, groups={g: list(m) for g, m in meta["groups"].items()},
+        **{q: quantity(q) for q in PRIMARY},
+        empirical=quantity("empirical") if has_labels else None,
+        empirical_bias=quantity("empirical_bias") if has_labels else None,
+        draw_moments={k.split("/draw:", 1)[1]: None for k in tensors if "/draw:" in k},
+        metadata=dict(meta.get("metadata") or {}),
+    )
+    result.draw_moments = {m: quantity(f"draw:{m}") for m in result.draw_moments}
+    exact_of = {"fisher": result.fisher, "v1": result.v1, "v2": result.v2, "input_var": result.input_var}
+    for name, info in meta["bounds"].items():
+        result.bounds[name] = Bound(name, info["source"], info["quantity"], info["side"],
+                                    quantity(f"bound:{name}"), exact_of[info["quantity"]])
+    result.group_exact = {q: {g: _number(v) for g, v in values.items()}
+                          for q, values in meta["group_exact"].items()}
+    for name, info in meta["group_bounds"].items():
+        values = {g: _number(v) for g, v in info["values"].items()}
+        exact = {g: result.group_exact[info["quantity"]][g] for g in values}
+        result.group_bounds[name] = GroupBound(name, info["source"], info["quantity"], info["side"],
+                                               values, exact)
+    return result
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
