@@ -98,8 +98,10 @@ def analyze_full(
 ) -> FullResult:
     """Full P×P Fisher, Î1, Î2, entry-wise variances and Frobenius norms (small models).
 
-    Args mirror :func:`fimvar.analyze`; ``max_parameters`` guards against P×P×T Hessians that
-    do not fit in memory (use the diagonal mode for larger models).
+    Args mirror :func:`fimvar.analyze`; ``bounds`` adds the entry-wise bounds of [B] App. C
+    (their ``γ̃_max(M)`` needs an optimisation per input; the Frobenius norms and [A]'s bounds
+    on them are always computed); ``max_parameters`` guards against P×P×T Hessians that do not
+    fit in memory (use the diagonal mode for larger models).
     """
     from fimvar.analyze import check_samples, model_outputs
 
@@ -131,16 +133,20 @@ def analyze_full(
     with model_mode_context(model):
         for batch, _ in batches(x, None):
             check_inputs(model, batch)
-            family.check_outputs(model_outputs(model, batch).to(torch.float64))
-            for x1 in batch:
-                _accumulate_input(family, outputs_of, flat, x1, count, samples, seed, bounds, sums)
+            outputs = model_outputs(model, batch).to(torch.float64)
+            family.check_outputs(outputs)
+            # γ̃_max(M) of every input of the batch in one vectorised optimisation
+            gamma = bilinear_fourth_max(family, outputs) if bounds else None
+            for k, x1 in enumerate(batch):
+                _accumulate_input(family, outputs_of, flat, x1, count, samples, seed,
+                                  None if gamma is None else gamma[k], sums)
                 count += 1
     if count == 0:
         raise FimvarError("the data is empty: pass at least one input")
     return _finish(sums, count, family, samples, slices, {n: named[n].shape for n in names})
 
 
-def _accumulate_input(family, outputs_of, flat, x1, index, samples, seed, bounds, sums) -> None:
+def _accumulate_input(family, outputs_of, flat, x1, index, samples, seed, gamma, sums) -> None:
     h = outputs_of(flat, x1).detach().to(torch.float64)[None]  # (1, T)
     jac = jacrev(outputs_of)(flat, x1).to(torch.float64)  # (T, P)
     hessians = jacfwd(jacrev(outputs_of))(flat, x1).to(torch.float64)  # (T, P, P)
@@ -162,17 +168,17 @@ def _accumulate_input(family, outputs_of, flat, x1, index, samples, seed, bounds
         "v1": family.pair_fourth_variance(h, jac[None], jac[None])[0],
         "v2": torch.einsum("ab,aij,bij->ij", fisher_h, hessians, hessians),
     }
-    if bounds:
-        gram = (jac @ jac.T)[None]
-        fourth = family.fourth_central_tensor(h)
-        hessian_gram = torch.einsum("aij,bij->ab", hessians, hessians)
-        per_input["frobenius_i1"] = covariance_frobenius(fourth, gram)[0]
-        per_input["frobenius_i2"] = torch.trace(fisher_h @ hessian_gram @ fisher_h @ hessian_gram
-                                                ).clamp_min(0.0).sqrt()
-        per_input["frobenius_i1_bound"] = torch.trace(gram[0]) ** 2 * fourth.pow(2).sum().sqrt()
-        per_input["frobenius_i2_bound"] = torch.trace(hessian_gram) * fisher_h.pow(2).sum().sqrt()
+    gram = (jac @ jac.T)[None]
+    fourth = family.fourth_central_tensor(h)
+    hessian_gram = torch.einsum("aij,bij->ab", hessians, hessians)
+    per_input["frobenius_i1"] = covariance_frobenius(fourth, gram)[0]
+    per_input["frobenius_i2"] = torch.trace(fisher_h @ hessian_gram @ fisher_h @ hessian_gram
+                                            ).clamp_min(0.0).sqrt()
+    per_input["frobenius_i1_bound"] = torch.trace(gram[0]) ** 2 * fourth.pow(2).sum().sqrt()
+    per_input["frobenius_i2_bound"] = torch.trace(hessian_gram) * fisher_h.pow(2).sum().sqrt()
+    if gamma is not None:
         norms = jac.pow(2).sum(0)
-        per_input["appC_v1_upper"] = bilinear_fourth_max(family, h)[0] * norms[:, None] * norms[None]
+        per_input["appC_v1_upper"] = gamma * norms[:, None] * norms[None]
         lam_max = torch.linalg.eigvalsh(fisher_h)[-1]
         per_input["appC_v2_upper"] = lam_max * hessians.pow(2).sum(0)
     for key, value in per_input.items():

@@ -56,6 +56,13 @@ class Bound:
     def holds(self, rtol: float = 1e-9) -> bool:
         return self.violations(rtol) == 0
 
+    def group_violations(self, groups: dict[str, list[str]], rtol: float = 1e-9) -> dict[str, int]:
+        """Number of parameters per group where the bound fails beyond ``rtol``."""
+        return {group: Bound(self.name, self.source, self.quantity, self.side,
+                             {m: self.values[m] for m in members},
+                             {m: self.exact[m] for m in members}).violations(rtol)
+                for group, members in groups.items()}
+
     def group_tightness(self, groups: dict[str, list[str]]) -> dict[str, float]:
         """Per group ``Σ bound / Σ exact`` (NaN when the exact sum is 0)."""
         out = {}
@@ -287,7 +294,8 @@ class DiagonalResult:
     # ------------------------------------------------------------------ groups
     def group_summary(self) -> list[dict]:
         """One row per group: means over its parameters of the Fisher, the per-draw standard
-        deviations, the variance shares, the better estimator, α* and bound tightness."""
+        deviations (``std_i1 = sqrt(mean v1)``; ``mean_std_i1 = mean sqrt(v1)``), the variance
+        shares, the better estimator, α* and bound tightness."""
         v_i1, v_i2 = self.variance("i1"), self.variance("i2")
         cov = self.covariance()
         rows = []
@@ -309,6 +317,8 @@ class DiagonalResult:
                 "fisher": fisher,
                 "std_i1": v1**0.5,
                 "std_i2": v2**0.5,
+                "mean_std_i1": total({m: self.v1[m].sqrt() for m in members}) / count,
+                "mean_std_i2": total({m: self.v2[m].sqrt() for m in members}) / count,
                 "relative_std_i1": v1**0.5 / fisher if fisher > 0 else float("inf"),
                 "relative_std_i2": v2**0.5 / fisher if fisher > 0 else float("inf"),
                 "input_var": input_var,

@@ -112,6 +112,11 @@ class Categorical(ExponentialFamily):
         return torch.einsum("nc,ncij->nij", p, (products - cross[:, None]) ** 2)
 
     # -- spectra: λ_min(I) = λ̃_min(M) = λ̃_min(K) = 0 along u = 1 (ε sums to zero)
+    def fisher_eigenvalues(self, h: torch.Tensor) -> torch.Tensor:
+        eigenvalues = super().fisher_eigenvalues(h)
+        eigenvalues[:, 0] = 0.0  # exact: I·1 = 0; eigvalsh returns it up to rounding
+        return eigenvalues
+
     def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         from fimvar.tensor_eigen import SphereProblem, sphere_extrema
 

@@ -6,7 +6,8 @@ JSON reader accepts the file. Field meanings (per layer; "per draw" = one input,
 
 - ``fisher``: mean over the layer's parameters of the exact diagonal Fisher ``E_x I(θ_i|x)``;
 - ``std_i1``/``std_i2``: sqrt of the mean label variance of one draw, ``sqrt(mean v1)`` /
-  ``sqrt(mean v2)`` ([B] Lemma 3.1); ``relative_std_*`` = that / ``fisher``;
+  ``sqrt(mean v2)`` ([B] Lemma 3.1); ``relative_std_*`` = that / ``fisher``; ``mean_std_*``: the mean
+  over parameters of ``sqrt(v)`` instead;
 - ``input_var``: mean over parameters of ``Var_x I(θ_i|x)``; ``input_noise_share_*``: its share of
   the variance of one input with M draws, ``input_var / (input_var + v/M)`` ([B] Thm 4.7);
 - ``variance_*``: mean per-parameter variance of the estimator with this run's N inputs × M draws;
