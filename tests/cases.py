@@ -111,3 +111,163 @@ def make_case(model_name: str, family: str, inputs: int = 3, seed: int = 0) -> C
 
 
 ALL_CASES = [(m, f) for m in MODELS for f in FAMILIES]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacks for the structured engine (tests/test_structured.py): every supported module type, in
+# hand-written and seeded random feed-forward stacks. They are added to MODELS *after*
+# ALL_CASES is formed, so make_case() builds them while the oracle tests keep their own list.
+
+def _randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters (eval-mode BatchNorm)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                module.running_mean.normal_(0.0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                if module.affine:
+                    module.weight.normal_(1.0, 0.3)
+                    module.bias.normal_(0.0, 0.3)
+    return model
+
+
+def _deep_mixed(t):
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 3),
+                         nn.Softplus(beta=2.0), nn.Linear(3, 3), nn.GELU(approximate="tanh"),
+                         nn.Linear(3, t)), (3,)
+
+
+def _batchnorm_dropout(t):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.3),
+                          nn.Linear(4, 4), nn.Linear(4, 3), nn.SiLU(), nn.Identity(),
+                          nn.Linear(3, t))
+    return _randomise_batchnorm(model), (3,)
+
+
+def _relu_leaky(t):
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.LeakyReLU(0.2),
+                         nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, t)), (3,)
+
+
+def _nested_sigmoid_output(t):
+    inner = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.LogSigmoid(), nn.Linear(4, 3)))
+    return nn.Sequential(inner, nn.ELU(alpha=0.7), nn.Sequential(nn.Linear(3, t), nn.Sigmoid())), (3,)
+
+
+def _cnn_groups(t):
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Sigmoid(),
+                         nn.Conv2d(4, 4, 3, stride=2, groups=2), nn.Tanh(),
+                         nn.Conv2d(4, 4, 2, groups=4, bias=False), nn.Softplus(), nn.Flatten(),
+                         nn.Linear(4, t)), (2, 6, 6)
+
+
+def _cnn_pooling(t):
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding="same", dilation=2), nn.BatchNorm2d(3),
+                          nn.ELU(), nn.MaxPool2d(2, stride=1, padding=1),
+                          nn.Conv2d(3, 2, 2, padding="same"), nn.SiLU(), nn.AvgPool2d(2),
+                          nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(8, 3), nn.Tanh(),
+                          nn.Linear(3, t))
+    return _randomise_batchnorm(model), (1, 4, 4)
+
+
+def _conv1d_pooling(t):
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.GELU(),
+                          nn.Conv1d(3, 4, 2, dilation=2), nn.BatchNorm1d(4), nn.Mish(),
+                          nn.MaxPool1d(2), nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(8, t))
+    return _randomise_batchnorm(model), (2, 11)
+
+
+def _sequence_linear(t):
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid(), nn.Flatten(),
+                         nn.Linear(8, t)), (4, 3)
+
+
+ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.Softplus, nn.LogSigmoid, nn.ELU, nn.GELU, nn.SiLU, nn.ReLU,
+               nn.LeakyReLU)
+
+
+def _random_mlp(seed: int):
+    """A random MLP: 2–4 hidden layers, random activations, BatchNorm1d and Dropout."""
+
+    def build(t):
+        rng = torch.Generator().manual_seed(seed)
+
+        def pick(n: int) -> int:
+            return int(torch.randint(0, n, (1,), generator=rng))
+
+        width = 2 + pick(3)
+        layers: list[nn.Module] = []
+        inputs = width
+        for _ in range(2 + pick(3)):
+            out = 2 + pick(4)
+            layers.append(nn.Linear(inputs, out, bias=pick(4) > 0))
+            if pick(4) == 0:
+                layers.append(nn.BatchNorm1d(out))
+            layers.append(ACTIVATIONS[pick(len(ACTIVATIONS))]())
+            if pick(4) == 0:
+                layers.append(nn.Dropout(0.5))
+            inputs = out
+        layers.append(nn.Linear(inputs, t))
+        return _randomise_batchnorm(nn.Sequential(*layers)), (width,)
+
+    return build
+
+
+def _random_cnn(seed: int):
+    """A random 1-d or 2-d CNN: 1–2 convolutions (random stride, padding, dilation, groups),
+    activations, BatchNorm, average or max pooling, then a linear head."""
+
+    def build(t):
+        rng = torch.Generator().manual_seed(seed)
+
+        def pick(n: int) -> int:
+            return int(torch.randint(0, n, (1,), generator=rng))
+
+        dims = 1 + pick(2)
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+        pool = ((nn.AvgPool1d, nn.MaxPool1d) if dims == 1 else (nn.AvgPool2d, nn.MaxPool2d))[pick(2)]
+        size = 9 if dims == 1 else 6
+        while True:  # redraw until the stack keeps at least one position
+            channels = 2
+            layers: list[nn.Module] = []
+            for _ in range(1 + pick(2)):
+                groups = 2 if pick(2) else 1
+                out = 2 * (1 + pick(2))
+                layers.append(conv(channels, out, 2 + pick(2), stride=1 + pick(2),
+                                   padding=pick(2), dilation=1 + pick(2), groups=groups,
+                                   bias=pick(3) > 0))
+                if pick(3) == 0:
+                    layers.append(norm(out))
+                layers.append(ACTIVATIONS[pick(len(ACTIVATIONS))]())
+                channels = out
+            layers += [pool(2, stride=1), nn.Flatten()]
+            model = nn.Sequential(*layers)
+            try:
+                with torch.no_grad():
+                    features = model.eval()(torch.zeros(1, 2, *([size] * dims))).shape[1]
+            except RuntimeError:
+                continue
+            break
+        model.append(nn.Linear(features, t))
+        return _randomise_batchnorm(model), (2, *([size] * dims))
+
+    return build
+
+
+STACKS = {
+    "deep-mixed": _deep_mixed,
+    "batchnorm-dropout": _batchnorm_dropout,
+    "relu-leaky": _relu_leaky,
+    "nested-sigmoid-output": _nested_sigmoid_output,
+    "cnn-groups": _cnn_groups,
+    "cnn-pooling": _cnn_pooling,
+    "conv1d-pooling": _conv1d_pooling,
+    "sequence-linear": _sequence_linear,
+    **{f"random-mlp-{seed}": _random_mlp(seed) for seed in range(3)},
+    **{f"random-cnn-{seed}": _random_cnn(seed) for seed in range(3)},
+}
+#: catalogue models the structured engine supports, and those it must refuse
+STRUCTURED_MODELS = [m for m in MODELS if m not in ("residual", "layernorm")] + list(STACKS)
+UNSUPPORTED_MODELS = {"residual": "Residual", "layernorm": "LayerNorm"}
+MODELS.update(STACKS)

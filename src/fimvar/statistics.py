@@ -120,6 +120,112 @@ SUM_DEGREES: dict[str, int] = {
 NORM_DEGREES = {"u2": 2, "u4": 4, "w2": 4}
 
 
+#: elements of one (rows, T, columns) tile of derivatives: the per-unit statistics are computed
+#: tile by tile so that their many elementwise passes run in cache, not in main memory
+TILE_ELEMENTS = 1 << 16
+
+
+def unit_statistics(
+    family: ExponentialFamily,
+    h: torch.Tensor,
+    u: torch.Tensor,
+    w: torch.Tensor,
+    draws: torch.Tensor,
+    data_residual: torch.Tensor | None,
+    draw_chunk: int,
+) -> dict[str, torch.Tensor]:
+    """Per-input values of every quantity for direction vectors ``u``, ``w`` of shape
+    ``(n, T, K)`` (any floating type; computed in float64), each ``(n, K)`` (before the sum over
+    inputs; keys of :data:`SUM_DEGREES`).
+
+    ``I = uᵀIu``, ``v1 = Var[(u·ε)²]``, ``v2 = wᵀIw``, ``c12 = −E[(u·ε)²(w·ε)]`` ([B] Lemma 3.1,
+    theory §3) and, over the draws ``ε_m``, the sums of ``(u·ε_m)²`` (Î1), ``uᵀIu − w·ε_m`` (Î2)
+    and of their squares and product (theory §2).
+    """
+    n, width, columns = u.shape
+    both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
+    both[..., :columns] = u
+    both[..., columns:] = w
+    u, w = both[..., :columns], both[..., columns:]
+    quadratic = family.quadratic(h, both)
+    fisher = quadratic[:, :columns]
+    per_unit = {
+        "fisher": fisher,
+        "fisher_sq": fisher**2,
+        "v1": family.fourth_variance(h, u),
+        "v2": quadratic[:, columns:],
+        "c12": -family.third_moment(h, u, w),
+    }
+    i1 = torch.zeros_like(fisher)
+    i2 = torch.zeros_like(fisher)
+    i1_sq = torch.zeros_like(fisher)
+    i2_sq = torch.zeros_like(fisher)
+    i1_i2 = torch.zeros_like(fisher)
+    for start in range(0, draws.shape[1], draw_chunk):
+        eps = draws[:, start : start + draw_chunk]
+        projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε
+        score_sq = projected[..., :columns] ** 2
+        curvature = fisher[:, None, :] - projected[..., columns:]
+        i1 += score_sq.sum(1)
+        i2 += curvature.sum(1)
+        i1_sq += (score_sq**2).sum(1)
+        i2_sq += (curvature**2).sum(1)
+        i1_i2 += (score_sq * curvature).sum(1)
+    per_unit.update(i1=i1, i2=i2, i1_sq=i1_sq, i2_sq=i2_sq, i1_i2=i1_i2)
+    if data_residual is not None:
+        per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
+    return per_unit
+
+
+def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives) -> torch.Tensor:
+    """``Σ_x I(θ_i|x) = Σ_x u_iᵀ I(h) u_i`` over the chunk's inputs, of the parameter's shape:
+    the exact diagonal Fisher alone (theory §2–§3; ``w`` is not needed)."""
+    key = ("fisher_sum", id(h))
+    cache = block.shared if block.shared is not None else {}
+    if key not in cache:  # a Linear's weight and bias share u
+        u = block.first
+        per_unit = u.new_empty(u.shape[0], u.shape[2], dtype=torch.float64)
+        for rows, cols in _tiles(*u.shape):
+            per_unit[rows, cols] = family.quadratic(h[rows], u[rows, :, cols].to(torch.float64))
+        for old in [k for k in cache if isinstance(k, tuple) and k[0] == "fisher_sum"]:
+            del cache[old]
+        cache[key] = per_unit
+    return block.reduce(cache[key], SUM_DEGREES["fisher"])
+
+
+def bound_norms(
+    u: torch.Tensor, w: torch.Tensor, coefficients: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per-input ``‖·‖^p · c(x)`` of every bound of :data:`BOUND_TERMS` that applies, ``(n, K)``
+    each, keyed ``bound:<name>`` ([B] Thm 4.1, Cor 4.2, Prop 4.3, Thm 5.2, Lemma 4.8)."""
+    norms = {"u2": (u**2).sum(1)}
+    norms["u4"] = norms["u2"] ** 2
+    norms["w2"] = (w**2).sum(1)
+    return {f"bound:{term.name}": norms[term.norm] * coefficients[term.name][:, None]
+            for term in BOUND_TERMS if term.name in coefficients}
+
+
+def _degree(key: str) -> int:
+    if key.startswith("bound:"):
+        return NORM_DEGREES[_BOUND_NORM[key[len("bound:"):]]]
+    return SUM_DEGREES[key]
+
+
+_BOUND_NORM = {term.name: term.norm for term in BOUND_TERMS}
+
+
+def _tiles(n: int, width: int, columns: int):
+    """Row and column slices of tiles of about :data:`TILE_ELEMENTS` elements."""
+    per_row = width * columns
+    if per_row <= TILE_ELEMENTS:
+        rows, step = max(1, TILE_ELEMENTS // per_row), columns
+    else:
+        rows, step = 1, max(1, TILE_ELEMENTS // width)
+    for r in range(0, n, rows):
+        for c in range(0, columns, step):
+            yield slice(r, min(n, r + rows)), slice(c, min(columns, c + step))
+
+
 def block_sums(
     family: ExponentialFamily,
     h: torch.Tensor,
@@ -130,6 +236,12 @@ def block_sums(
     draw_chunk: int,
 ) -> dict[str, torch.Tensor]:
     """Sums over the chunk's inputs of every per-parameter quantity for one parameter tensor.
+
+    The per-input values (:func:`unit_statistics`, :func:`bound_norms`) are computed tile by
+    tile, gathered by their degree in the layer input and summed over inputs with one matrix
+    product per degree (:meth:`ParameterDerivatives.reduce_many`). Blocks that share their
+    ``first``/``second`` tensors and a ``shared`` cache (a ``Linear`` weight and its bias)
+    compute the per-input values once.
 
     Args:
         family: the output distribution.
@@ -143,43 +255,44 @@ def block_sums(
     Returns:
         ``{quantity: tensor of the parameter's shape}``, bound sums keyed ``bound:<name>``.
     """
-    u, w = block.first, block.second
-    fisher = family.quadratic(h, u)
-    per_unit = {
-        "fisher": fisher,
-        "fisher_sq": fisher**2,
-        "v1": family.fourth_variance(h, u),
-        "v2": family.quadratic(h, w),
-        "c12": -family.third_moment(h, u, w),
-    }
-    i1 = torch.zeros_like(fisher)
-    i2 = torch.zeros_like(fisher)
-    i1_sq = torch.zeros_like(fisher)
-    i2_sq = torch.zeros_like(fisher)
-    i1_i2 = torch.zeros_like(fisher)
-    for start in range(0, draws.shape[1], draw_chunk):
-        eps = draws[:, start : start + draw_chunk]
-        score_sq = torch.einsum("nmt,ntj->nmj", eps, u) ** 2
-        curvature = fisher[:, None, :] - torch.einsum("nmt,ntj->nmj", eps, w)
-        i1 += score_sq.sum(1)
-        i2 += curvature.sum(1)
-        i1_sq += (score_sq**2).sum(1)
-        i2_sq += (curvature**2).sum(1)
-        i1_i2 += (score_sq * curvature).sum(1)
-    per_unit.update(i1=i1, i2=i2, i1_sq=i1_sq, i2_sq=i2_sq, i1_i2=i1_i2)
-    if data_residual is not None:
-        per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
-
-    sums = {key: block.reduce(value, SUM_DEGREES[key]) for key, value in per_unit.items()}
+    key = ("unit_statistics", id(h), id(draws), id(data_residual), id(coefficients))
+    cache = block.shared if block.shared is not None else {}
+    if key not in cache:
+        for old in [k for k in cache if isinstance(k, tuple) and k[0] == "unit_statistics"]:
+            del cache[old]  # another chunk's values
+        cache[key] = _unit_values(family, h, block.first, block.second, draws, data_residual,
+                                  coefficients, draw_chunk)
+    names, values = cache[key]
+    sums: dict[str, torch.Tensor] = {}
+    for degree, table in values.items():
+        reduced = block.reduce_many(table, len(names[degree]), degree)
+        sums.update(zip(names[degree], reduced, strict=True))
     # within-chunk centred second moment of I(θ_i|x), for a stable input variance (Chan et al.)
     count = h.shape[0]
     sums["fisher_m2"] = sums["fisher_sq"] - sums["fisher"] ** 2 / count
-    if coefficients:
-        norms = {"u2": (u**2).sum(1)}
-        norms["u4"] = norms["u2"] ** 2
-        norms["w2"] = (w**2).sum(1)
-        for term in BOUND_TERMS:
-            if term.name in coefficients:
-                weighted = norms[term.norm] * coefficients[term.name][:, None]
-                sums[f"bound:{term.name}"] = block.reduce(weighted, NORM_DEGREES[term.norm])
     return sums
+
+
+def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk):
+    """Every per-input value, as one ``(n, k·K)`` table per degree (``k`` quantities side by
+    side, each ``K`` columns wide), with the quantity names of each table."""
+    n, width, columns = u.shape
+    names: dict[int, list[str]] = {}
+    values: dict[int, torch.Tensor] = {}
+    for rows, cols in _tiles(n, width, columns):
+        tile_u, tile_w = u[rows, :, cols], w[rows, :, cols]
+        stats = unit_statistics(family, h[rows], tile_u, tile_w, draws[rows],
+                                None if data_residual is None else data_residual[rows], draw_chunk)
+        if coefficients:
+            stats.update(bound_norms(tile_u.to(torch.float64), tile_w.to(torch.float64),
+                                     {k: c[rows] for k, c in coefficients.items()}))
+        if not names:
+            for quantity in stats:
+                names.setdefault(_degree(quantity), []).append(quantity)
+            values = {degree: u.new_empty(n, len(keys), columns, dtype=torch.float64)
+                      for degree, keys in names.items()}
+        for degree, keys in names.items():
+            target = values[degree][rows, :, cols]
+            for index, quantity in enumerate(keys):
+                target[:, index] = stats[quantity]
+    return names, values

@@ -7,7 +7,7 @@ An engine only differentiates; all the mathematics of theory.md §2–§8 lives 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -15,7 +15,10 @@ from torch import nn
 
 @dataclass
 class ParameterDerivatives:
-    """Output derivatives of one parameter tensor for a chunk of ``n`` inputs (float64).
+    """Output derivatives of one parameter tensor for a chunk of ``n`` inputs.
+
+    ``first``/``second`` are float64 or the model's floating type (the estimators convert them
+    to float64 a cache-sized tile at a time, :mod:`fimvar.statistics`); every sum is float64.
 
     Plain layout (``inputs is None``): column ``k`` of ``first``/``second`` belongs to entry ``k``
     of the flattened parameter: ``u_k = first[:, :, k]``, ``w_k = second[:, :, k]``.
@@ -23,6 +26,10 @@ class ParameterDerivatives:
     Factored layout (a weight ``W[j, m]`` acting on an input ``a``): the derivative of entry
     ``(j, m)`` is ``u = first[:, :, j] · a[:, m]`` and ``w = second[:, :, j] · a[:, m]²``
     (theory.md §6), so that every per-parameter sum over inputs is one matrix product.
+
+    ``shared``: an optional dict shared by blocks whose ``first`` and ``second`` are the same
+    tensors (a ``Linear`` weight and its bias); :func:`fimvar.statistics.block_sums` keeps there
+    the per-input statistics that depend on ``first``/``second`` alone, computed once per chunk.
     """
 
     name: str
@@ -30,6 +37,7 @@ class ParameterDerivatives:
     first: torch.Tensor  # (n, T, J)
     second: torch.Tensor  # (n, T, J)
     inputs: torch.Tensor | None = None  # (n, m) for the factored layout
+    shared: dict | None = field(default=None, repr=False, compare=False)
 
     def input_power(self, degree: int) -> torch.Tensor | None:
         """``a ** degree`` (cached), or ``None`` for the plain layout."""
@@ -37,7 +45,7 @@ class ParameterDerivatives:
             return None
         cache = self.__dict__.setdefault("_powers", {})
         if degree not in cache:
-            cache[degree] = self.inputs**degree
+            cache[degree] = self.inputs.to(torch.float64) ** degree
         return cache[degree]
 
     def reduce(self, per_unit: torch.Tensor, degree: int) -> torch.Tensor:
@@ -47,6 +55,18 @@ class ParameterDerivatives:
         if power is None:
             return per_unit.sum(0).reshape(self.shape)
         return (per_unit.T @ power).reshape(self.shape)
+
+    def reduce_many(self, table: torch.Tensor, count: int, degree: int) -> list[torch.Tensor]:
+        """:meth:`reduce` of ``count`` statistics side by side, ``table`` of shape ``(n, count, J)``:
+        one matrix product ``tableᵀ a^degree`` for all of them in the factored layout."""
+        n = table.shape[0]
+        power = self.input_power(degree)
+        if power is None:
+            summed = table.sum(0)
+            return [summed[k].reshape(self.shape) for k in range(count)]
+        product = table.reshape(n, -1).T @ power  # (count·J, m)
+        product = product.reshape(count, -1, power.shape[1])
+        return [product[k].reshape(self.shape) for k in range(count)]
 
     def per_sample(self, per_unit: torch.Tensor, degree: int) -> torch.Tensor:
         """Per-sample values ``(n, J) → (n, *shape)`` (materialises the factored product)."""
@@ -58,20 +78,62 @@ class ParameterDerivatives:
     def gram(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample Gram matrices ``Σ_i u_i u_iᵀ`` and ``Σ_i w_i w_iᵀ`` over this tensor's
         entries, each ``(n, T, T)`` (the ``J Jᵀ`` of [B] Thm D.1)."""
-        gram_u = torch.einsum("naj,nbj->nab", self.first, self.first)
-        gram_w = torch.einsum("naj,nbj->nab", self.second, self.second)
+        key = "gram"
+        cache = self.shared if self.shared is not None else {}
+        if key not in cache:
+            n, width, columns = self.first.shape
+            gram_u = self.first.new_empty(n, width, width, dtype=torch.float64)
+            gram_w = torch.empty_like(gram_u)
+            for rows in _row_tiles(n, width * columns):
+                first = self.first[rows].to(torch.float64)
+                second = self.second[rows].to(torch.float64)
+                gram_u[rows] = torch.bmm(first, first.transpose(1, 2))
+                gram_w[rows] = torch.bmm(second, second.transpose(1, 2))
+            cache[key] = gram_u, gram_w
+        gram_u, gram_w = cache[key]
         if self.inputs is not None:
             gram_u = gram_u * self.input_power(2).sum(1)[:, None, None]
             gram_w = gram_w * self.input_power(4).sum(1)[:, None, None]
         return gram_u, gram_w
 
     def square_gram(self) -> torch.Tensor:
-        """``Σ_i vec(u_i u_iᵀ) vec(u_i u_iᵀ)ᵀ``, shape ``(n, T², T²)`` ([B] Thm D.1 for V1)."""
-        outer = torch.einsum("naj,nbj->nabj", self.first, self.first).flatten(1, 2)
-        square = torch.einsum("npj,nqj->npq", outer, outer)
+        """``Σ_i vec(u_i u_iᵀ) vec(u_i u_iᵀ)ᵀ``, shape ``(n, T², T²)`` ([B] Thm D.1 for V1).
+
+        Entry ``((a,b),(c,d))`` is ``Σ_i u_ia u_ib u_ic u_id``: it is formed for ``a ≤ b``,
+        ``c ≤ d`` only (``T(T+1)/2`` rows instead of ``T²``) and copied to the other entries,
+        a few inputs at a time (small temporaries stay in cache)."""
+        key = "square_gram"
+        cache = self.shared if self.shared is not None else {}
+        if key not in cache:
+            n, width, columns = self.first.shape
+            pairs = width * (width + 1) // 2
+            rows_index, cols_index = torch.triu_indices(width, width, device=self.first.device)
+            position = torch.empty(width, width, dtype=torch.long, device=self.first.device)
+            position[rows_index, cols_index] = torch.arange(pairs, device=self.first.device)
+            position[cols_index, rows_index] = position[rows_index, cols_index]
+            flat = position.reshape(-1)
+            square = self.first.new_empty(n, width**2, width**2, dtype=torch.float64)
+            for rows in _row_tiles(n, pairs * columns):
+                first = self.first[rows].to(torch.float64)
+                outer = first.new_empty(first.shape[0], pairs, columns)
+                start = 0
+                for a in range(width):  # rows (a, b), b ≥ a, of u_a u_b
+                    outer[:, start:start + width - a] = first[:, a:a + 1] * first[:, a:]
+                    start += width - a
+                packed = torch.bmm(outer, outer.transpose(1, 2))
+                square[rows] = packed[:, flat[:, None], flat[None, :]]
+            cache[key] = square
+        square = cache[key]
         if self.inputs is not None:
             square = square * self.input_power(4).sum(1)[:, None, None]
         return square
+
+
+def _row_tiles(n: int, per_row: int, elements: int = 1 << 18):
+    """Slices of rows such that ``per_row`` × their count stays near ``elements``."""
+    step = max(1, elements // max(per_row, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
 
 
 class Engine(ABC):
@@ -86,7 +148,8 @@ class Engine(ABC):
 
     @abstractmethod
     def derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
-        """Outputs ``h`` (n, T) and the derivatives of every selected parameter, float64."""
+        """Outputs ``h`` (n, T, float64) and the derivatives of every selected parameter
+        (float64 or the model's floating type, see :class:`ParameterDerivatives`)."""
 
     @abstractmethod
     def chunk_size(self, x: torch.Tensor, width: int, draws: int) -> int:
