@@ -126,7 +126,6 @@ class Analysis:
         family = self.family
         h, blocks = self.engine.derivatives(x)
         family.check_outputs(h)
-        check_derivatives_finite(blocks)
         n = h.shape[0]
         index = torch.arange(self.count, self.count + n)
         draws_uniform = uniforms(self.seed, index, self.samples, family.uniform_width(h.shape[1]),
@@ -143,6 +142,7 @@ class Analysis:
         by_name = {}
         for block in blocks:
             sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
+            check_derivatives_finite(block.name, sums)
             self.accumulator.add_parameter(block.name, sums, n)
             by_name[block.name] = block
         if self.bounds:

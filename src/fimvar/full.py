@@ -73,15 +73,14 @@ class FullResult:
 def bilinear_fourth_max(family: ExponentialFamily, h: torch.Tensor) -> torch.Tensor:
     """``γ̃_max(M) = sup_{‖a‖=‖b‖=1} a^p b^q a^r b^s M_pqrs`` per input ([B] App. C)."""
 
-    def form(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def form(rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Var[(a·ε)(b·ε)] for matching columns of a and b, via the moment tensors (T small)
-        fourth = family.fourth_moment(h)
-        cross = torch.einsum("nar,nab,nbr->nr", a, family.fisher(h), b)
+        fourth = family.fourth_moment(rows)
+        cross = torch.einsum("nar,nab,nbr->nr", a, family.fisher(rows), b)
         value = torch.einsum("nabcd,nar,nbr,ncr,ndr->nr", fourth, a, a, b, b)
         return value - cross**2
 
-    (value,) = sphere_extrema([SphereProblem(form, variables=2)], h.shape[0], h.shape[1],
-                              h.dtype, h.device, random=64)
+    (value,) = sphere_extrema([SphereProblem(form, variables=2)], h, random=64)
     return value
 
 

@@ -48,14 +48,15 @@ def check_parameters_finite(model: nn.Module, names: Iterable[str]) -> None:
         raise FimvarError(f"the model's parameters or buffers {bad} contain NaN or Inf; fix the weights")
 
 
-def check_derivatives_finite(blocks) -> None:
-    """Raise when an engine produced NaN or Inf derivatives."""
-    for block in blocks:
-        if not (torch.isfinite(block.first).all() and torch.isfinite(block.second).all()):
-            raise FimvarError(
-                f"the derivatives of parameter {block.name!r} are NaN or Inf for some inputs; check "
-                "the weights and inputs for overflow"
-            )
+def check_derivatives_finite(name: str, sums: dict) -> None:
+    """Raise when an engine produced NaN or Inf derivatives. NaN and Inf propagate into the
+    chunk's sums of ``uᵀIu`` and ``wᵀIw``, so those (one value per parameter) are checked
+    instead of the much larger per-input derivatives."""
+    if not (torch.isfinite(sums["fisher"]).all() and torch.isfinite(sums["v2"]).all()):
+        raise FimvarError(
+            f"the derivatives of parameter {name!r} are NaN or Inf for some inputs; check "
+            "the weights and inputs for overflow"
+        )
 
 
 def warn_piecewise_linear(model: nn.Module) -> bool:

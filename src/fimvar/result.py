@@ -169,7 +169,8 @@ class DiagonalResult:
         empirical = mean("empirical") if has_labels else None
         empirical_bias = {k: empirical[k] - fisher[k] for k in names} if has_labels else None
         draw_moments = {q: {k: accumulator.sums[f"{k}/{q}"] for k in names}
-                        for q in ("i1", "i2", "i1_sq", "i2_sq", "i1_i2")}
+                        for q in ("i1_within", "i2_within", "i12_within")
+                        if f"{names[0]}/{q}" in accumulator.sums}
         result = cls(
             family=family, samples=samples, num_inputs=n, engine=engine, shapes=shapes,
             groups=groups, fisher=fisher, i1=mean("i1", samples), i2=mean("i2", samples),
@@ -268,28 +269,25 @@ class DiagonalResult:
         return {k: alpha[k] * self.i1[k] + (1 - alpha[k]) * self.i2[k] for k in self.i1}
 
     def draw_variance(self, estimator: str = "i1") -> Tensors:
-        """Sample variance of single-draw values over all ``N·M`` (input, label) pairs.
-
-        For one input it estimates ``v1`` (or ``v2``): the Monte Carlo check of the closed form.
-        """
+        """Monte Carlo estimate of the single-draw label variance ``v1`` (or ``v2``): the sample
+        variance of the M draws of each input around their own mean, pooled over inputs,
+        ``Σ_n Σ_m (X_nm − X̄_n)² / (N (M − 1))``. Unbiased for ``E_x v``; for one input it is the
+        plain sample variance of the draws. Needs ``samples ≥ 2``."""
         if estimator not in ("i1", "i2"):
             raise FimvarError("draw_variance is defined for 'i1' and 'i2'")
-        total = self.num_inputs * self.samples
-        if total < 2:
-            raise FimvarError("draw_variance needs at least two draws in total")
-        first = self.draw_moments[estimator]
-        second = self.draw_moments[f"{estimator}_sq"]
-        return {k: ((second[k] - first[k] ** 2 / total) / (total - 1)).clamp_min(0.0)
-                for k in first}
+        return self._within(f"{estimator}_within")
 
     def draw_covariance(self) -> Tensors:
-        """Sample covariance of the single-draw Î1 and Î2 values (Monte Carlo of ``c12``)."""
-        total = self.num_inputs * self.samples
-        if total < 2:
-            raise FimvarError("draw_covariance needs at least two draws in total")
-        m = self.draw_moments
-        return {k: (m["i1_i2"][k] - m["i1"][k] * m["i2"][k] / total) / (total - 1)
-                for k in m["i1"]}
+        """Monte Carlo estimate of ``c12`` (pooled within-input sample covariance of the draws
+        of Î1 and Î2). Needs ``samples ≥ 2``."""
+        return self._within("i12_within")
+
+    def _within(self, key: str) -> Tensors:
+        if key not in self.draw_moments:
+            raise FimvarError("the Monte Carlo variance of the draws needs samples ≥ 2 label draws per "
+                              "input; rerun with samples=2 or more")
+        scale = self.num_inputs * (self.samples - 1)
+        return {k: v / scale for k, v in self.draw_moments[key].items()}
 
     # ------------------------------------------------------------------ groups
     def group_summary(self) -> list[dict]:

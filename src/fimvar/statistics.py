@@ -103,7 +103,8 @@ def bound_coefficients(spectrum: Spectrum) -> dict[str, torch.Tensor]:
     return coefficients
 
 
-#: per-parameter sums accumulated over inputs, with their degree in the layer input a
+#: per-parameter sums accumulated over inputs, with their degree in the layer input a;
+#: the ``*_within`` sums (label draws around their per-input mean) need M ≥ 2 draws
 SUM_DEGREES: dict[str, int] = {
     "fisher": 2,
     "fisher_sq": 4,
@@ -112,9 +113,9 @@ SUM_DEGREES: dict[str, int] = {
     "c12": 4,
     "i1": 2,
     "i2": 2,
-    "i1_sq": 4,
-    "i2_sq": 4,
-    "i1_i2": 4,
+    "i1_within": 4,
+    "i2_within": 4,
+    "i12_within": 4,
     "empirical": 2,
 }
 NORM_DEGREES = {"u2": 2, "u4": 4, "w2": 4}
@@ -139,39 +140,48 @@ def unit_statistics(
     inputs; keys of :data:`SUM_DEGREES`).
 
     ``I = uᵀIu``, ``v1 = Var[(u·ε)²]``, ``v2 = wᵀIw``, ``c12 = −E[(u·ε)²(w·ε)]`` ([B] Lemma 3.1,
-    theory §3) and, over the draws ``ε_m``, the sums of ``(u·ε_m)²`` (Î1), ``uᵀIu − w·ε_m`` (Î2)
-    and of their squares and product (theory §2).
+    theory §3) and, over the draws ``ε_m``, the sums of ``(u·ε_m)²`` (Î1) and ``uᵀIu − w·ε_m``
+    (Î2) (theory §2). With M ≥ 2 draws also the within-input sums of squares and products of
+    the draws around their per-input mean (``*_within``), the Monte Carlo counterparts of
+    ``v1``, ``v2``, ``c12``: they are formed from the draws' deviations from ``uᵀIu`` (whose
+    expectation is 0), ``Σ (X − X̄)² = Σ (X − I)² − (Σ (X − I))²/M``, free of cancellation.
     """
     n, width, columns = u.shape
     both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
     both[..., :columns] = u
     both[..., columns:] = w
     u, w = both[..., :columns], both[..., columns:]
-    quadratic = family.quadratic(h, both)
-    fisher = quadratic[:, :columns]
+    fisher, fourth, quadratic_w, third = family.contractions(h, u, w)
     per_unit = {
         "fisher": fisher,
         "fisher_sq": fisher**2,
-        "v1": family.fourth_variance(h, u),
-        "v2": quadratic[:, columns:],
-        "c12": -family.third_moment(h, u, w),
+        "v1": fourth,
+        "v2": quadratic_w,
+        "c12": -third,
     }
-    i1 = torch.zeros_like(fisher)
-    i2 = torch.zeros_like(fisher)
-    i1_sq = torch.zeros_like(fisher)
-    i2_sq = torch.zeros_like(fisher)
-    i1_i2 = torch.zeros_like(fisher)
-    for start in range(0, draws.shape[1], draw_chunk):
+    samples = draws.shape[1]
+    within = samples >= 2
+    deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
+    deviation2 = torch.zeros_like(fisher)  # Σ_m (−w·ε_m)
+    if within:
+        square1, square2, cross = (torch.zeros_like(fisher) for _ in range(3))
+    for start in range(0, samples, draw_chunk):
         eps = draws[:, start : start + draw_chunk]
         projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε
-        score_sq = projected[..., :columns] ** 2
-        curvature = fisher[:, None, :] - projected[..., columns:]
-        i1 += score_sq.sum(1)
-        i2 += curvature.sum(1)
-        i1_sq += (score_sq**2).sum(1)
-        i2_sq += (curvature**2).sum(1)
-        i1_i2 += (score_sq * curvature).sum(1)
-    per_unit.update(i1=i1, i2=i2, i1_sq=i1_sq, i2_sq=i2_sq, i1_i2=i1_i2)
+        score_dev = projected[..., :columns] ** 2 - fisher[:, None, :]
+        curvature_dev = -projected[..., columns:]
+        deviation1 += score_dev.sum(1)
+        deviation2 += curvature_dev.sum(1)
+        if within:
+            square1 += (score_dev**2).sum(1)
+            square2 += (curvature_dev**2).sum(1)
+            cross += (score_dev * curvature_dev).sum(1)
+    per_unit["i1"] = deviation1 + samples * fisher
+    per_unit["i2"] = deviation2 + samples * fisher
+    if within:
+        per_unit["i1_within"] = (square1 - deviation1**2 / samples).clamp_min(0.0)
+        per_unit["i2_within"] = (square2 - deviation2**2 / samples).clamp_min(0.0)
+        per_unit["i12_within"] = cross - deviation1 * deviation2 / samples
     if data_residual is not None:
         per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
     return per_unit

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+#: a form: ``(h, v_1, …, v_k) ↦ values``, with ``h`` the ``(n, T)`` outputs of the inputs and each
+#: ``v_j`` of shape ``(n, T, R)``; returns ``(n, R)``
 Form = Callable[..., torch.Tensor]
 
 #: seed of the random candidate directions; fixed so that results are reproducible
@@ -30,14 +32,14 @@ START_SEED = 2_147_483_647
 
 @dataclass
 class SphereProblem:
-    """``sup`` (or ``inf`` when ``minimize``) of ``form(v_1, …, v_k)`` over unit vectors."""
+    """``sup`` (or ``inf`` when ``minimize``) of ``form(h, v_1, …, v_k)`` over unit vectors."""
 
     form: Form
     variables: int = 1
     minimize: bool = False
 
-    def objective(self, *variables: torch.Tensor) -> torch.Tensor:
-        value = self.form(*variables)
+    def objective(self, h: torch.Tensor, *variables: torch.Tensor) -> torch.Tensor:
+        value = self.form(h, *variables)
         return -value if self.minimize else value
 
 
@@ -54,61 +56,71 @@ def candidate_directions(width: int, random: int, dtype: torch.dtype, device) ->
     return torch.cat(columns, dim=1)
 
 
-def _value_and_gradient(objective: Form, variables: list[torch.Tensor]):
+def _value_and_gradient(objective: Form, h: torch.Tensor, variables: list[torch.Tensor]):
     with torch.enable_grad():
         leaves = [v.detach().requires_grad_(True) for v in variables]
-        value = objective(*leaves)
+        value = objective(h, *leaves)
         grads = torch.autograd.grad(value.sum(), leaves)
     return value.detach(), [g.detach() for g in grads]
 
 
 def ascend(
-    objective: Form, starts: list[torch.Tensor], iterations: int = 200, tolerance: float = 1e-14
+    objective: Form, h: torch.Tensor, starts: list[torch.Tensor], iterations: int = 200,
+    tolerance: float = 1e-14,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Monotone Riemannian ascent of ``objective`` from every start ``(n, T, R)``.
+    """Monotone Riemannian ascent of ``objective(h, …)`` from every start ``(n, T, R)``.
 
+    Inputs whose values have all stopped changing (relative ``tolerance`` over 10 iterations)
+    leave the active set, so the cost follows the slowest inputs only for those inputs.
     Returns the final values ``(n, R)`` and points.
     """
     variables = [s.clone() for s in starts]
-    value, grads = _value_and_gradient(objective, variables)
+    value, grads = _value_and_gradient(objective, h, variables)
     step = torch.full_like(value, 0.5)
+    active = torch.arange(h.shape[0], device=h.device)
     checkpoint = value.clone()
     for iteration in range(iterations):
-        tangents = [g - (g * v).sum(1, keepdim=True) * v for g, v in zip(grads, variables, strict=False)]
+        part = [v[active] for v in variables]
+        part_grads = [g[active] for g in grads]
+        part_value, part_step = value[active], step[active]
+        tangents = [g - (g * v).sum(1, keepdim=True) * v for g, v in zip(part_grads, part, strict=True)]
         norm = torch.sqrt(sum((t**2).sum(1) for t in tangents)).clamp_min(1e-300)
-        angle = step[:, None, :]
+        angle = part_step[:, None, :]
         candidates = []
-        for v, t in zip(variables, tangents, strict=False):
+        for v, t in zip(part, tangents, strict=True):
             moved = torch.cos(angle) * v + torch.sin(angle) * t / norm[:, None, :]
             candidates.append(moved / moved.norm(dim=1, keepdim=True))
-        cand_value, cand_grads = _value_and_gradient(objective, candidates)
-        accept = cand_value > value
+        cand_value, cand_grads = _value_and_gradient(objective, h[active], candidates)
+        accept = cand_value > part_value
         keep = accept[:, None, :]
-        variables = [torch.where(keep, c, v) for c, v in zip(candidates, variables, strict=False)]
-        grads = [torch.where(keep, cg, g) for cg, g in zip(cand_grads, grads, strict=False)]
-        value = torch.where(accept, cand_value, value)
-        step = torch.where(accept, (step * 1.5).clamp_max(1.0), step * 0.5)
+        for v, c in zip(variables, candidates, strict=True):
+            v[active] = torch.where(keep, c, v[active])
+        for g, cg in zip(grads, cand_grads, strict=True):
+            g[active] = torch.where(keep, cg, g[active])
+        value[active] = torch.where(accept, cand_value, part_value)
+        step[active] = torch.where(accept, (part_step * 1.5).clamp_max(1.0), part_step * 0.5)
         if iteration % 10 == 9:
-            stalled = (value - checkpoint).abs() <= tolerance * value.abs() + 1e-300
-            if bool(stalled.all()):
+            moving = ((value[active] - checkpoint[active]).abs()
+                      > tolerance * value[active].abs() + 1e-300).any(dim=1)
+            checkpoint[active] = value[active]
+            active = active[moving]
+            if active.numel() == 0:
                 break
-            checkpoint = value.clone()
     return value, variables
 
 
 def sphere_extrema(
     problems: Sequence[SphereProblem],
-    n: int,
-    width: int,
-    dtype: torch.dtype,
-    device,
+    h: torch.Tensor,
     *,
     keep: int = 6,
     random: int = 256,
     iterations: int = 200,
 ) -> list[torch.Tensor]:
-    """Solve several sphere problems for ``n`` inputs at once; one ``(n,)`` tensor each."""
-    candidates = candidate_directions(width, random, dtype, device)
+    """Solve several sphere problems for the ``n`` inputs of ``h`` (n, T) at once; one ``(n,)``
+    tensor each."""
+    n, width = h.shape
+    candidates = candidate_directions(width, random, h.dtype, h.device)
     count = candidates.shape[1]
     keep = min(keep, count)
     starts_per_problem = []
@@ -117,7 +129,7 @@ def sphere_extrema(
         variables = [torch.roll(candidates, shifts=-j, dims=1)[None].expand(n, -1, -1)
                      for j in range(problem.variables)]
         with torch.no_grad():
-            scores = problem.objective(*variables)
+            scores = problem.objective(h, *variables)
         top = scores.topk(keep, dim=1).indices  # (n, keep)
         chosen = [torch.gather(v, 2, top[:, None, :].expand(-1, width, -1)) for v in variables]
         starts_per_problem.append(chosen)
@@ -129,14 +141,14 @@ def sphere_extrema(
             chosen[j] if j < len(chosen) else chosen[0] for chosen in starts_per_problem
         ], dim=2))
 
-    def objective(*variables: torch.Tensor) -> torch.Tensor:
+    def objective(rows_h: torch.Tensor, *variables: torch.Tensor) -> torch.Tensor:
         values = []
         for index, problem in enumerate(problems):
             part = [v[:, :, index * keep:(index + 1) * keep] for v in variables[: problem.variables]]
-            values.append(problem.objective(*part))
+            values.append(problem.objective(rows_h, *part))
         return torch.cat(values, dim=1)
 
-    value, _ = ascend(objective, stacked, iterations)
+    value, _ = ascend(objective, h, stacked, iterations)
     results = []
     for index, problem in enumerate(problems):
         best = value[:, index * keep:(index + 1) * keep].max(dim=1).values

@@ -97,36 +97,37 @@ class ParameterDerivatives:
         return gram_u, gram_w
 
     def square_gram(self) -> torch.Tensor:
-        """``Σ_i vec(u_i u_iᵀ) vec(u_i u_iᵀ)ᵀ``, shape ``(n, T², T²)`` ([B] Thm D.1 for V1).
+        """``Q = Σ_i vec(u_i u_iᵀ) vec(u_i u_iᵀ)ᵀ`` ([B] Thm D.1 for V1) in orthonormal coordinates of
+        the symmetric T×T matrices, shape ``(n, S, S)`` with ``S = T(T+1)/2``.
 
-        Entry ``((a,b),(c,d))`` is ``Σ_i u_ia u_ib u_ic u_id``: it is formed for ``a ≤ b``,
-        ``c ≤ d`` only (``T(T+1)/2`` rows instead of ``T²``) and copied to the other entries,
-        a few inputs at a time (small temporaries stay in cache)."""
+        ``vec(u uᵀ)`` lies in that subspace; its coordinates are ``u_a²`` (a = b) and ``√2 u_a u_b``
+        (a < b) in the order of :func:`symmetric_pairs`. The T²×T² matrix Q has the same
+        eigenvalues plus ``T(T−1)/2`` zeros, at a fraction of the cost."""
         key = "square_gram"
         cache = self.shared if self.shared is not None else {}
         if key not in cache:
             n, width, columns = self.first.shape
-            pairs = width * (width + 1) // 2
-            rows_index, cols_index = torch.triu_indices(width, width, device=self.first.device)
-            position = torch.empty(width, width, dtype=torch.long, device=self.first.device)
-            position[rows_index, cols_index] = torch.arange(pairs, device=self.first.device)
-            position[cols_index, rows_index] = position[rows_index, cols_index]
-            flat = position.reshape(-1)
-            square = self.first.new_empty(n, width**2, width**2, dtype=torch.float64)
+            first_index, second_index, scale = symmetric_pairs(width, self.first.device)
+            pairs = len(scale)
+            square = self.first.new_empty(n, pairs, pairs, dtype=torch.float64)
             for rows in _row_tiles(n, pairs * columns):
                 first = self.first[rows].to(torch.float64)
-                outer = first.new_empty(first.shape[0], pairs, columns)
-                start = 0
-                for a in range(width):  # rows (a, b), b ≥ a, of u_a u_b
-                    outer[:, start:start + width - a] = first[:, a:a + 1] * first[:, a:]
-                    start += width - a
-                packed = torch.bmm(outer, outer.transpose(1, 2))
-                square[rows] = packed[:, flat[:, None], flat[None, :]]
+                coordinates = first[:, first_index] * first[:, second_index] * scale[:, None]
+                square[rows] = torch.bmm(coordinates, coordinates.transpose(1, 2))
             cache[key] = square
         square = cache[key]
         if self.inputs is not None:
             square = square * self.input_power(4).sum(1)[:, None, None]
         return square
+
+
+def symmetric_pairs(width: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index pairs ``a ≤ b`` of an orthonormal basis of the symmetric T×T matrices, with the
+    scale of each coordinate (1 on the diagonal, √2 off it)."""
+    first, second = torch.triu_indices(width, width, device=device)
+    scale = torch.full(first.shape, 2.0, dtype=torch.float64, device=device).sqrt()
+    scale[first == second] = 1.0
+    return first, second, scale
 
 
 def _row_tiles(n: int, per_row: int, elements: int = 1 << 18):

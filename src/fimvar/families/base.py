@@ -118,6 +118,11 @@ class ExponentialFamily(ABC):
         fisher = self.fisher(h)
         return self.fourth_moment(h) - fisher[:, :, :, None, None] * fisher[:, None, None, :, :]
 
+    def fourth_factor(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(D, π)`` with ``M_abcd = Σ_r π_r D_r[a,b] D_r[c,d]`` (``D`` of shape ``(n, R, T, T)``),
+        when the family has such a short factorisation (finite support); ``None`` otherwise."""
+        return None
+
     # ----------------------------------------------------------------- contractions
     def quadratic(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``uᵀ I u`` per column: ``(n, T, K) → (n, K)``."""
@@ -132,6 +137,14 @@ class ExponentialFamily(ABC):
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``E[(u·ε)² (w·ε)] = κ3(u, u, w)`` per column."""
         return torch.einsum("nabc,nak,nbk,nck->nk", self.third_cumulant(h), u, u, w)
+
+    def contractions(
+        self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(uᵀIu, Var[(u·ε)²], wᵀIw, E[(u·ε)²(w·ε)])`` at once, each ``(n, K)``: everything the
+        estimators need per input ([B] Lemma 3.1). Subclasses share intermediate work."""
+        return (self.quadratic(h, u), self.fourth_variance(h, u), self.quadratic(h, w),
+                self.third_moment(h, u, w))
 
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``Var[(a_i·ε)(b_j·ε)]`` for all column pairs: ``(n,T,P), (n,T,Q) → (n, P, Q)``.
@@ -155,16 +168,15 @@ class ExponentialFamily(ABC):
         """
         from fimvar.tensor_eigen import SphereProblem, sphere_extrema
 
-        def m_form(u: torch.Tensor) -> torch.Tensor:
-            return self.fourth_variance(h, u)
-
-        def k_form(u: torch.Tensor) -> torch.Tensor:
-            return self.fourth_variance(h, u) + self.quadratic(h, u) ** 2
-
-        problems = [SphereProblem(m_form, minimize=True), SphereProblem(m_form),
-                    SphereProblem(k_form, minimize=True), SphereProblem(k_form)]
-        values = sphere_extrema(problems, h.shape[0], h.shape[1], h.dtype, h.device)
+        problems = [SphereProblem(self.fourth_variance, minimize=True),
+                    SphereProblem(self.fourth_variance),
+                    SphereProblem(self.kurtosis_form, minimize=True), SphereProblem(self.kurtosis_form)]
+        values = sphere_extrema(problems, h)
         return dict(zip(("m_min", "m_max", "k_min", "k_max"), values, strict=False))
+
+    def kurtosis_form(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``u⊗4·K = E(u·ε)⁴ = Var[(u·ε)²] + (uᵀIu)²`` per column (the form of λ̃(K))."""
+        return self.fourth_variance(h, u) + self.quadratic(h, u) ** 2
 
     def statistic_norm_bound(self, h: torch.Tensor) -> torch.Tensor:
         """``B`` with ``‖ε‖² ≤ B`` almost surely ([B] Prop 4.3); ``inf`` when unbounded."""

@@ -81,6 +81,14 @@ class Categorical(ExponentialFamily):
         eps = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :]
         return torch.einsum("ny,nya,nyb,nyc,nyd->nabcd", p, eps, eps, eps, eps)
 
+    def fourth_factor(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``M = Σ_y p_y (S_y − I) ⊗ (S_y − I)`` with ``S_y = ε_y ε_yᵀ``, ``ε_y = e_y − p``
+        (since ``Σ_y p_y S_y = I``): T terms."""
+        p = self.probabilities(h)
+        eps = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :]
+        outer = eps[:, :, :, None] * eps[:, :, None, :]
+        return outer - self.fisher(h)[:, None], p
+
     # -- closed forms (theory.md §4)
     def _centered_directions(self, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return u - torch.einsum("nc,nck->nk", p, u)[:, None, :]
@@ -102,6 +110,15 @@ class Categorical(ExponentialFamily):
         centered_w = self._centered_directions(p, w)
         return torch.einsum("nc,nck->nk", p, centered_u**2 * centered_w)
 
+    def contractions(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor):
+        p = self.probabilities(h)[:, :, None]
+        centered_u = u - (p * u).sum(1, keepdim=True)
+        centered_w = w - (p * w).sum(1, keepdim=True)
+        weighted_sq = p * centered_u**2
+        quadratic = weighted_sq.sum(1)
+        fourth = (p * (centered_u**2 - quadratic[:, None, :]) ** 2).sum(1)
+        return quadratic, fourth, (p * centered_w**2).sum(1), (weighted_sq * centered_w).sum(1)
+
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Var[(a·ε)(b·ε)] = Σ_c p_c (ã_c b̃_c − ãᵀ diag(p) b̃)², formed entry by entry (centered)
         p = self.probabilities(h)
@@ -120,14 +137,8 @@ class Categorical(ExponentialFamily):
     def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         from fimvar.tensor_eigen import SphereProblem, sphere_extrema
 
-        def m_form(u: torch.Tensor) -> torch.Tensor:
-            return self.fourth_variance(h, u)
-
-        def k_form(u: torch.Tensor) -> torch.Tensor:
-            return self.fourth_variance(h, u) + self.quadratic(h, u) ** 2
-
-        m_max, k_max = sphere_extrema([SphereProblem(m_form), SphereProblem(k_form)],
-                                      h.shape[0], h.shape[1], h.dtype, h.device)
+        m_max, k_max = sphere_extrema(
+            [SphereProblem(self.fourth_variance), SphereProblem(self.kurtosis_form)], h)
         zero = torch.zeros_like(m_max)
         return {"m_min": zero, "m_max": m_max, "k_min": zero, "k_max": k_max}
 

@@ -67,6 +67,13 @@ class IndependentFamily(ExponentialFamily):
         _, third, _ = self.component_moments(h)
         return torch.einsum("nc,nck->nk", third, u**2 * w)
 
+    def contractions(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor):
+        s, third, r = (m[:, :, None] for m in self.component_moments(h))
+        u_sq = u**2
+        weighted = s * u_sq
+        fourth = (r * u_sq**2).sum(1) + 2.0 * exclusive_pair_sum(weighted, dim=1)
+        return weighted.sum(1), fourth, (s * w**2).sum(1), (third * u_sq * w).sum(1)
+
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         s, _, r = self.component_moments(h)
         diagonal = torch.einsum("nc,nci,ncj->nij", r - 2 * s**2, a**2, b**2)

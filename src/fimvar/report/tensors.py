@@ -10,7 +10,8 @@ Keys are ``"<parameter>/<quantity>"`` (float64, the parameter's shape). Stored q
 ``empirical``,              empirical Fisher with the data labels and its bias ``EF − I``
 ``empirical_bias``          (only with labels)
 ``bound:<name>``            each per-parameter bound of [B] (e.g. ``bound:thm4.1_v1_upper``)
-``draw:<moment>``           raw sums of single draws (``i1``, ``i2``, ``i1_sq``, ``i2_sq``, ``i1_i2``)
+``draw:<moment>``           within-input sums of squares of the draws (M ≥ 2): ``i1_within``,
+                            ``i2_within``, ``i12_within``
 ``variance_i1``, ...        derived, for convenience: total variance of Î1, Î2, the combination
 ``variance_combined``,      and the exact estimator with this run's design, ``covariance``
 ``variance_exact``,         ``Cov(Î1, Î2)``, ``alpha_star`` and the ``combined`` estimate
