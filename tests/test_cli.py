@@ -73,6 +73,15 @@ def test_console_script_entry_point():
     assert scripts.get("fimvar") == "fimvar.cli:main"
 
 
+def test_python_dash_m():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fimvar", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("fimvar ")
+
+
 def test_analyze_end_to_end(tmp_path, factory, capsys):
     out = tmp_path / "out"
     weights = tmp_path / "w.pt"

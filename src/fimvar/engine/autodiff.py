@@ -104,17 +104,20 @@ class AutodiffEngine(Engine):
 
             return jvp(jacrev(path), (zero,), (one,))[1]
 
-        per_direction = vmap(vmap(along, in_dims=(None, 0)), in_dims=(0, None))
+        along_all = vmap(vmap(along, in_dims=(None, 0)), in_dims=(0, None))
         activations = self._measure_activations(x)
-        budget = self.memory_budget // (8 * 8 * max(width, 1) * activations * x.shape[0])
-        step = max(1, min(numel, int(budget)))
+        # per direction and input: jacrev's T copies of the activations and the batched copies of
+        # the shifted parameter (its value, tangent, gradient and their temporaries: about 50
+        # parameter-sized tensors measured with torch 2.13), with a safety factor
+        per_direction = x.shape[0] * 64 * (max(width, 1) * activations + numel) * value.element_size()
+        step = max(1, min(numel, self.memory_budget // per_direction))
         pieces = []
         for start in range(0, numel, step):
             stop = min(numel, start + step)
             directions = torch.zeros(stop - start, numel, dtype=dtype, device=value.device)
             directions[torch.arange(stop - start), torch.arange(start, stop)] = 1
             directions = directions.reshape(stop - start, *value.shape)
-            pieces.append(per_direction(x, directions))  # (n, d, T)
+            pieces.append(along_all(x, directions))  # (n, d, T)
         second = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
         return second.transpose(1, 2).to(torch.float64)
 
