@@ -97,6 +97,21 @@ def as_block(t: torch.Tensor | None, like: torch.Tensor | None = None) -> torch.
     return t
 
 
+def weight_and_bias_blocks(first: torch.Tensor, second: torch.Tensor | None, selected: dict,
+                           module: nn.Module, per_output: int) -> list[ParameterDerivatives]:
+    """Blocks of a weight and bias whose derivatives come as one plain ``(n, T, out, per_output
+    + 1)`` tensor: the first ``per_output`` columns of each output unit belong to the weight,
+    the last to its bias."""
+    n, width = first.shape[:2]
+    blocks = []
+    for local, part in (("weight", slice(0, per_output)), ("bias", slice(per_output, per_output + 1))):
+        if local in selected:
+            u = as_block(first[..., part].reshape(n, width, -1))
+            w = as_block(None if second is None else second[..., part].reshape(n, width, -1), u)
+            blocks.append(ParameterDerivatives(selected[local], getattr(module, local).shape, u, w))
+    return blocks
+
+
 def linear_vjp(function, shape: tuple[int, ...], g: torch.Tensor) -> torch.Tensor:
     """Pull back ``g`` (n, T, *out) through a map that is linear in its input, by reverse mode
     at the input 0 (the pullback of a linear map does not depend on the point)."""

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fimvar.engine.base import ParameterDerivatives
-from fimvar.engine.structured.rules.base import Rule, as_block, register
+from fimvar.engine.structured.rules.base import Rule, register, weight_and_bias_blocks
 from fimvar.engine.structured.tangents import ChannelSparse, Dense, Tangent
 
 
@@ -139,15 +139,4 @@ class Conv(Rule):
         return ChannelSparse(unf, self.module.out_channels, shape)
 
     def emit(self, cache, first, second, selected) -> list[ParameterDerivatives]:
-        n, width = first.shape[:2]
-        per_channel = self.module.weight[0].numel()
-        blocks = []
-        for local, part in (("weight", slice(0, per_channel)),
-                            ("bias", slice(per_channel, per_channel + 1))):
-            if local in selected:
-                shape = getattr(self.module, local).shape
-                u = as_block(first[..., part].reshape(n, width, -1))
-                w = as_block(None if second is None else second[..., part].reshape(n, width, -1),
-                             u)
-                blocks.append(ParameterDerivatives(selected[local], shape, u, w))
-        return blocks
+        return weight_and_bias_blocks(first, second, selected, self.module, self.module.weight[0].numel())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fimvar.engine.base import ParameterDerivatives
-from fimvar.engine.structured.rules.base import Rule, as_block, register
+from fimvar.engine.structured.rules.base import Rule, as_block, register, weight_and_bias_blocks
 from fimvar.engine.structured.tangents import (
     ChannelSparse,
     Dense,
@@ -77,13 +77,4 @@ class Linear(Rule):
                 blocks.append(ParameterDerivatives(selected["bias"], self.module.bias.shape, u, w,
                                                    shared=shared))
             return blocks
-        n, width = first.shape[:2]
-        inputs = self.module.in_features
-        for local, part in (("weight", slice(0, inputs)), ("bias", slice(inputs, inputs + 1))):
-            if local in selected:
-                shape = getattr(self.module, local).shape
-                u = as_block(first[..., part].reshape(n, width, -1))
-                w = as_block(None if second is None else second[..., part].reshape(n, width, -1),
-                             u)
-                blocks.append(ParameterDerivatives(selected[local], shape, u, w))
-        return blocks
+        return weight_and_bias_blocks(first, second, selected, self.module, self.module.in_features)
