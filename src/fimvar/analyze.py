@@ -23,6 +23,8 @@ from fimvar.inputs import (
     check_derivatives_finite,
     check_inputs,
     check_parameters_finite,
+    check_samples,
+    family_outputs,
     model_mode_context,
     model_reference,
     trainable_parameters,
@@ -37,33 +39,6 @@ from fimvar.trace_bounds import OutputMoments, group_sums
 MODEL_GROUP = "(model)"
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
 DEFAULT_BLOCK = 256
-
-
-def check_samples(samples: int) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise FimvarError(f"samples (label draws per input) must be an integer ≥ 1, got {samples!r}")
-    return samples
-
-
-def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run the model on a batch and return its outputs as ``(n, T)``, with clear errors."""
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as error:  # the model's own error, re-raised with context
-        raise FimvarError(
-            f"the model failed on inputs of shape {tuple(x.shape)}: {error}"
-        ) from error
-    if not isinstance(out, torch.Tensor):
-        raise FimvarError(f"the model must return a tensor, got {type(out).__name__}")
-    if out.dim() == 1:
-        out = out[:, None]
-    if out.dim() != 2:
-        raise FimvarError(
-            f"the model returns shape {tuple(out.shape)}; fimvar needs (batch, outputs) — "
-            "flatten the output in the model"
-        )
-    return out
 
 
 class Analysis:
@@ -114,9 +89,7 @@ class Analysis:
         self.has_labels = labels is not None
         with model_mode_context(self.model):
             if self.width is None:
-                outputs = model_outputs(self.model, x[:1])
-                self.family.check_outputs(outputs.to(torch.float64))
-                self.width = outputs.shape[1]
+                self.width = family_outputs(self.model, x[:1], self.family).shape[1]
             chunk = self.engine.chunk_size(x, self.width, self.samples)
             for start in range(0, x.shape[0], chunk):
                 stop = min(x.shape[0], start + chunk)

@@ -279,19 +279,14 @@ def cmd_analyze(args) -> int:
 
 def _check_width(model, x, family, data, labels: bool) -> None:
     """Warn when a classifier's output width differs from the data's number of classes."""
-    import torch
+    from fimvar.inputs import family_outputs
 
-    from fimvar.analyze import model_outputs
-
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            outputs = model_outputs(model, x[:1])
-        finally:
-            model.train(was_training)
-    family.check_outputs(outputs.to(torch.float64))
-    width = outputs.shape[1]
+    was_training = model.training
+    model.eval()
+    try:
+        width = family_outputs(model, x[:1], family).shape[1]
+    finally:
+        model.train(was_training)
     if family.name == "categorical" and data.classes and data.classes != width:
         message = (f"the model has {width} outputs but {data.name} has {data.classes} classes "
                    f"(labels 0..{data.classes - 1})")

@@ -28,7 +28,14 @@ from torch.func import functional_call, jacfwd, jacrev
 
 from fimvar.errors import FimvarError
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.inputs import batches, check_inputs, model_mode_context, trainable_parameters
+from fimvar.inputs import (
+    batches,
+    check_inputs,
+    check_samples,
+    family_outputs,
+    model_mode_context,
+    trainable_parameters,
+)
 from fimvar.sampling import uniforms
 from fimvar.tensor_eigen import SphereProblem, sphere_extrema
 from fimvar.trace_bounds import covariance_frobenius
@@ -102,8 +109,6 @@ def analyze_full(
     on them are always computed); ``max_parameters`` guards against P×P×T Hessians that do not
     fit in memory (use the diagonal mode for larger models).
     """
-    from fimvar.analyze import check_samples, model_outputs
-
     family = get_family(family)
     samples = check_samples(samples)
     names = trainable_parameters(model, parameters)
@@ -132,8 +137,7 @@ def analyze_full(
     with model_mode_context(model):
         for batch, _ in batches(x, None):
             check_inputs(model, batch)
-            outputs = model_outputs(model, batch).to(torch.float64)
-            family.check_outputs(outputs)
+            outputs = family_outputs(model, batch, family)
             # γ̃_max(M) of every input of the batch in one vectorised optimisation
             gamma = bilinear_fourth_max(family, outputs) if bounds else None
             for k, x1 in enumerate(batch):

@@ -21,7 +21,7 @@ from torch.func import jacrev, vmap
 
 from fimvar.errors import FimvarError
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.inputs import batches, check_inputs, model_mode_context
+from fimvar.inputs import batches, check_inputs, check_samples, family_outputs, model_mode_context
 from fimvar.sampling import uniforms
 
 #: hidden widths up to which the full d×d matrices are kept
@@ -112,8 +112,6 @@ def hidden_fisher(
 
     Uses the label draws of :func:`fimvar.analyze` with the same ``seed``.
     """
-    from fimvar.analyze import check_samples, model_outputs
-
     family = get_family(family)
     samples = check_samples(samples)
     if isinstance(modules, str):
@@ -124,8 +122,7 @@ def hidden_fisher(
     with model_mode_context(model):
         for batch, _ in batches(x, None):
             check_inputs(model, batch)
-            h = model_outputs(model, batch).to(torch.float64)
-            family.check_outputs(h)
+            h = family_outputs(model, batch, family)
             index = torch.arange(count, count + batch.shape[0])
             noise = uniforms(seed, index, samples, family.uniform_width(h.shape[1]), h.device)
             eps = family.centered(h, family.sample(h, noise))  # (n, M, T)

@@ -139,6 +139,41 @@ def batches(
         yield x, y
 
 
+def check_samples(samples: int) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise FimvarError(f"samples (label draws per input) must be an integer ≥ 1, got {samples!r}")
+    return samples
+
+
+def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the model on a batch and return its outputs as ``(n, T)``, with clear errors."""
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as error:  # the model's own error, re-raised with context
+        raise FimvarError(
+            f"the model failed on inputs of shape {tuple(x.shape)}: {error}"
+        ) from error
+    if not isinstance(out, torch.Tensor):
+        raise FimvarError(f"the model must return a tensor, got {type(out).__name__}")
+    if out.dim() == 1:
+        out = out[:, None]
+    if out.dim() != 2:
+        raise FimvarError(
+            f"the model returns shape {tuple(out.shape)}; fimvar needs (batch, outputs) — "
+            "flatten the output in the model"
+        )
+    return out
+
+
+def family_outputs(model: nn.Module, x: torch.Tensor, family) -> torch.Tensor:
+    """:func:`model_outputs` in float64, checked against ``family`` (an
+    :class:`~fimvar.families.ExponentialFamily`: output width, finite values)."""
+    outputs = model_outputs(model, x).to(torch.float64)
+    family.check_outputs(outputs)
+    return outputs
+
+
 def model_mode_context(model: nn.Module):
     """Context manager: evaluate a model in eval mode (Dropout/BatchNorm deterministic) and
     restore its mode after; warns when the mode had to change."""

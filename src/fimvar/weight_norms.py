@@ -29,7 +29,7 @@ from torch import nn
 from fimvar.errors import FimvarError
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.hidden import output_jacobians
-from fimvar.inputs import batches, check_inputs, model_mode_context
+from fimvar.inputs import batches, check_inputs, family_outputs, model_mode_context
 
 #: activations with |σ'| ≤ 1 everywhere
 CONTRACTIVE = (nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LogSigmoid, nn.ReLU, nn.Identity, nn.Dropout,
@@ -92,12 +92,10 @@ def weight_norm_bounds(
                 lambda mod, args, out, name=n, store=inputs: store.__setitem__(name, args[0].detach()))
                 for n, m in linear]
             try:
-                with torch.no_grad():
-                    h = model(batch).reshape(batch.shape[0], -1).to(torch.float64)
+                h = family_outputs(model, batch, family)
             finally:
                 for handle in handles:
                     handle.remove()
-            family.check_outputs(h)
             m_max = family.fourth_tensor_extrema(h)["m_max"]
             with torch.no_grad():
                 jacobians = output_jacobians(model, batch, names)
