@@ -32,10 +32,6 @@ from torch.func import functional_call, jacrev, vmap
 from workloads import Workload
 
 import fimvar
-from fimvar.engine import StructuredEngine
-from fimvar.engine.autodiff import default_memory_budget
-from fimvar.families import get_family
-from fimvar.statistics import fisher_sum
 
 
 @dataclass
@@ -86,23 +82,11 @@ def fimvar_analysis(engine: str, bounds: bool):
 
 
 def fimvar_fisher(workload: Workload):
-    """The exact diagonal Fisher alone: first derivatives of the structured engine and one
-    contraction per parameter (:func:`fimvar.statistics.fisher_sum`), chunk by chunk."""
-    model = workload.model
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    engine = StructuredEngine(model, names, default_memory_budget())
-    family = get_family(workload.family)
+    """The exact diagonal Fisher alone (:func:`fimvar.fisher_diagonal`): first derivatives of
+    the structured engine and one contraction per parameter, chunk by chunk."""
 
     def run():
-        x = workload.x
-        chunk = engine.chunk_size(x, workload.width, 1)
-        total: dict[str, torch.Tensor] = {}
-        for start in range(0, x.shape[0], chunk):
-            h, blocks = engine.derivatives(x[start:start + chunk], second=False)
-            for block in blocks:
-                value = fisher_sum(family, h, block)
-                total[block.name] = total[block.name] + value if block.name in total else value
-        return {name: value / x.shape[0] for name, value in total.items()}
+        return fimvar.fisher_diagonal(workload.model, workload.x, workload.family, engine="structured")
 
     return run
 

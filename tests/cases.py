@@ -1,4 +1,11 @@
-"""One catalogue of tiny float64 test networks (models × families) that every test draws from."""
+"""One catalogue of tiny test networks — models × families × devices — that every test draws from.
+
+- :data:`ORACLE_MODELS`: small enough for the brute-force oracle (tests/oracle.py), including
+  models that only the autodiff engine supports (a residual block, LayerNorm).
+- :data:`STACKS`: feed-forward stacks of every module the structured engine supports.
+- :data:`MODELS` is both; :func:`make_case` builds any of them (float64 by default, any device)
+  with inputs and data labels; :func:`random_network` draws seeded random smooth MLPs.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from torch import nn
 
 FAMILY_WIDTH = {"categorical": 3, "gaussian": 2, "bernoulli": 3, "poisson": 2}
 FAMILIES = tuple(FAMILY_WIDTH)
+DEVICES = ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
 
 
 class Residual(nn.Module):
@@ -58,7 +66,7 @@ def _layernorm(t):
     return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, t)), (3,)
 
 
-MODELS = {
+ORACLE_MODELS = {
     "mlp-tanh": _mlp_tanh,
     "mlp-sigmoid-softplus": _mlp_sigmoid_softplus,
     "mlp-gelu-nobias": _mlp_gelu_nobias,
@@ -95,28 +103,9 @@ def data_labels(family: str, outputs: torch.Tensor, generator: torch.Generator) 
     return torch.randn(n, width, generator=generator, dtype=torch.float64)
 
 
-def make_case(model_name: str, family: str, inputs: int = 3, seed: int = 0) -> Case:
-    torch.manual_seed(seed)
-    model, shape = MODELS[model_name](FAMILY_WIDTH[family])
-    model = model.double()
-    if family == "poisson":  # keep rates moderate so that the oracle's truncated sum is exact
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(0.6)
-    generator = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(inputs, *shape, generator=generator, dtype=torch.float64)
-    with torch.no_grad():
-        outputs = model(x)
-    return Case(model_name, family, model, x, data_labels(family, outputs, generator))
-
-
-ALL_CASES = [(m, f) for m in MODELS for f in FAMILIES]
-
-
 # ----------------------------------------------------------------------------------------------
-# Stacks for the structured engine (tests/test_structured.py): every supported module type, in
-# hand-written and seeded random feed-forward stacks. They are added to MODELS *after*
-# ALL_CASES is formed, so make_case() builds them while the oracle tests keep their own list.
+# Stacks for the structured engine (tests/engine/test_structured.py): every supported module
+# type, in hand-written and seeded random feed-forward stacks.
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics and affine parameters (eval-mode BatchNorm)."""
@@ -267,7 +256,65 @@ STACKS = {
     **{f"random-mlp-{seed}": _random_mlp(seed) for seed in range(3)},
     **{f"random-cnn-{seed}": _random_cnn(seed) for seed in range(3)},
 }
+#: every model of the catalogue
+MODELS = {**ORACLE_MODELS, **STACKS}
 #: catalogue models the structured engine supports, and those it must refuse
-STRUCTURED_MODELS = [m for m in MODELS if m not in ("residual", "layernorm")] + list(STACKS)
 UNSUPPORTED_MODELS = {"residual": "Residual", "layernorm": "LayerNorm"}
-MODELS.update(STACKS)
+STRUCTURED_MODELS = [m for m in MODELS if m not in UNSUPPORTED_MODELS]
+#: (model, family) pairs checked against the brute-force oracle
+ORACLE_CASES = [(m, f) for m in ORACLE_MODELS for f in FAMILIES]
+
+
+def make_case(model_name: str, family: str, inputs: int = 3, seed: int = 0, *,
+              device: str = "cpu", dtype: torch.dtype = torch.float64, outputs: int | None = None) -> Case:
+    """A catalogue model with ``inputs`` seeded inputs and data labels (not drawn from the model),
+    in ``dtype`` on ``device``; ``outputs`` overrides the family's default output width."""
+    torch.manual_seed(seed)
+    model, shape = MODELS[model_name](outputs or FAMILY_WIDTH[family])
+    model = model.double()
+    if family == "poisson":  # keep rates moderate so that the oracle's truncated sum is exact
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.6)
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(inputs, *shape, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        labels = data_labels(family, model.eval()(x), generator)
+    model = model.to(device=device, dtype=dtype)
+    labels = labels.to(device) if not labels.is_floating_point() else labels.to(device, torch.float64)
+    return Case(model_name, family, model, x.to(device=device, dtype=dtype), labels)
+
+
+SMOOTH = (nn.Tanh, nn.Sigmoid, nn.Softplus, nn.GELU, nn.SiLU, nn.ELU, nn.LogSigmoid)
+
+
+def random_network(seed: int, inputs: int = 2):
+    """A seeded random smooth MLP (1–3 hidden layers), its family (cycling through the four) and
+    ``inputs`` inputs; weights scaled by 0.5, 1 or 3 (confident outputs), Poisson by 0.5."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(n: int) -> int:
+        return int(torch.randint(0, n, (1,), generator=generator))
+
+    family = FAMILIES[seed % 4]
+    outputs = {"categorical": 2 + pick(4), "gaussian": 1 + pick(3), "bernoulli": 1 + pick(3),
+               "poisson": 1 + pick(2)}[family]
+    widths = [2 + pick(3) for _ in range(1 + pick(3))]
+    layers, previous = [], 2 + pick(3)
+    width_in = previous
+    for width in widths:
+        layers += [nn.Linear(previous, width), SMOOTH[pick(len(SMOOTH))]()]
+        previous = width
+    layers.append(nn.Linear(previous, outputs))
+    torch.manual_seed(seed)
+    model = nn.Sequential(*layers).double()
+    scale = 0.5 if family == "poisson" else [0.5, 1.0, 3.0][pick(3)]  # 3.0: confident outputs
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    x = torch.randn(inputs, width_in, generator=generator, dtype=torch.float64)
+    return model, x, family
+
+
+
+

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 from torch import distributions as D
-from torch.func import functional_call, grad, hessian, vmap
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, vmap
 
 
 def log_likelihood(family: str, h: torch.Tensor, y: torch.Tensor, sigma: float = 1.0):
@@ -51,6 +51,15 @@ def support(family: str, h: torch.Tensor, sigma: float = 1.0):
     return ys, probs
 
 
+def statistic(family: str, ys: torch.Tensor, width: int, sigma: float = 1.0) -> torch.Tensor:
+    """Sufficient statistic t(y) of each label of a support, ``(S, T)`` (written out per family)."""
+    if family == "categorical":
+        return torch.eye(width, dtype=torch.float64)[ys.long()]
+    if family == "gaussian":
+        return ys / sigma**2
+    return ys.to(torch.float64)
+
+
 class Oracle:
     """Exact per-input derivatives of the log-likelihood for one model."""
 
@@ -82,6 +91,21 @@ class Oracle:
     def outputs(self, x1: torch.Tensor, theta=None) -> torch.Tensor:
         theta = self.theta if theta is None else theta
         return functional_call(self.model, self.unflatten(theta), (x1[None],)).reshape(-1)
+
+    def output_derivatives(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u`` and ``w`` of every parameter entry for one input, each ``(T, P)``: the Jacobian of
+        the outputs and the diagonals of their Hessians with respect to the flat parameters."""
+        jacobian = jacrev(self.outputs, argnums=1)(x1, self.theta)
+        hessians = jacfwd(jacrev(self.outputs, argnums=1), argnums=1)(x1, self.theta)
+        return jacobian, torch.diagonal(hessians, dim1=1, dim2=2)
+
+    def residuals(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ε_y = t(y) − E t(y)`` over the support of the labels of one input (``(S, T)``) and
+        their probabilities (``(S,)``), by enumeration (no family code)."""
+        h = self.outputs(x1).detach()
+        ys, probs = support(self.family, h, self.sigma)
+        stat = statistic(self.family, ys, h.shape[0], self.sigma)
+        return stat - probs @ stat, probs
 
     def loglik(self, theta, x1, y):
         return log_likelihood(self.family, self.outputs(x1, theta), y, self.sigma)

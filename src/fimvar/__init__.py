@@ -3,18 +3,29 @@
 Implements Soen & Sun, *On the Variance of the Fisher Information for Deep Learning*
 (NeurIPS 2021, [A]) and *Trade-Offs of Diagonal Fisher Information Matrix Estimators*
 (NeurIPS 2024, [B]).
+
+The package is layered (docs/architecture in the README): ``families`` (output distributions)
+→ ``engine`` (derivatives) → ``estimators`` (the mathematics, with ``bounds``) → ``results``
+→ ``analysis`` (the driver of every mode) → ``report`` (tables, files, figures) → ``app``
+(the command line).
 """
 
-from fimvar.analyze import Analysis, analyze
+from fimvar import report as _report  # registers the presentation of every result type
+from fimvar.analysis.diagonal import Analysis, analyze
+from fimvar.analysis.fisher import fisher_diagonal
+from fimvar.analysis.full import analyze_full
+from fimvar.analysis.hidden import hidden_fisher
+from fimvar.analysis.weight_norms import weight_norm_bounds
 from fimvar.errors import FimvarError
+from fimvar.estimators.design import CostModel, Target
+from fimvar.estimators.labels import sample_labels
 from fimvar.families import Bernoulli, Categorical, ExponentialFamily, Gaussian, Poisson
-from fimvar.full import FullResult, analyze_full
-from fimvar.hidden import HiddenFisher, hidden_fisher
-from fimvar.plan import CostModel, Plan, plan
 from fimvar.report import load
-from fimvar.result import Bound, DiagonalResult, GroupBound
-from fimvar.sampling import sample_labels
-from fimvar.weight_norms import LayerNormBound, weight_norm_bounds
+from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
+from fimvar.results.full import FullResult
+from fimvar.results.hidden import HiddenFisher, HiddenResult
+from fimvar.results.plan import Plan, plan
+from fimvar.results.weight_norms import LayerNormBound, WeightNormResult
 
 __version__ = "0.1.0"
 
@@ -31,14 +42,19 @@ __all__ = [
     "Gaussian",
     "GroupBound",
     "HiddenFisher",
+    "HiddenResult",
     "LayerNormBound",
     "Plan",
     "Poisson",
+    "Target",
+    "WeightNormResult",
     "analyze",
     "analyze_full",
+    "fisher_diagonal",
     "hidden_fisher",
     "load",
     "plan",
     "sample_labels",
     "weight_norm_bounds",
 ]
+del _report

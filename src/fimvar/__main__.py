@@ -2,6 +2,6 @@
 
 import sys
 
-from fimvar.cli import main
+from fimvar.app.cli import main
 
 sys.exit(main())

@@ -10,8 +10,6 @@ small models, and it is the ground truth every faster engine is tested against.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
@@ -81,7 +79,8 @@ class AutodiffEngine(Engine):
         torch 2.13), with a safety factor of 3."""
         return 16 * (max(width, 1) * activations + numel) * itemsize
 
-    def derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
+    def derivatives(self, x: torch.Tensor, second: bool = True
+                    ) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
         params, buffers = self._split_parameters()
 
         def single(p, x1):
@@ -96,8 +95,11 @@ class AutodiffEngine(Engine):
         for name, value in params.items():
             numel = value.numel()
             first = jacobians[name].reshape(x.shape[0], width, numel).to(torch.float64)
-            second = self._second_derivatives(single, params, name, x, width)
-            blocks.append(ParameterDerivatives(name, value.shape, first, second))
+            if second:
+                w = self._second_derivatives(single, params, name, x, width)
+            else:  # a broadcast zero costs no memory
+                w = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
+            blocks.append(ParameterDerivatives(name, value.shape, first, w))
         return outputs.to(torch.float64), blocks
 
     def _second_derivatives(self, single, params, name, x, width) -> torch.Tensor:
@@ -130,11 +132,3 @@ class AutodiffEngine(Engine):
             directions = directions.reshape(stop - start, *value.shape)
             second[:, :, start:stop] = along_all(x, directions).transpose(1, 2)  # (n, d, T)
         return second
-
-
-def default_memory_budget() -> int:
-    """2 GiB, or a quarter of a CUDA device's memory when one is in use."""
-    budget = 2 * 1024**3
-    if torch.cuda.is_available():
-        budget = max(budget, torch.cuda.get_device_properties(0).total_memory // 4)
-    return int(math.floor(budget))

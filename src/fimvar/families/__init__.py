@@ -1,4 +1,4 @@
-"""Exponential families of network outputs (theory.md §4)."""
+"""Exponential families of network outputs (docs/theory.md §4)."""
 
 from __future__ import annotations
 

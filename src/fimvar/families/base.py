@@ -4,7 +4,7 @@ A network output ``h ∈ R^T`` holds the natural parameters of ``p(y|h) = π(y) 
 With ``ε = t(y) − η(h)`` the centered sufficient statistic, the estimators of the Fisher
 information need only a handful of contractions of the moments of ε with direction vectors
 ``u`` (first output derivatives of a parameter) and ``w`` (second output derivatives), see
-theory.md §3–§4:
+docs/theory.md §3–§4:
 
     quadratic(u)        = uᵀ I u                       (I = Cov ε = ∇²F)
     fourth_variance(u)  = Var[(u·ε)²] = E(u·ε)⁴ − (uᵀIu)²
@@ -114,7 +114,7 @@ class ExponentialFamily(ABC):
         raise NotImplementedError(f"family '{self.name}' does not provide its fourth moment")
 
     def fourth_central_tensor(self, h: torch.Tensor) -> torch.Tensor:
-        """``M = K − I⊗I`` (theory §1), shape ``(n, T, T, T, T)``."""
+        """``M = K − I⊗I`` (docs/theory.md §1), shape ``(n, T, T, T, T)``."""
         fisher = self.fisher(h)
         return self.fourth_moment(h) - fisher[:, :, :, None, None] * fisher[:, None, None, :, :]
 
@@ -160,19 +160,12 @@ class ExponentialFamily(ABC):
         """Eigenvalues of ``I(h)`` in ascending order, shape ``(n, T)``."""
         return torch.linalg.eigvalsh(self.fisher(h))
 
-    def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Tensor eigenvalues ``λ̃_min/max`` of ``M`` and of ``K`` over the unit sphere.
-
-        Returns a dict with keys ``m_min, m_max, k_min, k_max`` (each ``(n,)``). Generic
-        implementation: multi-start Riemannian ascent (:mod:`fimvar.tensor_eigen`).
-        """
-        from fimvar.tensor_eigen import SphereProblem, sphere_extrema
-
-        problems = [SphereProblem(self.fourth_variance, minimize=True),
-                    SphereProblem(self.fourth_variance),
-                    SphereProblem(self.kurtosis_form, minimize=True), SphereProblem(self.kurtosis_form)]
-        values = sphere_extrema(problems, h)
-        return dict(zip(("m_min", "m_max", "k_min", "k_max"), values, strict=False))
+    def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Tensor eigenvalues ``λ̃_min/max`` of ``M`` and ``K`` over the unit sphere that the family
+        knows in closed form (docs/theory.md §5.5): a dict with some of the keys ``m_min``,
+        ``m_max``, ``k_min``, ``k_max`` (each ``(n,)``). The others are found numerically by
+        :func:`fimvar.estimators.bounds.tensor_eigen.tensor_extrema`. Default: none known."""
+        return {}
 
     def kurtosis_form(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``u⊗4·K = E(u·ε)⁴ = Var[(u·ε)²] + (uᵀIu)²`` per column (the form of λ̃(K))."""

@@ -13,7 +13,7 @@ from fimvar.families.base import (
 
 
 class Categorical(ExponentialFamily):
-    """Softmax classification over ``T ≥ 2`` classes (theory.md §4, first row).
+    """Softmax classification over ``T ≥ 2`` classes (docs/theory.md §4, first row).
 
     All contractions use the centered directions ``ũ_c = u_c − Σ_d p_d u_d`` so that
     ``Var[(u·ε)²] = Σ_c p_c (ũ_c² − uᵀIu)²`` is computed without cancellation.
@@ -89,44 +89,47 @@ class Categorical(ExponentialFamily):
         outer = eps[:, :, :, None] * eps[:, :, None, :]
         return outer - self.fisher(h)[:, None], p
 
-    # -- closed forms (theory.md §4)
-    def _centered_directions(self, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return u - torch.einsum("nc,nck->nk", p, u)[:, None, :]
+    # -- closed forms (docs/theory.md §4), each written once: with ``p`` of shape (n, T, 1) and
+    # the centred directions ũ = u − Σ p u, q = Σ p ũ², Var[(u·ε)²] = Σ p (ũ² − q)²,
+    # E[(u·ε)²(w·ε)] = Σ p ũ² w̃
+    @staticmethod
+    def _centred(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return u - (p * u).sum(1, keepdim=True)
+
+    @staticmethod
+    def _fourth(p: torch.Tensor, centred_sq: torch.Tensor, quadratic: torch.Tensor) -> torch.Tensor:
+        return (p * (centred_sq - quadratic[:, None, :]) ** 2).sum(1)
+
+    def _weights(self, h: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(h)[:, :, None]
 
     def quadratic(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        p = self.probabilities(h)
-        centered = self._centered_directions(p, u)
-        return torch.einsum("nc,nck->nk", p, centered**2)
+        p = self._weights(h)
+        return (p * self._centred(p, u) ** 2).sum(1)
 
     def fourth_variance(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        p = self.probabilities(h)
-        centered_sq = self._centered_directions(p, u) ** 2
-        q = torch.einsum("nc,nck->nk", p, centered_sq)
-        return torch.einsum("nc,nck->nk", p, (centered_sq - q[:, None, :]) ** 2)
+        p = self._weights(h)
+        centred_sq = self._centred(p, u) ** 2
+        return self._fourth(p, centred_sq, (p * centred_sq).sum(1))
 
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        p = self.probabilities(h)
-        centered_u = self._centered_directions(p, u)
-        centered_w = self._centered_directions(p, w)
-        return torch.einsum("nc,nck->nk", p, centered_u**2 * centered_w)
+        p = self._weights(h)
+        return (p * self._centred(p, u) ** 2 * self._centred(p, w)).sum(1)
 
     def contractions(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor):
-        p = self.probabilities(h)[:, :, None]
-        centered_u = u - (p * u).sum(1, keepdim=True)
-        centered_w = w - (p * w).sum(1, keepdim=True)
-        weighted_sq = p * centered_u**2
+        p = self._weights(h)
+        centred_sq, centred_w = self._centred(p, u) ** 2, self._centred(p, w)
+        weighted_sq = p * centred_sq
         quadratic = weighted_sq.sum(1)
-        fourth = (p * (centered_u**2 - quadratic[:, None, :]) ** 2).sum(1)
-        return quadratic, fourth, (p * centered_w**2).sum(1), (weighted_sq * centered_w).sum(1)
+        return (quadratic, self._fourth(p, centred_sq, quadratic), (p * centred_w**2).sum(1),
+                (weighted_sq * centred_w).sum(1))
 
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Var[(a·ε)(b·ε)] = Σ_c p_c (ã_c b̃_c − ãᵀ diag(p) b̃)², formed entry by entry (centered)
-        p = self.probabilities(h)
-        centered_a = self._centered_directions(p, a)
-        centered_b = self._centered_directions(p, b)
-        products = centered_a[:, :, :, None] * centered_b[:, :, None, :]  # (n, T, P, Q)
-        cross = torch.einsum("nc,ncij->nij", p, products)
-        return torch.einsum("nc,ncij->nij", p, (products - cross[:, None]) ** 2)
+        p = self._weights(h)
+        products = self._centred(p, a)[:, :, :, None] * self._centred(p, b)[:, :, None, :]  # (n, T, P, Q)
+        cross = torch.einsum("nc,ncij->nij", p[..., 0], products)
+        return torch.einsum("nc,ncij->nij", p[..., 0], (products - cross[:, None]) ** 2)
 
     # -- spectra: λ_min(I) = λ̃_min(M) = λ̃_min(K) = 0 along u = 1 (ε sums to zero)
     def fisher_eigenvalues(self, h: torch.Tensor) -> torch.Tensor:
@@ -134,13 +137,9 @@ class Categorical(ExponentialFamily):
         eigenvalues[:, 0] = 0.0  # exact: I·1 = 0; eigvalsh returns it up to rounding
         return eigenvalues
 
-    def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        from fimvar.tensor_eigen import SphereProblem, sphere_extrema
-
-        m_max, k_max = sphere_extrema(
-            [SphereProblem(self.fourth_variance), SphereProblem(self.kurtosis_form)], h)
-        zero = torch.zeros_like(m_max)
-        return {"m_min": zero, "m_max": m_max, "k_min": zero, "k_max": k_max}
+    def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        zero = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
+        return {"m_min": zero, "k_min": zero}
 
     def statistic_norm_bound(self, h: torch.Tensor) -> torch.Tensor:
         # ‖e_y − p‖² = 1 − 2 p_y + ‖p‖², largest at the least likely class

@@ -48,7 +48,7 @@ class Gaussian(IndependentFamily):
         precision = torch.full_like(h, 1.0 / self.sigma**2)
         return precision, torch.zeros_like(h), 2.0 * precision**2
 
-    def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         ones = torch.ones(h.shape[0], dtype=h.dtype, device=h.device)
         m_value = 2.0 / self.sigma**4 * ones
         k_value = 3.0 / self.sigma**4 * ones

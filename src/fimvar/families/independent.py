@@ -1,7 +1,7 @@
 """Families whose T outputs are independent one-dimensional exponential families.
 
 With independent, zero-mean components of variances ``s_c``, third moments ``κ3_c`` and
-variance of squares ``r_c = Var(ε_c²) = μ4_c − s_c²``, the contractions of theory.md §4 are
+variance of squares ``r_c = Var(ε_c²) = μ4_c − s_c²``, the contractions of docs/theory.md §4 are
 
     uᵀ I u            = Σ_c s_c u_c²
     Var[(u·ε)²]       = Σ_c r_c u_c⁴ + 2 Σ_{a≠b} s_a u_a² s_b u_b²          (every term ≥ 0)
@@ -53,26 +53,31 @@ class IndependentFamily(ExponentialFamily):
         out[:, idx, idx, idx, idx] += r - 2 * s**2
         return out
 
+    # -- closed forms (docs/theory.md §4), each written once
+    @staticmethod
+    def _fourth(r: torch.Tensor, u_sq: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
+        """``Σ r u⁴ + 2 Σ_{a≠b} s_a u_a² s_b u_b²`` with ``weighted = s u²`` (every term ≥ 0)."""
+        return (r * u_sq**2).sum(1) + 2.0 * exclusive_pair_sum(weighted, dim=1)
+
+    def _moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(m[:, :, None] for m in self.component_moments(h))
+
     def quadratic(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        s = self.component_moments(h)[0]
-        return torch.einsum("nc,nck->nk", s, u**2)
+        return (self._moments(h)[0] * u**2).sum(1)
 
     def fourth_variance(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        s, _, r = self.component_moments(h)
+        s, _, r = self._moments(h)
         u_sq = u**2
-        weighted = s[:, :, None] * u_sq
-        return torch.einsum("nc,nck->nk", r, u_sq**2) + 2.0 * exclusive_pair_sum(weighted, dim=1)
+        return self._fourth(r, u_sq, s * u_sq)
 
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        _, third, _ = self.component_moments(h)
-        return torch.einsum("nc,nck->nk", third, u**2 * w)
+        return (self._moments(h)[1] * u**2 * w).sum(1)
 
     def contractions(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor):
-        s, third, r = (m[:, :, None] for m in self.component_moments(h))
+        s, third, r = self._moments(h)
         u_sq = u**2
         weighted = s * u_sq
-        fourth = (r * u_sq**2).sum(1) + 2.0 * exclusive_pair_sum(weighted, dim=1)
-        return weighted.sum(1), fourth, (s * w**2).sum(1), (third * u_sq * w).sum(1)
+        return weighted.sum(1), self._fourth(r, u_sq, weighted), (s * w**2).sum(1), (third * u_sq * w).sum(1)
 
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         s, _, r = self.component_moments(h)
@@ -85,8 +90,8 @@ class IndependentFamily(ExponentialFamily):
     def fisher_eigenvalues(self, h: torch.Tensor) -> torch.Tensor:
         return torch.sort(self.component_moments(h)[0], dim=-1).values
 
-    def fourth_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Exact tensor eigenvalues for ``T ≤ EXACT_WIDTH`` (sphere ascent beyond).
+    def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Exact tensor eigenvalues for ``T ≤ EXACT_WIDTH`` (none known beyond).
 
         With ``x = u ⊙ u`` on the simplex, ``u⊗4·M = Σ_c κ4_c x_c² + 2 (s·x)²`` and
         ``u⊗4·K = Σ_c κ4_c x_c² + 3 (s·x)²`` (``κ4 = r − 2s²``): a quadratic form with a
@@ -97,7 +102,7 @@ class IndependentFamily(ExponentialFamily):
         """
         width = h.shape[1]
         if width > EXACT_WIDTH:
-            return super().fourth_tensor_extrema(h)
+            return {}
         s, _, r = self.component_moments(h)
         kurtosis = r - 2 * s**2
         supports = _supports(width, h.device, h.dtype)  # (S, T)

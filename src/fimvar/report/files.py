@@ -1,17 +1,28 @@
-"""Save a result into a directory (summary, tensors, figures, HTML) and load it back."""
+"""Save a result into a folder (summary, tensors, figures, HTML) and load it back."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fimvar.errors import FimvarError
+from fimvar.estimators.design import DEFAULT_TARGET, Target
 from fimvar.report import html as html_report
+from fimvar.report import plots, tensors
 from fimvar.report import summary as summaries
-from fimvar.report import tensors
+from fimvar.results.diagonal import DiagonalResult
+from fimvar.results.full import FullResult
+from fimvar.results.hidden import HiddenResult
+from fimvar.results.plan import Plan
+from fimvar.results.presentation import presents
+from fimvar.results.weight_norms import LayerNormBound, WeightNormResult
 
 SUMMARY = "summary.json"
 TENSORS = "fisher.safetensors"
+FULL_TENSORS = "full.safetensors"
+HIDDEN_TENSORS = "hidden.safetensors"
 REPORT = "report.html"
 FIGURE_DIR = "figures"
 
@@ -32,54 +43,119 @@ def writable_directory(directory: str | os.PathLike) -> Path:
     return directory
 
 
-def save(result, directory: str | os.PathLike, *, rho: float = 0.1, delta: float = 0.05,
-         run: dict | None = None, figures: bool = True, html: bool = True) -> Path:
+@contextmanager
+def _write_errors(directory: Path) -> Iterator[None]:
+    """Context for writing into ``directory``: an ``OSError`` becomes one clear error."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or error
+        raise FimvarError(f"cannot write to {directory} ({reason}); choose a writable --out") from error
+
+
+@presents(DiagonalResult, "save")
+def save(result: DiagonalResult, directory: str | os.PathLike, target: Target = DEFAULT_TARGET, *,
+         run: dict | None = None, figures: bool = True, html: bool = True, plan: Plan | None = None) -> Path:
     """Write ``summary.json``, ``fisher.safetensors``, ``figures/*.png|svg`` and ``report.html``.
 
     Args:
         result: a :class:`~fimvar.DiagonalResult`.
         directory: output folder (created if needed).
-        rho, delta: target of the plan stored in the summary (relative error ρ, confidence 1−δ).
+        target: target of the plan stored in the summary (relative error ρ, confidence 1−δ).
         run: extra run metadata for the summary (model and data description, command…).
         figures: write the figures (needs matplotlib).
         html: write ``report.html`` (with the figures embedded when ``figures``).
+        plan: the plan for ``target`` when it is already made (it is made otherwise).
 
     Returns:
         The output folder.
     """
     directory = writable_directory(directory)
-    try:
+    with _write_errors(directory):
         files: dict = {"summary": SUMMARY, "tensors": TENSORS, "figures": []}
         tensors.write(result, directory / TENSORS)
         pngs: dict[str, Path] = {}
         if figures:
-            from fimvar.report.plots import save_figures
-
-            written = save_figures(result, directory / FIGURE_DIR, rho=rho, delta=delta)
+            written = plots.save_figures(result, directory / FIGURE_DIR, target)
             files["figures"] = [str(p.relative_to(directory)) for p in written]
             pngs = {p.stem: p for p in written if p.suffix == ".png"}
         if html:
             files["report"] = REPORT
-        document = summaries.build_summary(result, rho=rho, delta=delta, run=run, files=files)
+        document = summaries.build_summary(result, target, run=run, files=files, plan=plan)
         summaries.write(document, directory / SUMMARY)
         if html:
             html_report.write(document, directory / REPORT, pngs)
-    except OSError as error:
-        reason = error.strerror or error
-        raise FimvarError(f"cannot write to {directory} ({reason}); choose a writable --out") from error
     return directory
 
 
-def load(path: str | os.PathLike):
+def _save_other(result, directory, tensor_file: str | None, write_tensors, figures: bool) -> Path:
+    directory = writable_directory(directory)
+    with _write_errors(directory):
+        files: dict = {"summary": SUMMARY, "figures": []}
+        if tensor_file is not None:
+            write_tensors(result, directory / tensor_file)
+            files["tensors"] = tensor_file
+        if figures:
+            written = plots.save_figures(result, directory / FIGURE_DIR)
+            files["figures"] = [str(p.relative_to(directory)) for p in written]
+        summaries.write(result.summary() | {"files": files}, directory / SUMMARY)
+    return directory
+
+
+@presents(FullResult, "save")
+def save_full(result: FullResult, directory: str | os.PathLike, *, figures: bool = True) -> Path:
+    """Write ``summary.json``, ``full.safetensors`` and ``figures/`` of a full-matrix result."""
+    return _save_other(result, directory, FULL_TENSORS, tensors.write_full, figures)
+
+
+@presents(HiddenResult, "save")
+def save_hidden(result: HiddenResult, directory: str | os.PathLike, *, figures: bool = True) -> Path:
+    """Write ``summary.json``, ``hidden.safetensors`` and ``figures/`` of a hidden-layer result."""
+    return _save_other(result, directory, HIDDEN_TENSORS, tensors.write_hidden, figures)
+
+
+@presents(WeightNormResult, "save")
+def save_weight_norms(result: WeightNormResult, directory: str | os.PathLike, *,
+                      figures: bool = True) -> Path:
+    """Write ``summary.json`` (every number of the result) and ``figures/``."""
+    return _save_other(result, directory, None, None, figures)
+
+
+def _resolve(path: str | os.PathLike, name: str) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / name
+    if not path.exists():
+        raise FimvarError(f"no saved fimvar result at {path} (expected a folder written by "
+                          "`fimvar analyze --out` or a result's save())")
+    return path
+
+
+@presents(DiagonalResult, "load")
+def load(path: str | os.PathLike) -> DiagonalResult:
     """Read a result saved by :func:`save` (a folder, or its ``fisher.safetensors``).
 
     Every tensor and every summary method (variances, α*, plan, bounds, tables) works on the loaded
     result as on the original.
     """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / TENSORS
-    if not path.exists():
-        raise FimvarError(f"no saved fimvar result at {path} (expected a folder written by "
-                          "`fimvar analyze --out` or DiagonalResult.save)")
-    return tensors.read(path)
+    return tensors.read(_resolve(path, TENSORS))
+
+
+@presents(FullResult, "load")
+def load_full(path: str | os.PathLike) -> FullResult:
+    return tensors.read_full(_resolve(path, FULL_TENSORS))
+
+
+@presents(HiddenResult, "load")
+def load_hidden(path: str | os.PathLike) -> HiddenResult:
+    return tensors.read_hidden(_resolve(path, HIDDEN_TENSORS))
+
+
+@presents(WeightNormResult, "load")
+def load_weight_norms(path: str | os.PathLike) -> WeightNormResult:
+    document = summaries.read(_resolve(path, SUMMARY))
+    if document.get("kind") != "weight_norms":
+        raise FimvarError(f"{path} does not hold weight-norm bounds")
+    layers = [LayerNormBound(**{k: (float("nan") if v is None else v) for k, v in row.items()})
+              for row in document["layers"]]
+    return WeightNormResult(document["run"]["family"], int(document["run"]["inputs"]), layers)

@@ -8,7 +8,8 @@ import html
 import math
 from pathlib import Path
 
-from fimvar.plan import ESTIMATORS, LABELS
+from fimvar.estimators.design import ESTIMATORS, LABELS
+from fimvar.results.groups import MODEL_GROUP
 
 CAPTIONS = {
     "fisher_std": "Mean Fisher per layer next to the standard deviation of one draw of Î1 and Î2 and "
@@ -80,7 +81,7 @@ def _names(groups: list[str]) -> str:
 
 def _findings(summary: dict) -> list[str]:
     groups = summary["groups"]
-    layers = [g for g in groups if g["group"] != "(model)"] if len(groups) > 1 else groups
+    layers = [g for g in groups if g["group"] != MODEL_GROUP] if len(groups) > 1 else groups
     whole = groups[-1]
     run = summary["run"]
     out = []
@@ -151,7 +152,7 @@ def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
                      _e(LABELS[g["better"]]), _num(g["alpha_star"], 2), _num(t.get("thm4.1_v1_upper")),
                      _num(t.get("thm4.1_v2_upper")), _num(t.get("thm4.1_fisher_upper")),
                      "—" if not target else f"{target['inputs']:,}"])
-        classes.append("model" if g["group"] == "(model)" else "")
+        classes.append("model" if g["group"] == MODEL_GROUP else "")
     parts.append("<h2 id=\"layers\">Per-layer summary</h2>" + _table(headers, rows, classes=classes))
     parts.append(
         f"<p class=\"muted\">Means over each layer's parameters. std: one draw (one input, one sampled "
@@ -187,7 +188,8 @@ def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
                           prow, left=2, classes=pclass)
                  + f"<p class=\"muted\">Target ‖Î_g−I_g‖₂/‖I_g‖₂ ≤ ρ per layer. Required inputs "
                    f"N_x ≥ k (a + b/M)/(ρ²‖I_g‖²), a = Σ Var_x I(θ_i|x), b = Σ label variance of one draw, "
-                   f"k = 1/δ (Chebyshev) or z²₁₋δ/₂ (normal approximation) (theory §8). Cost in backward "
+                   f"k = 1/δ (Chebyshev) or z²₁₋δ/₂ (normal approximation) (docs/theory.md §8.2). "
+                   f"Cost in backward "
                    f"passes of one input: forward {cost['forward']:g}, Î1 {cost['backward']:g} per draw, "
                    f"Î2 and the combination {cost['hessian']:g} per draw (Hessian-diagonal pass), exact "
                    f"T={cost['outputs']} backward passes per input. ★ cheapest.</p>"

@@ -4,7 +4,11 @@
   and the input noise ``sqrt(Var_x I(θ|x))``, on a log scale (the layout of [B] Fig. 2);
 - ``bound_tightness``: per layer, ``Σ bound / Σ exact`` of every upper bound of [B] (1 = tight);
 - ``relative_std``: histogram over parameters of the relative per-draw std ``sqrt(v)/I``;
-- ``sample_size``: inputs needed against the target relative error ρ (theory §8, :mod:`fimvar.plan`).
+- ``sample_size``: inputs needed against the target relative error ρ (docs/theory.md §8.2).
+
+Full-matrix results get ``matrices`` (the Fisher and the per-entry std of Î1 as heat maps),
+hidden-layer results ``hidden_units`` (per unit, the Fisher and the estimate's std), weight-norm
+results ``weight_norms`` (each exact norm next to its bound of [A]).
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fimvar.plan import ESTIMATORS, LABELS, noise_terms, required_inputs
+from fimvar.errors import FimvarError
+from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Target, required_inputs
+from fimvar.results.diagonal import DiagonalResult
+from fimvar.results.full import FullResult
+from fimvar.results.hidden import HiddenResult
+from fimvar.results.plan import noise_terms
+from fimvar.results.presentation import presents
+from fimvar.results.weight_norms import WeightNormResult
 
 FIGURES = ("fisher_std", "bound_tightness", "relative_std", "sample_size")
 FORMATS = ("png", "svg")
@@ -53,7 +64,7 @@ def _layer_ticks(ax, x, layers: list[str]) -> None:
     ax.set_xticks(x, layers, rotation=30 if crowded else 0, ha="right" if crowded else "center")
 
 
-def fisher_std(result, **_):
+def fisher_std(result, target: Target = DEFAULT_TARGET):
     """Mean Fisher and per-draw standard deviations per layer (log scale)."""
     fig, ax = _new()
     layers = _layers(result)
@@ -85,7 +96,7 @@ def fisher_std(result, **_):
     return fig
 
 
-def bound_tightness(result, **_):
+def bound_tightness(result, target: Target = DEFAULT_TARGET):
     """``Σ bound / Σ exact`` per layer for every upper bound ([B] Thm 4.1, Cor 4.2, …)."""
     fig, ax = _new(9.0, 4.0, right=0.6)
     layers = _layers(result)
@@ -112,7 +123,7 @@ def bound_tightness(result, **_):
     return fig
 
 
-def relative_std(result, **_):
+def relative_std(result, target: Target = DEFAULT_TARGET):
     """Histogram over parameters of ``sqrt(v1)/I`` and ``sqrt(v2)/I`` (parameters with I > 0)."""
     fig, ax = _new()
     fisher = torch.cat([result.fisher[k].reshape(-1) for k in result.shapes]).double()
@@ -143,24 +154,29 @@ def relative_std(result, **_):
     return fig
 
 
-def sample_size(result, rho: float = 0.1, delta: float = 0.05, **_):
+def sample_size(result, target: Target = DEFAULT_TARGET):
     """Inputs needed vs target relative error: per layer (combined estimator), and for the whole
     model per estimator; M = this run's draws, normal approximation (dashed: Chebyshev)."""
     fig, (left, right) = _new(10.0, 4.2, ncols=2, top=0.86)
     grid = np.logspace(-2, 0, 40)
+    rho, delta = target.rho, target.delta
     m = result.samples
+
+    def needed(terms, estimator: str, r: float, method: str) -> float:
+        return required_inputs(terms, estimator, Target(r, delta), method, m)
+
     for group, members in result.groups.items():
         terms = noise_terms(result, members)
-        normal = [required_inputs(terms, "combined", r, delta, "normal", m) for r in grid]
+        normal = [needed(terms, "combined", r, "normal") for r in grid]
         if all(math.isinf(v) for v in normal):
             continue
         line, = left.plot(grid, normal, label=group)
-        left.plot(grid, [required_inputs(terms, "combined", r, delta, "chebyshev", m) for r in grid],
+        left.plot(grid, [needed(terms, "combined", r, "chebyshev") for r in grid],
                   linestyle="--", color=line.get_color(), linewidth=0.8)
     members = [p for g in result.groups.values() for p in g]
     terms = noise_terms(result, members)
     for estimator in ESTIMATORS:
-        values = [required_inputs(terms, estimator, r, delta, "normal", m) for r in grid]
+        values = [needed(terms, estimator, r, "normal") for r in grid]
         right.plot(grid, values, color=COLORS[estimator], label=LABELS[estimator])
     for ax, title in ((left, "per layer, combined α*Î1+(1−α*)Î2"),
                       (right, "whole model, each estimator")):
@@ -177,24 +193,93 @@ def sample_size(result, rho: float = 0.1, delta: float = 0.05, **_):
     return fig
 
 
-_BUILDERS = {"fisher_std": fisher_std, "bound_tightness": bound_tightness, "relative_std": relative_std,
-             "sample_size": sample_size}
+def matrices(result: FullResult, target: Target = DEFAULT_TARGET):
+    """Heat maps of the full Fisher and of the per-entry standard deviation of one draw of Î1."""
+    fig, (left, right) = _new(10.0, 4.4, ncols=2, top=0.88)
+    for ax, values, title in ((left, result.fisher, "Fisher E_x I(θ|x)"),
+                              (right, result.v1.clamp_min(0).sqrt(), "std of one draw of Î1, sqrt(v1)")):
+        image = ax.imshow(values.numpy(), cmap="viridis", interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel("parameter j")
+        ax.set_ylabel("parameter i")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        edges = [s.start for s in result.slices.values()][1:]
+        for edge in edges:
+            ax.axhline(edge - 0.5, color="white", linewidth=0.5)
+            ax.axvline(edge - 0.5, color="white", linewidth=0.5)
+    fig.suptitle(f"Full-matrix Fisher (P={result.fisher.shape[0]}, N={result.num_inputs}, {result.family}); "
+                 "white lines separate parameter tensors")
+    return fig
 
 
-def figure(result, which: str, *, rho: float = 0.1, delta: float = 0.05):
-    """The matplotlib ``Figure`` ``which`` (one of :data:`FIGURES`)."""
+def hidden_units(result: HiddenResult, target: Target = DEFAULT_TARGET):
+    """Per hidden unit of each module: the Fisher, and the std of one draw of its estimate."""
+    fig, axes = _new(5.0 * max(1, len(result)), 4.0, ncols=max(1, len(result)), top=0.86)
+    axes = np.atleast_1d(axes)
+    for ax, (name, module) in zip(axes, result.items(), strict=True):
+        units = np.arange(module.fisher_diagonal.numel())
+        ax.plot(units, module.fisher_diagonal.numpy(), "o", color=COLORS["fisher"], markersize=3,
+                label="Fisher of the unit")
+        ax.plot(units, module.v1_diagonal.clamp_min(0).sqrt().numpy(), "^", color=COLORS["i1"],
+                markersize=3, label="std of one draw of the estimate")
+        ax.set_yscale("log")
+        ax.set_xticks(units if len(units) <= 12 else units[:: max(1, len(units) // 10)])
+        ax.set_xlabel("unit")
+        ax.set_title(f"module {name} (output shape {tuple(module.shape)})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best")
+    fig.suptitle(f"Fisher information of hidden representations ({result.family})")
+    return fig
+
+
+def weight_norms(result: WeightNormResult, target: Target = DEFAULT_TARGET):
+    """Per Linear layer, the exact Jacobian norms and Σ v1 next to their bounds of [A]."""
+    fig, axes = _new(11.0, 4.0, ncols=3, top=0.84)
+    layers = [layer.layer for layer in result]
+    x = np.arange(len(layers))
+    panels = (("frobenius", "frobenius_bound", "‖∂h/∂W̄‖_F"), ("spectral", "spectral_bound", "‖∂h/∂W̄‖_2σ"),
+              ("v1_sum", "v1_bound", "Σ v1 over the layer"))
+    for ax, (exact, bound, title) in zip(axes, panels, strict=True):
+        ax.plot(x, [getattr(layer, exact) for layer in result], "o", color=COLORS["fisher"], label="exact")
+        ax.plot(x, [getattr(layer, bound) for layer in result], "v", color=COLORS["i2"], label="bound of [A]")
+        ax.set_yscale("log")
+        _layer_ticks(ax, x, layers)
+        ax.set_title(title)
+        ax.set_xlabel("Linear layer")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best")
+    fig.suptitle(f"Weight-norm bounds of [A] (input averages, N={result.num_inputs})")
+    return fig
+
+
+#: figure builders of each result type
+BUILDERS = {
+    DiagonalResult: {"fisher_std": fisher_std, "bound_tightness": bound_tightness,
+                     "relative_std": relative_std, "sample_size": sample_size},
+    FullResult: {"matrices": matrices},
+    HiddenResult: {"hidden_units": hidden_units},
+    WeightNormResult: {"weight_norms": weight_norms},
+}
+FIGURES = tuple(BUILDERS[DiagonalResult])
+
+
+def _builders(result) -> dict:
+    return BUILDERS[type(result)]
+
+
+def figure(result, which: str, target: Target = DEFAULT_TARGET):
+    """The matplotlib ``Figure`` ``which`` of a result."""
     import matplotlib
 
-    from fimvar.errors import FimvarError
-
-    if which not in _BUILDERS:
-        raise FimvarError(f"unknown figure {which!r}; use one of {', '.join(FIGURES)} or 'all'")
+    builders = _builders(result)
+    if which not in builders:
+        raise FimvarError(f"unknown figure {which!r}; use one of {', '.join(builders)} or 'all'")
     with matplotlib.rc_context(_STYLE):
-        return _BUILDERS[which](result, rho=rho, delta=delta)
+        return builders[which](result, target)
 
 
-def save_figures(result, directory: str | Path, *, rho: float = 0.1, delta: float = 0.05,
-                 formats: tuple[str, ...] = FORMATS, which: tuple[str, ...] = FIGURES) -> list[Path]:
+def save_figures(result, directory: str | Path, target: Target = DEFAULT_TARGET, *,
+                 formats: tuple[str, ...] = FORMATS, which: tuple[str, ...] | None = None) -> list[Path]:
     """Write each figure as ``directory/<name>.<format>``; returns the paths written."""
     import matplotlib
 
@@ -202,11 +287,29 @@ def save_figures(result, directory: str | Path, *, rho: float = 0.1, delta: floa
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     with matplotlib.rc_context(_STYLE):
-        for name in which:
-            fig = figure(result, name, rho=rho, delta=delta)
+        for name in which or tuple(_builders(result)):
+            fig = figure(result, name, target)
             for fmt in formats:
                 path = directory / f"{name}.{fmt}"
                 metadata = {"Date": None} if fmt == "svg" else {"Software": None}
                 fig.savefig(path, format=fmt, dpi=110, metadata=metadata)
                 paths.append(path)
     return paths
+
+
+def plot(result, which: str = "all", path=None, target: Target = DEFAULT_TARGET):
+    """``result.plot``: one figure (saved to ``path`` if given), or with ``all`` a dict of every
+    figure of the result (saved into the folder ``path`` as PNG and SVG if given)."""
+    if which == "all":
+        if path is not None:
+            save_figures(result, path, target)
+        return {name: figure(result, name, target) for name in _builders(result)}
+    fig = figure(result, which, target)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+for _result_type in BUILDERS:
+    presents(_result_type, "plot")(plot)

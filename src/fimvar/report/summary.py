@@ -12,10 +12,10 @@ JSON reader accepts the file. Field meanings (per layer; "per draw" = one input,
   the variance of one input with M draws, ``input_var / (input_var + v/M)`` ([B] Thm 4.7);
 - ``variance_*``: mean per-parameter variance of the estimator with this run's N inputs × M draws;
 - ``better``: the estimator (``i1``/``i2``) with the smaller summed variance; ``alpha_star``: weight
-  of Î1 in the layer's minimum-variance combination (theory §8);
+  of Î1 in the layer's minimum-variance combination (docs/theory.md §8);
 - ``tightness``: per bound, ``Σ bound / Σ exact`` over the layer (1 = tight);
 - ``target``: inputs needed for the relative error ``rho`` at confidence ``1 − delta`` with the
-  ``better`` estimator and M draws (normal approximation, :mod:`fimvar.plan`);
+  ``better`` estimator and M draws (normal approximation, :mod:`fimvar.estimators.design`);
 - ``recommended``: the plan's cheapest design (normal approximation and Chebyshev).
 """
 
@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 from fimvar.errors import FimvarError
-from fimvar.plan import MODEL, Plan, design, noise_terms, plan
+from fimvar.estimators.design import DEFAULT_TARGET, METHODS, Design, Target
+from fimvar.results.diagonal import DiagonalResult, bound_violated
+from fimvar.results.full import FullResult
+from fimvar.results.groups import with_model_group
+from fimvar.results.hidden import HiddenResult
+from fimvar.results.plan import Plan, make_plan
+from fimvar.results.presentation import presents
+from fimvar.results.weight_norms import WeightNormResult
 
 SCHEMA_VERSION = 1
 
@@ -60,68 +67,43 @@ def clean(value: Any) -> Any:
     return str(value)
 
 
-def _pooled(result):
-    """The result with one group holding every parameter (or itself if it has one group)."""
-    if len(result.groups) == 1:
-        return result, next(iter(result.groups))
-    members = [m for group in result.groups.values() for m in group]
-    return dataclasses.replace(result, groups={MODEL: members}), MODEL
+def _design(design: Design | None) -> dict | None:
+    return None if design is None else dataclasses.asdict(design)
 
 
-def group_rows(result, rho: float = 0.1, delta: float = 0.05, the_plan: Plan | None = None,
-               include_model: bool = True) -> list[dict]:
-    """One JSON-ready row per group (and one for the pooled model), see the module docs."""
-    the_plan = the_plan or plan(result, rho, delta)
-    groups = dict(result.groups)
-    rows = result.group_summary()
-    if include_model and len(groups) > 1:
-        pooled, name = _pooled(result)
-        rows = rows + pooled.group_summary()
-        groups[name] = pooled.groups[name]
-    variances = {e: result.variance(e) for e in ("combined", "exact")}
-    out = []
+def group_rows(result: DiagonalResult, plan: Plan) -> list[dict]:
+    """One JSON-ready row per group and one for the pooled model (the result's
+    :meth:`~fimvar.DiagonalResult.group_summary`), see the module docs."""
+    rows = result.group_summary(plan=plan, include_model=True)
     for row in rows:
-        group = row["group"]
-        members = groups[group]
-        count = row["parameters"]
-        label2 = row["std_i2"] ** 2 / result.samples
-        terms = noise_terms(result, members)
-        target = design(terms, row["better"], rho, delta, "normal", the_plan.cost, draws=result.samples)
-        gp = next((g for g in the_plan.groups if g.group == group), None)
-        entry = {
-            "group": group,
-            "members": list(members),
-            **{k: v for k, v in row.items() if k not in ("group",) and not k.startswith("tightness:")},
-            "input_noise_share_i2": (row["input_var"] / (row["input_var"] + label2)
-                                     if row["input_var"] + label2 > 0 else 0.0),
-            "variance_combined": sum(float(variances["combined"][m].sum()) for m in members) / count,
-            "variance_exact": sum(float(variances["exact"][m].sum()) for m in members) / count,
-            "tightness": {name: bound.group_tightness({group: members})[group]
-                          for name, bound in result.bounds.items()},
-            "empirical": None,
-            "target": None if target is None else {
-                "rho": rho, "delta": delta, "method": "normal", "estimator": target.estimator,
-                "inputs": target.inputs, "draws": target.draws},
-            "recommended": {m: (None if gp is None or gp.recommended(m) is None
-                                else dataclasses.asdict(gp.recommended(m))) for m in ("normal", "chebyshev")},
-        }
-        if result.empirical is not None:
-            fisher_sum = sum(float(result.fisher[m].sum()) for m in members)
-            empirical_sum = sum(float(result.empirical[m].sum()) for m in members)
-            entry["empirical"] = {
-                "fisher": empirical_sum / count,
-                "relative_bias": (empirical_sum - fisher_sum) / fisher_sum if fisher_sum > 0 else None,
-            }
-        out.append(entry)
-    return out
+        row["recommended"] = {m: _design(d) for m, d in row["recommended"].items()}
+    return rows
 
 
-def bound_rows(result) -> tuple[list[dict], list[dict]]:
+def plan_document(plan: Plan) -> dict:
+    """The ``plan`` section of ``summary.json`` (also :meth:`fimvar.Plan.to_dict`)."""
+    groups = []
+    for g in plan.groups:
+        recommended = {m: (None if g.recommended(m) is None else g.recommended(m).estimator)
+                       for m in METHODS}
+        groups.append({
+            "group": g.group,
+            "parameters": g.terms.parameters,
+            "fisher_norm_sq": g.terms.fisher_sq,
+            "input_noise": g.terms.input,
+            "label_noise": dict(g.terms.label),
+            "recommended": recommended,
+            "designs": [dataclasses.asdict(d) for d in g.designs],
+        })
+    return {"rho": plan.rho, "delta": plan.delta, "draws": plan.draws,
+            "target": "||I_hat_g - I_g||_2 / ||I_g||_2 <= rho with probability >= 1 - delta",
+            "cost_model": dataclasses.asdict(plan.cost), "notes": list(plan.notes), "groups": groups}
+
+
+def bound_rows(result: DiagonalResult) -> tuple[list[dict], list[dict]]:
     """Per-parameter bounds (holds, violations, tightness per group and for the model) and
     per-group trace/Frobenius bounds."""
-    groups = dict(result.groups)
-    if len(groups) > 1:
-        groups[MODEL] = [m for g in result.groups.values() for m in g]
+    groups = with_model_group(result.groups)
     per_parameter = []
     for name, bound in result.bounds.items():
         per_parameter.append({
@@ -141,12 +123,18 @@ def bound_rows(result) -> tuple[list[dict], list[dict]]:
     return per_parameter, per_group
 
 
-def build_summary(result, *, rho: float = 0.1, delta: float = 0.05, run: dict | None = None,
-                  files: dict | None = None) -> dict:
-    """The ``summary.json`` document of a result (see the module docs and the JSON Schema)."""
+def _header(schema_version: int) -> dict:
     from fimvar import __version__
 
-    the_plan = plan(result, rho, delta)
+    return {"schema_version": schema_version, "fimvar_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
+
+
+@presents(DiagonalResult, "summary")
+def build_summary(result: DiagonalResult, target: Target = DEFAULT_TARGET, *, run: dict | None = None,
+                  files: dict | None = None, plan: Plan | None = None) -> dict:
+    """The ``summary.json`` document of a result (see the module docs and the JSON Schema)."""
+    plan = plan if plan is not None else make_plan(result, target)
     per_parameter, per_group = bound_rows(result)
     metadata = dict(result.metadata)
     metadata.update(run or {})
@@ -162,17 +150,80 @@ def build_summary(result, *, rho: float = 0.1, delta: float = 0.05, run: dict | 
         **metadata,
     }
     document = {
-        "schema_version": SCHEMA_VERSION,
-        "fimvar_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        **_header(SCHEMA_VERSION),
         "run": run_section,
         "shapes": {name: list(shape) for name, shape in result.shapes.items()},
-        "groups": group_rows(result, rho, delta, the_plan),
+        "groups": group_rows(result, plan),
         "bounds": per_parameter,
         "group_bounds": per_group,
-        "plan": the_plan.to_dict(),
+        "plan": plan_document(plan),
         "files": files or {},
     }
+    return clean(document)
+
+
+@presents(Plan, "document")
+def _plan_document(plan: Plan) -> dict:
+    return clean(plan_document(plan))
+
+
+@presents(FullResult, "summary")
+def full_summary(result: FullResult, *, files: dict | None = None) -> dict:
+    """The ``summary.json`` of a full-matrix result: per parameter tensor, the traces of the
+    diagonal blocks, and the Frobenius norms with [A]'s bounds."""
+    blocks = []
+    for name in result.slices:
+        fisher = result.block(result.fisher, name)
+        blocks.append({
+            "parameter": name, "parameters": int(fisher.shape[0]),
+            "trace_fisher": float(fisher.diagonal().sum()),
+            "frobenius_fisher": float(fisher.norm()),
+            "trace_v1": float(result.block(result.v1, name).diagonal().sum()),
+            "trace_v2": float(result.block(result.v2, name).diagonal().sum()),
+            "trace_input_var": float(result.block(result.input_var, name).diagonal().sum()),
+        })
+    document = {**_header(SCHEMA_VERSION), "kind": "full",
+                "run": {"family": result.family, "samples": result.samples, "inputs": result.num_inputs,
+                        "parameters": int(result.fisher.shape[0]), **result.metadata},
+                "blocks": blocks, "frobenius": dict(result.frobenius),
+                "offdiagonal_bounds": [
+                    {"name": name, "quantity": quantity, "side": "upper", "source": "[B] App. C",
+                     "holds": not bool(bound_violated(bound, exact, "upper", 1e-9).any()),
+                     "tightness": float(bound.sum() / exact.sum()) if float(exact.sum()) != 0 else None}
+                    for name, (quantity, bound, exact) in result.offdiagonal_exact().items()],
+                "files": files or {}}
+    return clean(document)
+
+
+@presents(HiddenResult, "summary")
+def hidden_summary(result: HiddenResult, *, files: dict | None = None) -> dict:
+    """The ``summary.json`` of a hidden-layer result: per module, the mean Fisher of its units,
+    the single-draw std of the estimate and the input noise."""
+    modules = []
+    for name, module in result.items():
+        fisher = float(module.fisher_diagonal.mean())
+        modules.append({
+            "module": name, "shape": list(module.shape), "units": int(module.fisher_diagonal.numel()),
+            "inputs": module.num_inputs, "samples": module.samples,
+            "fisher": fisher, "estimate": float(module.estimate_diagonal.mean()),
+            "std_estimate": float(module.v1_diagonal.mean()) ** 0.5,
+            "relative_std_estimate": (float(module.v1_diagonal.mean()) ** 0.5 / fisher
+                                      if fisher > 0 else None),
+            "input_var": float(module.input_var_diagonal.mean()),
+        })
+    document = {**_header(SCHEMA_VERSION), "kind": "hidden",
+                "run": {"family": result.family, **result.metadata}, "modules": modules,
+                "files": files or {}}
+    return clean(document)
+
+
+@presents(WeightNormResult, "summary")
+def weight_norm_summary(result: WeightNormResult, *, files: dict | None = None) -> dict:
+    """The ``summary.json`` of [A]'s weight-norm bounds: per layer, each exact value and bound."""
+    document = {**_header(SCHEMA_VERSION), "kind": "weight_norms",
+                "run": {"family": result.family, "inputs": result.num_inputs, **result.metadata},
+                "layers": [dataclasses.asdict(layer) for layer in result],
+                "files": files or {}}
     return clean(document)
 
 
@@ -194,6 +245,14 @@ def validate(document: dict) -> None:
     except jsonschema.ValidationError as error:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise FimvarError(f"summary.json does not match its schema at {where}: {error.message}") from error
+
+
+def read(path: str | Path) -> dict:
+    """Read a ``summary.json`` with one clear error when it is not one."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise FimvarError(f"cannot read {path} as a fimvar summary.json: {error}") from error
 
 
 def write(document: dict, path: str | Path) -> None:

@@ -35,6 +35,9 @@ import torch
 
 from fimvar.errors import FimvarError
 from fimvar.report.summary import clean
+from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
+from fimvar.results.full import FullResult
+from fimvar.results.hidden import HiddenFisher, HiddenResult
 
 FORMAT = "fimvar.diagonal-result"
 FORMAT_VERSION = 1
@@ -43,7 +46,7 @@ DERIVED = ("variance_i1", "variance_i2", "variance_combined", "variance_exact", 
            "alpha_star", "combined")
 
 
-def tensors_of(result) -> dict[str, torch.Tensor]:
+def tensors_of(result: DiagonalResult) -> dict[str, torch.Tensor]:
     """Every stored tensor of ``result``, keyed ``"<parameter>/<quantity>"``."""
     quantities: dict[str, dict[str, torch.Tensor]] = {q: getattr(result, q) for q in PRIMARY}
     if result.empirical is not None:
@@ -67,16 +70,10 @@ def tensors_of(result) -> dict[str, torch.Tensor]:
     return out
 
 
-def write(result, path: str | Path) -> None:
+def write(result: DiagonalResult, path: str | Path) -> None:
     """Write ``fisher.safetensors`` (see the module docs)."""
-    from safetensors.torch import save_file
-
-    from fimvar import __version__
-
     header = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fimvar_version": __version__,
         "family": result.family,
         "samples": result.samples,
         "num_inputs": result.num_inputs,
@@ -89,16 +86,51 @@ def write(result, path: str | Path) -> None:
         "group_exact": result.group_exact,
         "group_bounds": {n: {"source": b.source, "quantity": b.quantity, "side": b.side, "values": b.values}
                          for n, b in result.group_bounds.items()},
+        "labels": result.empirical is not None,
+        "draw_moments": list(result.draw_moments),
         "derived": list(DERIVED),
     }
-    save_file(tensors_of(result), str(path), metadata={"fimvar": json.dumps(clean(header))})
+    _write_file(path, tensors_of(result), header)
 
 
-def read(path: str | Path):
+def read(path: str | Path) -> DiagonalResult:
     """Rebuild a :class:`~fimvar.DiagonalResult` from ``fisher.safetensors``."""
-    from safetensors import safe_open
+    tensors, meta = _read_file(path, FORMAT)
+    shapes = {k: torch.Size(v) for k, v in meta["shapes"].items()}
 
-    from fimvar.result import Bound, DiagonalResult, GroupBound
+    def quantity(q: str) -> dict[str, torch.Tensor]:
+        try:
+            return {name: tensors[f"{name}/{q}"] for name in shapes}
+        except KeyError as error:
+            raise FimvarError(f"{path} lacks the tensor {error.args[0]}") from error
+
+    has_labels = bool(meta["labels"])
+    result = DiagonalResult(
+        family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
+        engine=meta["engine"], shapes=shapes, groups={g: list(m) for g, m in meta["groups"].items()},
+        **{q: quantity(q) for q in PRIMARY},
+        empirical=quantity("empirical") if has_labels else None,
+        empirical_bias=quantity("empirical_bias") if has_labels else None,
+        draw_moments={m: quantity(f"draw:{m}") for m in meta["draw_moments"]},
+        metadata=dict(meta.get("metadata") or {}),
+    )
+    exact_of = {"fisher": result.fisher, "v1": result.v1, "v2": result.v2, "input_var": result.input_var}
+    for name, info in meta["bounds"].items():
+        result.bounds[name] = Bound(name, info["source"], info["quantity"], info["side"],
+                                    quantity(f"bound:{name}"), exact_of[info["quantity"]])
+    result.group_exact = {q: {g: _number(v) for g, v in values.items()}
+                          for q, values in meta["group_exact"].items()}
+    for name, info in meta["group_bounds"].items():
+        values = {g: _number(v) for g, v in info["values"].items()}
+        exact = {g: result.group_exact[info["quantity"]][g] for g in values}
+        result.group_bounds[name] = GroupBound(name, info["source"], info["quantity"], info["side"],
+                                               values, exact)
+    return result
+
+
+def _read_file(path: str | Path, expected: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the ``fimvar`` header of a file written by one of the writers here."""
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.exists():
@@ -112,40 +144,72 @@ def read(path: str | Path):
     if header is None:
         raise FimvarError(f"{path} was not written by fimvar (no 'fimvar' metadata)")
     meta = json.loads(header)
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format") != expected or meta.get("format_version") != FORMAT_VERSION:
         raise FimvarError(f"{path} has format {meta.get('format')} v{meta.get('format_version')}; this "
-                          f"fimvar reads {FORMAT} v{FORMAT_VERSION}")
-    shapes = {k: torch.Size(v) for k, v in meta["shapes"].items()}
+                          f"fimvar reads {expected} v{FORMAT_VERSION}")
+    return tensors, meta
 
-    def quantity(q: str) -> dict[str, torch.Tensor]:
-        try:
-            return {name: tensors[f"{name}/{q}"] for name in shapes}
-        except KeyError as error:
-            raise FimvarError(f"{path} lacks the tensor {error.args[0]}") from error
 
-    has_labels = f"{next(iter(shapes))}/empirical" in tensors
-    result = DiagonalResult(
+def _write_file(path: str | Path, tensors: dict[str, torch.Tensor], header: dict) -> None:
+    from safetensors.torch import save_file
+
+    from fimvar import __version__
+
+    header = {"format_version": FORMAT_VERSION, "fimvar_version": __version__, **header}
+    save_file({k: v.detach().to("cpu", torch.float64).contiguous() for k, v in tensors.items()},
+              str(path), metadata={"fimvar": json.dumps(clean(header))})
+
+
+#: file formats of the other result types
+FULL_FORMAT = "fimvar.full-result"
+HIDDEN_FORMAT = "fimvar.hidden-result"
+FULL_MATRICES = ("fisher", "i1", "i2", "v1", "v2", "input_var")
+HIDDEN_TENSORS = ("fisher_diagonal", "estimate_diagonal", "v1_diagonal", "input_var_diagonal",
+                  "fisher", "estimate")
+
+
+def write_full(result: FullResult, path: str | Path) -> None:
+    """``full.safetensors``: the P×P matrices (and the App. C bounds) of a full-matrix result."""
+    tensors = {q: getattr(result, q) for q in FULL_MATRICES}
+    tensors.update({f"bound:{k}": v for k, v in result.offdiagonal_bounds.items()})
+    _write_file(path, tensors, {
+        "format": FULL_FORMAT, "family": result.family, "samples": result.samples,
+        "num_inputs": result.num_inputs, "shapes": {k: list(v) for k, v in result.shapes.items()},
+        "slices": {k: [v.start, v.stop] for k, v in result.slices.items()},
+        "frobenius": result.frobenius, "bounds": list(result.offdiagonal_bounds),
+        "metadata": result.metadata})
+
+
+def read_full(path: str | Path) -> FullResult:
+    tensors, meta = _read_file(path, FULL_FORMAT)
+    return FullResult(
         family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
-        engine=meta["engine"], shapes=shapes, groups={g: list(m) for g, m in meta["groups"].items()},
-        **{q: quantity(q) for q in PRIMARY},
-        empirical=quantity("empirical") if has_labels else None,
-        empirical_bias=quantity("empirical_bias") if has_labels else None,
-        draw_moments={k.split("/draw:", 1)[1]: None for k in tensors if "/draw:" in k},
-        metadata=dict(meta.get("metadata") or {}),
-    )
-    result.draw_moments = {m: quantity(f"draw:{m}") for m in result.draw_moments}
-    exact_of = {"fisher": result.fisher, "v1": result.v1, "v2": result.v2, "input_var": result.input_var}
-    for name, info in meta["bounds"].items():
-        result.bounds[name] = Bound(name, info["source"], info["quantity"], info["side"],
-                                    quantity(f"bound:{name}"), exact_of[info["quantity"]])
-    result.group_exact = {q: {g: _number(v) for g, v in values.items()}
-                          for q, values in meta["group_exact"].items()}
-    for name, info in meta["group_bounds"].items():
-        values = {g: _number(v) for g, v in info["values"].items()}
-        exact = {g: result.group_exact[info["quantity"]][g] for g in values}
-        result.group_bounds[name] = GroupBound(name, info["source"], info["quantity"], info["side"],
-                                               values, exact)
-    return result
+        slices={k: slice(*v) for k, v in meta["slices"].items()},
+        shapes={k: torch.Size(v) for k, v in meta["shapes"].items()},
+        **{q: tensors[q] for q in FULL_MATRICES},
+        frobenius={k: _number(v) for k, v in meta["frobenius"].items()},
+        offdiagonal_bounds={k: tensors[f"bound:{k}"] for k in meta["bounds"]},
+        metadata=dict(meta.get("metadata") or {}))
+
+
+def write_hidden(result: HiddenResult, path: str | Path) -> None:
+    """``hidden.safetensors``: ``"<module>/<quantity>"`` for every module of a hidden-layer result."""
+    tensors = {f"{name}/{q}": getattr(module, q) for name, module in result.items()
+               for q in HIDDEN_TENSORS if getattr(module, q) is not None}
+    _write_file(path, tensors, {
+        "format": HIDDEN_FORMAT, "family": result.family, "metadata": result.metadata,
+        "modules": {name: {"shape": list(m.shape), "num_inputs": m.num_inputs, "samples": m.samples}
+                    for name, m in result.items()}})
+
+
+def read_hidden(path: str | Path) -> HiddenResult:
+    tensors, meta = _read_file(path, HIDDEN_FORMAT)
+    modules = {}
+    for name, info in meta["modules"].items():
+        modules[name] = HiddenFisher(
+            module=name, shape=torch.Size(info["shape"]), num_inputs=int(info["num_inputs"]),
+            samples=int(info["samples"]), **{q: tensors.get(f"{name}/{q}") for q in HIDDEN_TENSORS})
+    return HiddenResult(meta["family"], modules, dict(meta.get("metadata") or {}))
 
 
 def _number(value) -> float:

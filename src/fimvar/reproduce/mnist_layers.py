@@ -138,18 +138,9 @@ def conditional_stats(result, groups: dict[str, list[str]]) -> dict[str, dict[st
                     ratios = ratios[torch.isfinite(ratios) & (ratios > 0)]
                     row[f"geo_ratio_{quantity}_upper"] = (float(ratios.log().mean().exp())
                                                           if len(ratios) else float("nan"))
-                row[f"violations_{quantity}_{side}"] = sum(
-                    int(v) for v in _violations(bound, members))
+                row[f"violations_{quantity}_{side}"] = bound.violations(members=members)
         out[layer] = row
     return out
-
-
-def _violations(bound, members: list[str], rtol: float = 1e-9):
-    for name in members:
-        value, exact = bound.values[name], bound.exact[name]
-        slack = rtol * (exact.abs() + value.abs()) + 1e-300
-        bad = value < exact - slack if bound.side == "upper" else value > exact + slack
-        yield int(bad.sum())
 
 
 def joint_stats(result, groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:

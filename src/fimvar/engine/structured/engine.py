@@ -1,17 +1,17 @@
 """The structured engine: exact per-sample derivatives of feed-forward stacks at the cost of a
-few gradients (design.md, "The fast engine").
+few gradients (docs/theory.md §9).
 
 For a chunk of inputs:
 
 1. **forward** through the flattened module list, each rule keeping what it needs;
 2. **backward** of the T output directions, ``G_k = ∂h/∂(output of k)`` (``G_L = I_T``); at every
-   activation with curvature ``r^a_k = φ''(z_k) ⊙ G^a`` (theory.md §6);
+   activation with curvature ``r^a_k = φ''(z_k) ⊙ G^a`` (docs/theory.md §6);
 3. for every layer with analysed parameters, ``u = tangent·G`` at its output and
    ``w^a = Σ_k Σ_j r^a_k[j] (∂z_k[j]/∂θ)²`` over the activations after it, the tangent
    ``∂z_k/∂θ`` being pushed forward module by module (:mod:`.tangents`).
 
 A ``Linear`` layer's weight comes out factored (``u = G[:, j] a_m``, ``w = Hdiag[:, j] a_m²``,
-[A] eq. 19), so every per-parameter sum over inputs is one GEMM in :mod:`fimvar.statistics`.
+[A] eq. 19), so every per-parameter sum over inputs is one GEMM in :mod:`fimvar.estimators.diagonal`.
 Nothing is kept beyond one chunk, whose size follows the memory budget.
 """
 

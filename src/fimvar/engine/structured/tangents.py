@@ -1,7 +1,7 @@
 """Tangents: the derivatives of one layer's activations with respect to the parameter directions
 of an earlier layer, pushed forward through the network one module at a time.
 
-Why they are needed (theory.md §6, design.md "The fast engine"). In a feed-forward stack every
+Why they are needed (docs/theory.md §6 and §9). In a feed-forward stack every
 module is linear in its input except the elementwise activations ``φ`` (max pooling is piecewise
 linear, its second derivative is 0 almost everywhere). A parameter ``θ_i`` enters the output
 ``z_l`` of its layer linearly, so the chain rule gives the diagonal second derivative of every
@@ -12,7 +12,7 @@ output ``h^a`` as a sum over the activations ``k`` after layer ``l``:
 with ``z_k`` the input of activation ``k``. ``r`` comes from the backward pass (T columns);
 ``∂z_k/∂θ_i`` is the tangent of direction ``i`` at ``z_k``. For a ``Linear`` layer the directions
 are the unit vectors of its output (``∂z_k/∂W[j,m] = B_{l,k}[:, j] a_m``), which gives
-``Hdiag[a, j] = Σ_k Σ_q r^a_k[q] B_{l,k}[q, j]²`` of design.md.
+``Hdiag[a, j] = Σ_k Σ_q r^a_k[q] B_{l,k}[q, j]²`` (docs/theory.md §9.3).
 
 A tangent holds the directions of one layer at the current activation, for a chunk of ``n``
 inputs, in the cheapest form that is exact:

@@ -1,6 +1,6 @@
 """Elementwise activations ``y = φ(z)``: ``G ↦ G ⊙ φ'(z)`` backwards, tangents scaled by
 ``φ'(z)`` forwards, and ``r^a = φ''(z) ⊙ G^a`` feeds the output-Hessian diagonal
-(theory.md §6: ``H^a_l = … + diag(φ''(z_l) ⊙ (W_{l+1}ᵀ G_{l+1}[a, :]ᵀ))``).
+(docs/theory.md §6: ``H^a_l = … + diag(φ''(z_l) ⊙ (W_{l+1}ᵀ G_{l+1}[a, :]ᵀ))``).
 
 Closed forms of ``φ'`` and ``φ''`` follow torch's own backward formulas (thresholds and branches
 included); activations without one get both derivatives by double backward, which is exact for
@@ -21,7 +21,6 @@ from fimvar.engine.structured.tangents import Tangent
 class Activation(Rule):
     """An elementwise activation; the cache is ``(φ', φ'')`` at the input."""
 
-    elementwise = True
     curvature = True
 
     def forward(self, x: torch.Tensor):

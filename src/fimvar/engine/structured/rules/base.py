@@ -43,8 +43,6 @@ class Rule:
 
     #: the module has an elementwise second derivative that is not 0 almost everywhere
     curvature: bool = False
-    #: the module is an elementwise activation (``derivatives`` is defined)
-    elementwise: bool = False
 
     def __init__(self, module: nn.Module, name: str) -> None:
         self.module = module

@@ -7,7 +7,7 @@ tangent) and ``u = Σ_s G[:, o, s] x_unf[(c, k), s]``. For the second derivative
 the output Hessian with respect to ``z``,
 
     w^a = dᵀ H^a d = Σ_{s,s'} H^a[(o,s),(o,s')] x_unf[s] x_unf[s']          (cross-position terms)
-        = Σ_k Σ_j r^a_k[j] (Σ_s B_k[j, (o,s)] x_unf[s])²                    (theory.md §6)
+        = Σ_k Σ_j r^a_k[j] (Σ_s B_k[j, (o,s)] x_unf[s])²                    (docs/theory.md §6)
 
 because ``H^a = Σ_k B_kᵀ diag(r^a_k) B_k`` over the activations ``k`` after the convolution
 (``B_k = ∂z_k/∂z``). The square of a sum over positions holds every cross-position term; only

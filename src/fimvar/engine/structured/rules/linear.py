@@ -1,6 +1,6 @@
 """``Linear``: ``z = W a + b``.
 
-On inputs ``(n, in)`` every per-parameter derivative factorises ([A] eq. 19, theory.md §6):
+On inputs ``(n, in)`` every per-parameter derivative factorises ([A] eq. 19, docs/theory.md §6):
 ``u_{j,m} = G[:, j] a_m`` and ``w_{j,m} = Hdiag[:, j] a_m²`` with ``G = ∂h/∂z`` and
 ``Hdiag[a, j] = ∂²h^a/∂z_j²``, so the weight is emitted in the factored layout of
 :class:`~fimvar.engine.base.ParameterDerivatives` (``first = G``, ``second = Hdiag``,

@@ -1,0 +1,238 @@
+"""``fimvar.analyze``: the diagonal Fisher, its two estimators, their variances and bounds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from fimvar.analysis import checkpoint as checkpoints
+from fimvar.analysis.accumulator import Accumulator, Key, parameter, parameter_bound
+from fimvar.analysis.driver import StreamingAnalysis
+from fimvar.analysis.groups import GroupSpec, resolve_groups
+from fimvar.analysis.inputs import (
+    check_derivatives_finite,
+    check_parameters_finite,
+    check_samples,
+    family_outputs,
+    trainable_parameters,
+    warn_piecewise_linear,
+)
+from fimvar.engine import make_engine
+from fimvar.errors import FimvarError
+from fimvar.estimators import moments
+from fimvar.estimators.bounds.spectrum import BOUND_TERMS, Spectrum, bound_coefficients
+from fimvar.estimators.bounds.trace import GROUP_BOUND_TERMS, OutputMoments, group_sums
+from fimvar.estimators.diagonal import block_sums
+from fimvar.estimators.labels import draw_residuals
+from fimvar.families import ExponentialFamily, get_family
+from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
+from fimvar.results.groups import with_model_group
+
+#: the per-parameter sums of the within-input moments of the draws (M ≥ 2)
+DRAW_MOMENTS = ("i1_within", "i2_within", "i12_within")
+
+
+class Analysis(StreamingAnalysis):
+    """A resumable diagonal analysis: feed batches with :meth:`update`, read :meth:`result`.
+
+    Label draws are seeded by the global index of each input (:mod:`fimvar.estimators.labels`),
+    so the result does not depend on how the data is split into batches or chunks.
+    """
+
+    kind = "diagonal"
+    takes_labels = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        family: str | ExponentialFamily = "categorical",
+        samples: int = 1,
+        seed: int = 0,
+        engine: str = "auto",
+        *,
+        parameters: Iterable[str] | None = None,
+        groups: GroupSpec = None,
+        bounds: bool = True,
+        memory_budget: int | None = None,
+    ) -> None:
+        super().__init__(model, memory_budget)
+        self.family = get_family(family)
+        self.samples = check_samples(samples)
+        self.seed = int(seed)
+        self.parameter_names = trainable_parameters(model, parameters)
+        check_parameters_finite(model, self.parameter_names)
+        self.groups = resolve_groups(self.parameter_names, groups)
+        self.bounds = bounds
+        self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
+        self.width: int | None = None
+        warn_piecewise_linear(model)
+
+    # ------------------------------------------------------------------ one chunk
+    def prepare(self, x: torch.Tensor) -> None:
+        if self.width is None:
+            self.width = family_outputs(self.model, x[:1], self.family).shape[1]
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        return self.engine.chunk_size(x, self.width, self.samples)
+
+    def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        family = self.family
+        h, blocks = self.engine.derivatives(x)
+        family.check_outputs(h)
+        n = h.shape[0]
+        draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        residual = None
+        if labels is not None:
+            residual = family.centered(h, family.check_labels(labels.to(h.device), h))
+        coefficients = bound_coefficients(Spectrum.of(family, h)) if self.bounds else None
+        widest = max(b.first.shape[2] for b in blocks)
+        draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
+        for block in blocks:
+            sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
+            check_derivatives_finite(block.name, sums.quantities)
+            name = block.name
+            for quantity, value in sums.quantities.items():
+                if quantity not in ("fisher", "fisher_sq", "fisher_m2"):
+                    self.accumulator.add(parameter(name, quantity), value)
+            self.accumulator.add_moments(parameter(name, "fisher"), parameter(name, "fisher_m2"), n,
+                                         sums.quantities["fisher"], sums.quantities["fisher_m2"])
+            for term, value in sums.bounds.items():
+                self.accumulator.add(parameter_bound(name, term.name), value)
+        if self.bounds:
+            output_moments = OutputMoments(family, h)
+            by_name = {block.name: block for block in blocks}
+            for group, members in with_model_group(self.groups).items():
+                found = group_sums(output_moments, [by_name[m] for m in members])
+                for quantity, value in found.exact.items():
+                    self.accumulator.add(Key("group", group, quantity), value)
+                for term, value in found.bounds.items():
+                    self.accumulator.add(Key("group", group, "bound", term.name), value)
+
+    # ------------------------------------------------------------------ state and result
+    def config(self) -> dict[str, Any]:
+        family = {k: v for k, v in vars(self.family).items()
+                  if isinstance(v, (str, int, float, bool, type(None)))}
+        shapes = {name: list(p.shape) for name, p in self.model.named_parameters()
+                  if name in self.parameter_names}
+        return {
+            "family": {"name": self.family.name, **family},
+            "samples": self.samples,
+            "seed": self.seed,
+            "engine": self.engine.name,
+            "parameters": {name: shapes[name] for name in self.parameter_names},
+            "groups": self.groups,
+            "bounds": bool(self.bounds),
+            "model": checkpoints.model_hash(self.model),
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"width": self.width}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.width = state.get("width")
+
+    def result(self) -> DiagonalResult:
+        shapes = {name: p.shape for name, p in self.model.named_parameters()
+                  if name in self.parameter_names}
+        shapes = {name: shapes[name] for name in self.parameter_names}
+        result = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
+                                 engine=self.engine.name, shapes=shapes, groups=self.groups)
+        result.metadata.update(seed=self.seed, outputs=self.width)
+        return result
+
+
+def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engine: str,
+                    shapes: dict[str, torch.Size], groups: dict[str, list[str]]) -> DiagonalResult:
+    """The :class:`~fimvar.DiagonalResult` of the accumulated sums (means over the inputs)."""
+    n = accumulator.count
+    if n == 0:
+        raise FimvarError("the data is empty: no input was analysed")
+    names = list(shapes)
+
+    def mean(quantity: str, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        return {k: accumulator.sums[parameter(k, quantity)] / (n * scale) for k in names}
+
+    fisher = mean("fisher")
+    input_var = {k: moments.sample_variance(n, accumulator.sums[parameter(k, "fisher_m2")]) for k in names}
+    has_labels = accumulator.has(parameter(names[0], "empirical"))
+    empirical = mean("empirical") if has_labels else None
+    result = DiagonalResult(
+        family=family, samples=samples, num_inputs=n, engine=engine, shapes=shapes,
+        groups=groups, fisher=fisher, i1=mean("i1", samples), i2=mean("i2", samples),
+        v1=mean("v1"), v2=mean("v2"), c12=mean("c12"), input_var=input_var,
+        empirical=empirical,
+        empirical_bias={k: empirical[k] - fisher[k] for k in names} if has_labels else None,
+        draw_moments={q: {k: accumulator.sums[parameter(k, q)] for k in names}
+                      for q in DRAW_MOMENTS if accumulator.has(parameter(names[0], q))},
+    )
+    exact_of = {"fisher": fisher, "v1": result.v1, "v2": result.v2, "input_var": input_var}
+    summed = set(accumulator.bounds("parameter"))
+    for term in BOUND_TERMS:
+        if term.name in summed:
+            values = {k: accumulator.sums[parameter_bound(k, term.name)] / n for k in names}
+            result.bounds[term.name] = Bound(term.name, term.source, term.quantity, term.side, values,
+                                             exact_of[term.quantity])
+    for quantity in accumulator.quantities("group"):
+        sums = accumulator.owners("group", quantity)
+        result.group_exact[quantity] = {g: float(v) / n for g, v in sums.items()}
+    for term in GROUP_BOUND_TERMS:
+        values = {g: float(v) / n for g, v in accumulator.owners("group", "bound", term.name).items()}
+        if values:
+            exact = {g: result.group_exact[term.quantity][g] for g in values}
+            result.group_bounds[term.name] = GroupBound(term.name, term.source, term.quantity, term.side,
+                                                        values, exact)
+    return result
+
+
+def analyze(
+    model: nn.Module,
+    x: torch.Tensor | Iterable,
+    family: str | ExponentialFamily = "categorical",
+    samples: int = 1,
+    seed: int = 0,
+    labels: torch.Tensor | Iterable | None = None,
+    engine: str = "auto",
+    *,
+    parameters: Iterable[str] | None = None,
+    groups: GroupSpec = None,
+    bounds: bool = True,
+    memory_budget: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_interval: float = 60.0,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> DiagonalResult:
+    """Exact diagonal Fisher, the estimators Î1/Î2, their variances, covariance and bounds.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of inputs to ``(batch, T)`` natural parameters.
+        x: inputs (first dimension = samples), or an iterable of batches or ``(x, y)`` pairs.
+        family: ``categorical``, ``gaussian``, ``bernoulli``, ``poisson`` or a family object.
+        samples: label draws ``M ≥ 1`` per input for Î1 and Î2 (labels sampled from the model).
+        seed: seed of the label draws.
+        labels: optional data labels; give them for the empirical Fisher and its bias.
+        engine: ``auto``, ``autodiff`` or ``structured``.
+        parameters: names of the parameters to analyse (default: all that require grad).
+        groups: parameter groups for summaries (default: one per module).
+        bounds: also compute every bound of [B] and the trace/Frobenius forms.
+        memory_budget: bytes the engine may use per chunk (default 2 GiB).
+        checkpoint: path of a checkpoint file (:mod:`fimvar.analysis.checkpoint`): saved
+            periodically and at the end; when it exists, the run resumes from it (same
+            arguments required).
+        checkpoint_interval: seconds between two checkpoint saves (0: after every block).
+        batch_size: inputs per block when checkpointing or showing progress (default 256);
+            keep it fixed between a run and its resumption for a bit-identical result.
+        progress: show a progress bar (tqdm) on stderr.
+
+    Returns:
+        A :class:`~fimvar.DiagonalResult`.
+    """
+    analysis = Analysis(model, family, samples, seed, engine, parameters=parameters,
+                        groups=groups, bounds=bounds, memory_budget=memory_budget)
+    analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
+                 checkpoint_interval=checkpoint_interval, progress=progress)
+    return analysis.result()

@@ -1,0 +1,94 @@
+"""``fimvar.fisher_diagonal``: the exact diagonal Fisher alone, at the cost of its first
+derivatives (no second derivatives, no label draws): ``E_x u_iᵀ I(h) u_i`` (docs/theory.md §2).
+
+This is what an EWC penalty, Fisher merging or a diagonal Laplace approximation needs when the
+error bars of :func:`fimvar.analyze` are not wanted; it equals ``analyze(...).fisher``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from fimvar.analysis import checkpoint as checkpoints
+from fimvar.analysis.accumulator import parameter
+from fimvar.analysis.driver import StreamingAnalysis
+from fimvar.analysis.inputs import check_parameters_finite, family_outputs, trainable_parameters
+from fimvar.engine import make_engine
+from fimvar.errors import FimvarError
+from fimvar.estimators.diagonal import fisher_sum
+from fimvar.families import ExponentialFamily, get_family
+
+
+class FisherAnalysis(StreamingAnalysis):
+    """A resumable computation of the exact diagonal Fisher (see :func:`fisher_diagonal`)."""
+
+    kind = "fisher"
+
+    def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
+                 engine: str = "auto", *, parameters: Iterable[str] | None = None,
+                 memory_budget: int | None = None) -> None:
+        super().__init__(model, memory_budget)
+        self.family = get_family(family)
+        self.parameter_names = trainable_parameters(model, parameters)
+        check_parameters_finite(model, self.parameter_names)
+        self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
+        self.width: int | None = None
+
+    def prepare(self, x: torch.Tensor) -> None:
+        if self.width is None:
+            self.width = family_outputs(self.model, x[:1], self.family).shape[1]
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        return self.engine.chunk_size(x, self.width, 0)
+
+    def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        h, blocks = self.engine.derivatives(x, second=False)
+        self.family.check_outputs(h)
+        for block in blocks:
+            value = fisher_sum(self.family, h, block)
+            if not torch.isfinite(value).all():
+                raise FimvarError(f"the derivatives of parameter {block.name!r} are NaN or Inf for some "
+                                  "inputs; check the weights and inputs for overflow")
+            self.accumulator.add(parameter(block.name, "fisher"), value)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "family": self.family.name, "engine": self.engine.name,
+                "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"width": self.width}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.width = state.get("width")
+
+    def result(self) -> dict[str, torch.Tensor]:
+        if self.count == 0:
+            raise FimvarError("the data is empty: no input was analysed")
+        return {name: self.accumulator.mean(parameter(name, "fisher")) for name in self.parameter_names}
+
+
+def fisher_diagonal(
+    model: nn.Module,
+    x: torch.Tensor | Iterable,
+    family: str | ExponentialFamily = "categorical",
+    engine: str = "auto",
+    *,
+    parameters: Iterable[str] | None = None,
+    memory_budget: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_interval: float = 60.0,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The exact diagonal Fisher ``E_x I(θ_i|x)``, float64, keyed by parameter name with the
+    parameters' shapes — the ``fisher`` of :func:`fimvar.analyze` without its error bars, at the
+    cost of the first derivatives only. Arguments as in :func:`fimvar.analyze`."""
+    analysis = FisherAnalysis(model, family, engine, parameters=parameters, memory_budget=memory_budget)
+    analysis.run(x, batch_size=batch_size, checkpoint=checkpoint,
+                 checkpoint_interval=checkpoint_interval, progress=progress)
+    return analysis.result()

@@ -1,0 +1,1 @@
+"""The ``fimvar`` command line."""

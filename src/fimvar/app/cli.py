@@ -1,0 +1,434 @@
+"""The ``fimvar`` command: ``analyze``, ``demo``, ``plan`` and ``reproduce``.
+
+Every error the user can cause is a :class:`~fimvar.errors.FimvarError`, printed as
+``fimvar: error: <message>`` on stderr with exit status 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from fimvar.errors import FimvarError
+from fimvar.estimators.design import DEFAULT_TARGET
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DESCRIPTION = (
+    "Fisher information of a neural network and how far its estimates can be trusted: per layer, "
+    "the exact diagonal Fisher, the variances of the estimators Î1 (squared score) and Î2 (negative "
+    "Hessian) with labels sampled from the model, bounds, and the samples a target accuracy needs "
+    "(Soen & Sun, NeurIPS 2021 and 2024)."
+)
+EPILOG = "Start with `fimvar demo`. Every command has --help."
+
+
+# ---------------------------------------------------------------------- parser
+def _add_analysis_options(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    group = parser.add_argument_group("estimation")
+    group.add_argument("--samples", "-M", type=int, default=4 if demo else 1, metavar="M",
+                       help="label draws per input for Î1 and Î2 (default: %(default)s)")
+    group.add_argument("--inputs", "-N", type=int, default=None, metavar="N",
+                       help="analyse the first N inputs (default: all" + (" test inputs)" if demo else ")"))
+    group.add_argument("--seed", type=int, default=0, help="seed of the label draws (default: 0)")
+    group.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff"),
+                       help="derivative engine: auto (structured where every layer is supported, "
+                            "else autodiff), structured (fast) or autodiff (any model, slow)")
+    group.add_argument("--device", default="auto",
+                       help="cpu, cuda, cuda:1, … or auto (cuda when available; default)")
+    group.add_argument("--no-bounds", action="store_true", help="skip the bounds of [A]/[B] (faster)")
+    group.add_argument("--threads", type=int, default=1 if demo else None, metavar="T",
+                       help="CPU threads for torch (default: " + ("1, fastest for the small demo model"
+                            if demo else "torch's default") + ")")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", "-o", default="fimvar-demo" if demo else "fimvar-out", metavar="DIR",
+                     help="output folder (default: %(default)s)")
+    out.add_argument("--rho", type=float, default=DEFAULT_TARGET.rho,
+                     help="target relative error of the plan in the report (default: %(default)s)")
+    out.add_argument("--delta", type=float, default=DEFAULT_TARGET.delta,
+                     help="failure probability of the plan: confidence 1−δ (default: %(default)s)")
+    out.add_argument("--no-figures", action="store_true", help="do not write figures")
+    out.add_argument("--no-html", action="store_true", help="do not write report.html")
+    out.add_argument("--quiet", "-q", action="store_true", help="print only the output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fimvar import __version__
+
+    parser = argparse.ArgumentParser(prog="fimvar", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"fimvar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze", help="analyse a model on data: per-layer table, summary.json, tensors, figures, report",
+        description="Analyse a model on a data set and write summary.json, fisher.safetensors, figures "
+                    "and report.html to --out.",
+        epilog="Model SPEC: package.module:function, path/to/file.py:function (called with the "
+               "--model-arg values), or a TorchScript file. Data SPEC: digits, diabetes, mnist5k, "
+               "npz:PATH[#x=KEY,y=KEY], pt:PATH, csv:PATH[#label=COLUMN], idx:IMAGES[,LABELS], "
+               "synthetic[:n=256,d=8,classes=3]. Example: fimvar analyze --model fimvar.models:digits_mlp "
+               "--data digits --family categorical --inputs 200",
+    )
+    model = analyze.add_argument_group("model and data")
+    model.add_argument("--model", "-m", required=True, metavar="SPEC", help="the model (see below)")
+    model.add_argument("--weights", "-w", metavar="FILE",
+                       help="state dict to load: .safetensors or a torch.save file (weights_only)")
+    model.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="keyword argument of the model factory (repeatable; values are Python literals)")
+    model.add_argument("--data", "-d", required=True, metavar="SPEC", help="the data (see below)")
+    model.add_argument("--family", "-f", required=True, metavar="NAME",
+                       help="output distribution: categorical, gaussian, bernoulli or poisson")
+    model.add_argument("--labels", action="store_true",
+                       help="also compute the empirical Fisher with the data's labels and its bias")
+    model.add_argument("--split", default="all", choices=("all", "train", "test"),
+                       help="all inputs, or a seeded 80/20 train/test split (default: all)")
+    model.add_argument("--normalize", default="none", choices=("none", "standard", "minmax"),
+                       help="per-feature normalisation of the inputs (default: none)")
+    model.add_argument("--input-shape", metavar="SHAPE",
+                       help="reshape each input, e.g. 1,8,8 for a CNN on digits")
+    model.add_argument("--dtype", choices=("float32", "float64"),
+                       help="convert the model and the inputs (default: the model's dtype)")
+    _add_analysis_options(analyze)
+    resume = analyze.add_argument_group("checkpoint")
+    resume.add_argument("--checkpoint", metavar="PATH",
+                        help="save the accumulated sums to PATH periodically and resume from it when it "
+                             "exists (same arguments required)")
+    resume.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="seconds between checkpoints (default: 60; 0: after every batch)")
+    resume.add_argument("--batch-size", type=int, default=256, metavar="B",
+                        help="inputs per batch (default: 256); keep it when resuming")
+
+    demo = commands.add_parser(
+        "demo", help="train a small MLP on the bundled digits and analyse it (seconds)",
+        description="Train a 64-16-10 tanh MLP on scikit-learn's digits (80%% train split, full-batch "
+                    "Adam, a few seconds), then analyse it on the test split with the data labels and "
+                    "write everything to --out.",
+    )
+    demo.add_argument("--hidden", type=int, default=16, help="hidden units (default: 16)")
+    demo.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
+    demo.add_argument("--epochs", type=int, default=150, help="training epochs (default: 150)")
+    _add_analysis_options(demo, demo=True)
+
+    plan = commands.add_parser(
+        "plan", help="sample sizes per layer for a target relative error (from a saved analysis)",
+        description="For a target relative error ρ and confidence 1−δ, per layer: which estimator "
+                    "(Î1, Î2, their minimum-variance combination, or the exact Fisher), how many "
+                    "inputs N_x and label draws M, by Chebyshev and by the normal approximation, and "
+                    "the estimated cost (docs/theory.md §8).",
+        epilog="Target: ‖Î−I‖₂/‖I‖₂ ≤ ρ over each layer's parameters. Cost model, in backward passes "
+               "of one input: forward F per input; per draw 1 (Î1) or H (Î2, combined); exact: T "
+               "backward passes per input.",
+    )
+    plan.add_argument("result", metavar="DIR", help="folder written by `fimvar analyze` or `fimvar demo`")
+    plan.add_argument("--rho", type=float, default=DEFAULT_TARGET.rho,
+                      help="target relative error ρ (default: %(default)s)")
+    plan.add_argument("--delta", type=float, default=DEFAULT_TARGET.delta,
+                      help="failure probability δ: confidence 1−δ (default: %(default)s)")
+    plan.add_argument("--draws", type=int, default=None, metavar="M",
+                      help="fix the label draws per input (default: optimise M)")
+    plan.add_argument("--forward-cost", type=float, default=0.5, metavar="F",
+                      help="cost of a forward pass, in backward passes (default: 0.5)")
+    plan.add_argument("--hessian-cost", type=float, default=2.0, metavar="H",
+                      help="cost of a Hessian-diagonal pass, in backward passes (default: 2)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    commands.add_parser(
+        "reproduce", add_help=False, help="reproduce the papers' experiments (fimvar reproduce --help)",
+        description="Delegates to fimvar.reproduce.",
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------- helpers
+def _err(message: str) -> None:
+    print(f"fimvar: {message}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"fimvar: warning: {message}", file=sys.stderr)
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise FimvarError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FimvarError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def _progress_enabled(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _say(args, text: str = "") -> None:
+    if not args.quiet:
+        print(text, flush=True)
+
+
+def _check_numbers(args) -> None:
+    if args.samples < 1:
+        raise FimvarError(f"--samples must be ≥ 1, got {args.samples}")
+    if args.inputs is not None and args.inputs < 1:
+        raise FimvarError(f"--inputs must be ≥ 1, got {args.inputs}")
+    if not args.rho > 0:
+        raise FimvarError(f"--rho must be positive, got {args.rho}")
+    if not 0 < args.delta < 1:
+        raise FimvarError(f"--delta must lie strictly between 0 and 1, got {args.delta}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise FimvarError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+
+
+def _finish(args, analysis, result, run: dict, started: float) -> int:
+    from fimvar.estimators.design import Target
+    from fimvar.report.files import save
+    from fimvar.report.text import report_text
+    from fimvar.results.plan import make_plan
+
+    result.metadata.update(run)
+    target = Target(args.rho, args.delta)
+    plan = make_plan(result, target)
+    if not args.quiet:
+        print(report_text(result, target, plan))
+    out = save(result, args.out, target, figures=not args.no_figures, html=not args.no_html, plan=plan)
+    files = ["summary.json", "fisher.safetensors"]
+    if not args.no_figures:
+        files.append("figures/")
+    if not args.no_html:
+        files.append("report.html")
+    if args.quiet:
+        print(out)
+    else:
+        print(f"\nwrote {', '.join(files)} to {out}/ in {time.monotonic() - started:.1f} s")
+    return EXIT_OK
+
+
+def _run_analysis(args, model, x, y, run: dict, started: float, checkpoint: str | None = None,
+                  batch_size: int | None = None, interval: float = 60.0) -> int:
+    from fimvar.analysis import checkpoint as checkpoints
+    from fimvar.analysis.diagonal import Analysis
+
+    analysis = Analysis(model, args.family, args.samples, args.seed, args.engine,
+                        bounds=not args.no_bounds)
+    run["engine"] = analysis.engine.name
+    if checkpoint is not None:
+        loaded = checkpoints.load(checkpoint)
+        if loaded is not None:
+            done = int(loaded[1].get("count", 0))
+            _err(f"resuming from checkpoint {checkpoint}: {done} of {x.shape[0]} inputs already done")
+    analysis.run(x, y, batch_size=batch_size, checkpoint=checkpoint, checkpoint_interval=interval,
+                 progress=_progress_enabled(args))
+    return _finish(args, analysis, analysis.result(), run, started)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_analyze(args) -> int:
+    import torch
+
+    from fimvar.data import load_data, parse_shape
+    from fimvar.families import get_family
+    from fimvar.models import load_model, parse_model_args
+    from fimvar.report.files import writable_directory
+
+    started = time.monotonic()
+    _check_numbers(args)
+    family = get_family(args.family)
+    writable_directory(args.out)
+    if args.checkpoint and Path(args.checkpoint).is_dir():
+        raise FimvarError(f"--checkpoint {args.checkpoint} is a folder; give a file path (e.g. run.ckpt)")
+    device = _resolve_device(args.device)
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    data = load_data(args.data, split=args.split, normalize=args.normalize, inputs=args.inputs,
+                     input_shape=shape)
+    for note in data.notes:
+        _err(f"note: {note}")
+    if args.labels and data.y is None:
+        raise FimvarError(
+            f"--labels needs labels but {data.name} has none; drop --labels, or give labels (npz/pt key "
+            "y, a CSV column named label, or idx:IMAGES,LABELS)"
+        )
+    model = load_model(args.model, weights=args.weights, kwargs=parse_model_args(args.model_arg),
+                       example=data.x[:2])
+    if args.dtype:
+        model = model.to(getattr(torch, args.dtype))
+    model = model.to(device)
+    reference = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()),
+                     None)
+    dtype = reference.dtype if reference is not None else torch.float32
+    x = data.x.to(device=device, dtype=dtype)
+    y = data.y.to(device) if (args.labels and data.y is not None) else None
+    _check_width(model, x, family, data, args.labels)
+    run = {
+        "model": args.model + (f" (weights {args.weights})" if args.weights else ""),
+        "data": data.describe(),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "command": "fimvar " + " ".join(shlex.quote(a) for a in args.argv),
+    }
+    _say(args, f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+               f"data {data.describe()}")
+    return _run_analysis(args, model, x, y, run, started, checkpoint=args.checkpoint,
+                         batch_size=args.batch_size, interval=args.checkpoint_interval)
+
+
+def _check_width(model, x, family, data, labels: bool) -> None:
+    """Warn when a classifier's output width differs from the data's number of classes."""
+    from fimvar.analysis.inputs import family_outputs
+
+    was_training = model.training
+    model.eval()
+    try:
+        width = family_outputs(model, x[:1], family).shape[1]
+    finally:
+        model.train(was_training)
+    if family.name == "categorical" and data.classes and data.classes != width:
+        message = (f"the model has {width} outputs but {data.name} has {data.classes} classes "
+                   f"(labels 0..{data.classes - 1})")
+        if labels:
+            raise FimvarError(f"{message}; with --labels the model needs one logit per class: change "
+                              "its last layer or the data")
+        warnings.warn(f"{message}; check --model and --data", stacklevel=2)
+
+
+def cmd_demo(args) -> int:
+    from fimvar.data import apply_split, load_data, take
+    from fimvar.models import accuracy, digits_mlp, train_classifier
+    from fimvar.report.files import writable_directory
+
+    started = time.monotonic()
+    _check_numbers(args)
+    if args.hidden < 1 or args.epochs < 0:
+        raise FimvarError("--hidden must be ≥ 1 and --epochs ≥ 0")
+    out = writable_directory(args.out)
+    device = _resolve_device(args.device)
+    data = load_data("digits")
+    train, test = apply_split(data, "train"), apply_split(data, "test")
+    model = digits_mlp(args.hidden, args.activation, seed=args.seed)
+    t0 = time.monotonic()
+    loss = train_classifier(model, train.x, train.y, epochs=args.epochs, seed=args.seed)
+    acc = accuracy(model, test.x, test.y)
+    _say(args, f"trained a 64-{args.hidden}-10 {args.activation} MLP on {len(train)} digits in "
+               f"{time.monotonic() - t0:.1f} s: training loss {loss:.3f}, test accuracy {100 * acc:.1f}%")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    if args.inputs is not None:
+        test = take(test, args.inputs)
+    model = model.to(device)
+    x, y = test.x.to(device), test.y.to(device)
+    weights = Path(args.out) / "model.safetensors"
+    args.family = "categorical"
+    margs = "" if (args.hidden, args.activation) == (16, "tanh") else \
+        f" --model-arg hidden={args.hidden} --model-arg activation={args.activation}"
+    equivalent = (f"fimvar analyze --model fimvar.models:digits_mlp{margs} --weights {weights} --data digits "
+                  f"--split test --family categorical --labels --samples {args.samples}"
+                  + (f" --inputs {args.inputs}" if args.inputs else ""))
+    run = {"model": f"fimvar.models:digits_mlp (64-{args.hidden}-10 {args.activation}, weights {weights})",
+           "data": test.describe(), "device": str(device), "dtype": "float32",
+           "command": equivalent, "test_accuracy": acc}
+    code = _run_analysis(args, model, x, y, run, started, batch_size=256)
+    _say(args, f"same analysis from the saved weights: {equivalent}")
+    return code
+
+
+def cmd_plan(args) -> int:
+    from fimvar.estimators.design import CostModel
+    from fimvar.report.files import load
+
+    result = load(args.result)
+    if args.forward_cost < 0 or args.hessian_cost < 0:
+        raise FimvarError("costs must be non-negative")
+    cost = CostModel(forward=args.forward_cost, hessian=args.hessian_cost,
+                     outputs=result.metadata.get("outputs"))
+    the_plan = result.plan(args.rho, args.delta, cost=cost, draws=args.draws)
+    if args.json:
+        from fimvar.report.summary import clean
+
+        print(json.dumps(clean(the_plan.to_dict()), indent=2, allow_nan=False))
+    else:
+        print(f"{result!r} from {args.result}")
+        print(the_plan.table(detailed=True))
+    return EXIT_OK
+
+
+def cmd_reproduce(argv: list[str]) -> int:
+    import importlib
+
+    try:
+        reproduce = importlib.import_module("fimvar.reproduce")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith("fimvar.reproduce"):
+            raise FimvarError("the paper reproductions (fimvar.reproduce) are not installed in this "
+                              "version of fimvar") from error
+        raise
+    entry = getattr(reproduce, "main", None)
+    if entry is None:
+        raise FimvarError("fimvar.reproduce has no main(argv) entry point")
+    code = entry(argv)
+    return int(code or 0)
+
+
+# ---------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``fimvar`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("FIMVAR_DEBUG"))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            if argv and argv[0] == "reproduce":
+                return cmd_reproduce(argv[1:])
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            args.argv = argv
+            if args.command is None:
+                parser.print_help()
+                return EXIT_USAGE
+            command = {"analyze": cmd_analyze, "demo": cmd_demo, "plan": cmd_plan}[args.command]
+            threads = getattr(args, "threads", None)
+            if threads is None:
+                return command(args)
+            if threads < 1:
+                raise FimvarError(f"--threads must be ≥ 1, got {threads}")
+            import torch
+
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return command(args)
+            finally:  # leave an in-process caller's setting as it was
+                torch.set_num_threads(previous)
+        except FimvarError as error:
+            _err(f"error: {error}")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            _err("interrupted (with --checkpoint, rerun the same command to resume)")
+            return EXIT_INTERRUPTED
+        except SystemExit as exit_:  # argparse: --help, --version, usage errors
+            return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE
+        except BrokenPipeError:  # `fimvar … | head`
+            with contextlib.suppress(Exception):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            return EXIT_OK
+        except Exception as error:
+            if debug:
+                raise
+            _err(f"internal error: {type(error).__name__}: {error}\n"
+                 "This is a bug in fimvar or an unexpected model; rerun with FIMVAR_DEBUG=1 for the "
+                 "traceback and report it.")
+            return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

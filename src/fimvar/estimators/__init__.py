@@ -1,0 +1,1 @@
+"""The mathematics of the estimators, each formula once (docs/theory.md §2–§8, §11, §12)."""

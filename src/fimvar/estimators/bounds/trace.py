@@ -1,0 +1,218 @@
+"""Group-level ("trace") quantities and bounds: [B] Thm D.1 and the Frobenius bounds of [A].
+
+For a group of parameters with per-input Gram matrices ``G = Σ_i u_i u_iᵀ`` (T×T),
+``G_w = Σ_i w_i w_iᵀ`` and ``Q = Σ_i vec(u_i u_iᵀ) vec(u_i u_iᵀ)ᵀ`` (T²×T²):
+
+    Σ_i I(θ_i|x) = tr(I G)        Σ_i v2 = tr(I G_w)        Σ_i v1 = tr(M̄ Q)
+
+with ``M̄`` the T²×T² matrix ``M_(ab),(cd)``. Von Neumann's trace inequality gives [B] Thm D.1:
+``Σ_t σ_t(G) λ_{T+1−t}(I) ≤ tr(I G) ≤ Σ_t σ_t(G) λ_t(I)`` (both sorted decreasingly), and
+likewise for the other two.
+
+The Frobenius norm of the full covariance of Î1 restricted to the group, for one draw
+([A] and docs/theory.md §3), is ``‖Cov(Î1)‖_F² = Σ M_abcd M_a'b'c'd' G_aa' G_bb' G_cc' G_dd'``, bounded by
+``‖J‖_F⁴ ‖M‖_F = (tr G)² ‖M‖_F``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fimvar.engine.base import ParameterDerivatives
+from fimvar.estimators.tiling import row_tiles
+from fimvar.families import ExponentialFamily
+
+#: the T²×T² forms (trace bound of V1, Frobenius norm of Cov(Î1)) are computed up to this width
+MAX_TENSOR_WIDTH = 12
+
+
+def symmetric_pairs(width: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index pairs ``a ≤ b`` of an orthonormal basis of the symmetric T×T matrices, with the
+    scale of each coordinate (1 on the diagonal, √2 off it)."""
+    first, second = torch.triu_indices(width, width, device=device)
+    scale = torch.full(first.shape, 2.0, dtype=torch.float64, device=device).sqrt()
+    scale[first == second] = 1.0
+    return first, second, scale
+
+
+def gram(block: ParameterDerivatives) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input Gram matrices ``Σ_i u_i u_iᵀ`` and ``Σ_i w_i w_iᵀ`` over the entries of one
+    parameter tensor, each ``(n, T, T)`` (the ``J Jᵀ`` of [B] Thm D.1)."""
+    cache = block.shared
+    if "gram" not in cache:
+        n, width, columns = block.first.shape
+        gram_u = block.first.new_empty(n, width, width, dtype=torch.float64)
+        gram_w = torch.empty_like(gram_u)
+        for rows in row_tiles(n, width * columns):
+            first = block.first[rows].to(torch.float64)
+            second = block.second[rows].to(torch.float64)
+            gram_u[rows] = torch.bmm(first, first.transpose(1, 2))
+            gram_w[rows] = torch.bmm(second, second.transpose(1, 2))
+        cache["gram"] = gram_u, gram_w
+    gram_u, gram_w = cache["gram"]
+    if block.inputs is not None:  # factored: Σ_{j,m} G_j G_jᵀ a_m² = (Σ_j G_j G_jᵀ) ‖a‖²
+        gram_u = gram_u * block.input_power(2).sum(1)[:, None, None]
+        gram_w = gram_w * block.input_power(4).sum(1)[:, None, None]
+    return gram_u, gram_w
+
+
+def square_gram(block: ParameterDerivatives) -> torch.Tensor:
+    """``Q = Σ_i vec(u_i u_iᵀ) vec(u_i u_iᵀ)ᵀ`` ([B] Thm D.1 for V1) in orthonormal coordinates
+    of the symmetric T×T matrices, shape ``(n, S, S)`` with ``S = T(T+1)/2``.
+
+    ``vec(u uᵀ)`` lies in that subspace; its coordinates are ``u_a²`` (a = b) and ``√2 u_a u_b``
+    (a < b) in the order of :func:`symmetric_pairs`. The T²×T² matrix Q has the same
+    eigenvalues plus ``T(T−1)/2`` zeros, at a fraction of the cost."""
+    cache = block.shared
+    if "square_gram" not in cache:
+        n, width, columns = block.first.shape
+        first_index, second_index, scale = symmetric_pairs(width, block.first.device)
+        pairs = len(scale)
+        square = block.first.new_empty(n, pairs, pairs, dtype=torch.float64)
+        for rows in row_tiles(n, pairs * columns):
+            first = block.first[rows].to(torch.float64)
+            coordinates = first[:, first_index] * first[:, second_index] * scale[:, None]
+            square[rows] = torch.bmm(coordinates, coordinates.transpose(1, 2))
+        cache["square_gram"] = square
+    square = cache["square_gram"]
+    if block.inputs is not None:
+        square = square * block.input_power(4).sum(1)[:, None, None]
+    return square
+
+
+@dataclass(frozen=True)
+class GroupBoundTerm:
+    """A bound on a per-group (trace or Frobenius) quantity, summed over the group's parameters."""
+
+    name: str
+    quantity: str  # trace_fisher, trace_v1, trace_v2, frobenius_i1
+    side: str
+    source: str
+
+
+TRACE_FISHER_LOWER = GroupBoundTerm("thmD.1_trace_fisher_lower", "trace_fisher", "lower", "[B] Thm D.1")
+TRACE_FISHER_UPPER = GroupBoundTerm("thmD.1_trace_fisher_upper", "trace_fisher", "upper", "[B] Thm D.1")
+TRACE_V1_LOWER = GroupBoundTerm("thmD.1_trace_v1_lower", "trace_v1", "lower", "[B] Thm D.1")
+TRACE_V1_UPPER = GroupBoundTerm("thmD.1_trace_v1_upper", "trace_v1", "upper", "[B] Thm D.1")
+TRACE_V2_LOWER = GroupBoundTerm("thmD.1_trace_v2_lower", "trace_v2", "lower", "[B] Thm D.1")
+TRACE_V2_UPPER = GroupBoundTerm("thmD.1_trace_v2_upper", "trace_v2", "upper", "[B] Thm D.1")
+FROBENIUS_I1_UPPER = GroupBoundTerm("A_frobenius_i1_upper", "frobenius_i1", "upper", "[A] Frobenius bound")
+GROUP_BOUND_TERMS: tuple[GroupBoundTerm, ...] = (
+    TRACE_FISHER_LOWER, TRACE_FISHER_UPPER, TRACE_V1_LOWER, TRACE_V1_UPPER, TRACE_V2_LOWER,
+    TRACE_V2_UPPER, FROBENIUS_I1_UPPER,
+)
+
+
+@dataclass
+class GroupSums:
+    """Chunk sums of a group's exact trace/Frobenius quantities and of their bounds (scalars)."""
+
+    exact: dict[str, torch.Tensor]
+    bounds: dict[GroupBoundTerm, torch.Tensor]
+
+
+class OutputMoments:
+    """Per-input moment tensors of the outputs, shared by every group of one chunk.
+
+    ``fourth_symmetric`` is ``M̄`` in orthonormal coordinates of the symmetric matrices
+    (``(n, S, S)``, ``S = T(T+1)/2``): ``M̄`` vanishes on antisymmetric matrices and maps into the
+    symmetric ones, so its T² eigenvalues are those of ``fourth_symmetric`` plus ``T(T−1)/2``
+    zeros, and ``tr(M̄ Q) = tr(fourth_symmetric · Q_sym)``. When the family factorises
+    ``M = Σ_y π_y D_y ⊗ D_y`` (:meth:`~fimvar.families.ExponentialFamily.fourth_factor`), the
+    eigenvalues, ``‖M‖_F`` and ``‖Cov(Î1)‖_F`` use the factor instead of T⁴ tensors.
+    """
+
+    def __init__(self, family: ExponentialFamily, h: torch.Tensor) -> None:
+        n = h.shape[0]
+        self.width = width = h.shape[1]
+        self.fisher = family.fisher(h)
+        self.fisher_eigenvalues = family.fisher_eigenvalues(h)  # ascending
+        self.tensor_forms = width <= MAX_TENSOR_WIDTH
+        if not self.tensor_forms:
+            return
+        first, second, scale = symmetric_pairs(width, h.device)
+        pad = width * (width - 1) // 2
+        self.factor = family.fourth_factor(h)
+        if self.factor is not None:
+            matrices, weights = self.factor  # (n, R, T, T), (n, R)
+            coordinates = matrices[:, :, first, second] * scale  # (n, R, S)
+            self.fourth_symmetric = torch.einsum("nrp,nr,nrq->npq", coordinates, weights, coordinates)
+            root = weights.clamp_min(0.0).sqrt()
+            small = torch.einsum("nr,nrp,nsp,ns->nrs", root, coordinates, coordinates, root)
+            nonzero = torch.linalg.eigvalsh(small).clamp_min(0.0)
+            inner = torch.einsum("nrab,nsab->nrs", matrices, matrices)
+            self.fourth_norm = torch.einsum("nr,nrs,ns->n", weights, inner**2, weights).clamp_min(0).sqrt()
+            zeros = torch.zeros(n, width**2 - nonzero.shape[1], dtype=h.dtype, device=h.device)
+            self.fourth_eigenvalues = torch.sort(torch.cat([nonzero, zeros], 1), dim=1).values
+        else:
+            fourth = family.fourth_central_tensor(h)  # M, (n, T, T, T, T)
+            self.fourth = fourth
+            block = fourth[:, first, second][:, :, first, second] * scale[:, None] * scale[None, :]
+            self.fourth_symmetric = 0.5 * (block + block.transpose(1, 2))
+            self.fourth_norm = fourth.pow(2).sum((1, 2, 3, 4)).sqrt()
+            eigenvalues = torch.linalg.eigvalsh(self.fourth_symmetric)
+            zeros = torch.zeros(n, pad, dtype=h.dtype, device=h.device)
+            self.fourth_eigenvalues = torch.sort(torch.cat([eigenvalues, zeros], 1), dim=1).values
+
+    def covariance_frobenius(self, gram: torch.Tensor) -> torch.Tensor:
+        """``‖Cov(Î1)‖_F`` of one draw for a group with Gram matrices ``gram``, ``(n,)``."""
+        if self.factor is None:
+            return covariance_frobenius(self.fourth, gram)
+        matrices, weights = self.factor
+        # Cov_ijkl = Σ_y π_y (u_iᵀ D_y u_j)(u_kᵀ D_y u_l), so
+        # ‖Cov‖_F² = Σ_{y,y'} π_y π_y' tr(D_y G D_y' G)²: a sum of non-negative terms, O(T⁴)
+        moved = torch.einsum("nrab,nbc->nrac", matrices, gram)
+        traces = torch.einsum("nrab,nsba->nrs", moved, moved)
+        return torch.einsum("nr,nrs,ns->n", weights, traces**2, weights).clamp_min(0.0).sqrt()
+
+
+def _von_neumann(gram_eigenvalues: torch.Tensor, eigenvalues: torch.Tensor):
+    """Lower and upper trace bounds from two ascending spectra, summed over the chunk."""
+    lower = (gram_eigenvalues * torch.flip(eigenvalues, (-1,))).sum(-1)
+    upper = (gram_eigenvalues * eigenvalues).sum(-1)
+    return lower.sum(), upper.sum()
+
+
+def covariance_frobenius(fourth: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``‖Cov(Î1)‖_F`` for one draw per input, ``(n,)``: ``⟨M, M ×₁G ×₂G ×₃G ×₄G⟩^{1/2}``."""
+    moved = torch.einsum("nabcd,nai->nibcd", fourth, gram)
+    moved = torch.einsum("nibcd,nbj->nijcd", moved, gram)
+    moved = torch.einsum("nijcd,nck->nijkd", moved, gram)
+    moved = torch.einsum("nijkd,ndl->nijkl", moved, gram)
+    return (fourth * moved).sum((1, 2, 3, 4)).clamp_min(0.0).sqrt()
+
+
+def frobenius_i1_bound(gram_u: torch.Tensor, fourth_norm: torch.Tensor) -> torch.Tensor:
+    """``‖Cov(Î1)‖_F ≤ ‖J‖_F⁴ ‖M‖_F = (tr G)² ‖M‖_F`` per input ([A], docs/theory.md §5.3)."""
+    return torch.einsum("naa->n", gram_u) ** 2 * fourth_norm
+
+
+def group_sums(moments: OutputMoments, blocks: list[ParameterDerivatives]) -> GroupSums:
+    """Chunk sums of the exact group quantities and of their bounds for the parameter tensors
+    ``blocks`` of one group ([B] Thm D.1, [A] Frobenius bound, docs/theory.md §5.2)."""
+    gram_u = sum(gram(b)[0] for b in blocks)
+    gram_w = sum(gram(b)[1] for b in blocks)
+    exact: dict[str, torch.Tensor] = {}
+    bounds: dict[GroupBoundTerm, torch.Tensor] = {}
+    fisher = moments.fisher
+    exact["trace_fisher"] = torch.einsum("nab,nba->n", fisher, gram_u).sum()
+    exact["trace_v2"] = torch.einsum("nab,nba->n", fisher, gram_w).sum()
+    gram_u_eig = torch.linalg.eigvalsh(gram_u).clamp_min(0.0)
+    gram_w_eig = torch.linalg.eigvalsh(gram_w).clamp_min(0.0)
+    bounds[TRACE_FISHER_LOWER], bounds[TRACE_FISHER_UPPER] = _von_neumann(
+        gram_u_eig, moments.fisher_eigenvalues)
+    bounds[TRACE_V2_LOWER], bounds[TRACE_V2_UPPER] = _von_neumann(gram_w_eig, moments.fisher_eigenvalues)
+    if moments.tensor_forms:
+        square = sum(square_gram(b) for b in blocks)
+        n = gram_u.shape[0]
+        exact["trace_v1"] = torch.einsum("npq,nqp->n", moments.fourth_symmetric, square).sum()
+        square_eig = torch.linalg.eigvalsh(square).clamp_min(0.0)
+        zeros = torch.zeros(n, moments.width**2 - square_eig.shape[1], dtype=square_eig.dtype,
+                            device=square_eig.device)
+        square_eig = torch.cat([zeros, square_eig], dim=1)  # Q is PSD: its zeros come first
+        bounds[TRACE_V1_LOWER], bounds[TRACE_V1_UPPER] = _von_neumann(square_eig, moments.fourth_eigenvalues)
+        exact["frobenius_i1"] = moments.covariance_frobenius(gram_u).sum()
+        bounds[FROBENIUS_I1_UPPER] = frobenius_i1_bound(gram_u, moments.fourth_norm).sum()
+    return GroupSums(exact, bounds)

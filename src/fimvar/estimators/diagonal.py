@@ -1,0 +1,201 @@
+"""Per-chunk sums of every per-parameter quantity of the diagonal analysis (docs/theory.md
+§2–§3; the engines only differentiate, this module applies the estimators' mathematics).
+
+For one input ``x`` and one parameter ``θ_i`` with output derivatives ``u_i``, ``w_i``:
+
+    I(θ_i|x)  = u_iᵀ I u_i                                   (Fisher, exact)
+    v1        = Var[(u_i·ε)²]                                ([B] Lemma 3.1)
+    v2        = w_iᵀ I w_i                                   ([B] Lemma 3.1)
+    c12       = Cov[(u_i·ε)², u_iᵀIu_i − w_i·ε] = −E[(u_i·ε)²(w_i·ε)]     (derived, §3.1)
+    Î1 draw   = (u_i·ε_m)²           Î2 draw = u_iᵀ I u_i − w_i·ε_m      (§2)
+
+Every statistic is homogeneous in the layer input ``a`` of a factored parameter (degree 2 or 4,
+docs/theory.md §9), which is what lets :meth:`ParameterDerivatives.reduce` turn the sum over
+inputs into one GEMM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fimvar.engine.base import ParameterDerivatives
+from fimvar.estimators.bounds.spectrum import NORM_DEGREES, BoundTerm, bound_norms
+from fimvar.estimators.tiling import tiles
+from fimvar.families import ExponentialFamily
+
+#: per-parameter sums accumulated over inputs, with their degree in the layer input a;
+#: the ``*_within`` sums (label draws around their per-input mean) need M ≥ 2 draws
+SUM_DEGREES: dict[str, int] = {
+    "fisher": 2,
+    "fisher_sq": 4,
+    "v1": 4,
+    "v2": 4,
+    "c12": 4,
+    "i1": 2,
+    "i2": 2,
+    "i1_within": 4,
+    "i2_within": 4,
+    "i12_within": 4,
+    "empirical": 2,
+}
+
+
+def unit_statistics(
+    family: ExponentialFamily,
+    h: torch.Tensor,
+    u: torch.Tensor,
+    w: torch.Tensor,
+    draws: torch.Tensor,
+    data_residual: torch.Tensor | None,
+    draw_chunk: int,
+) -> dict[str, torch.Tensor]:
+    """Per-input values of every quantity for direction vectors ``u``, ``w`` of shape
+    ``(n, T, K)`` (any floating type; computed in float64), each ``(n, K)`` (before the sum over
+    inputs; keys of :data:`SUM_DEGREES`).
+
+    ``I = uᵀIu``, ``v1 = Var[(u·ε)²]``, ``v2 = wᵀIw``, ``c12 = −E[(u·ε)²(w·ε)]`` ([B] Lemma 3.1,
+    docs/theory.md §3) and, over the draws ``ε_m``, the sums of ``(u·ε_m)²`` (Î1) and ``uᵀIu − w·ε_m``
+    (Î2) (docs/theory.md §2). With M ≥ 2 draws also the within-input sums of squares and products of
+    the draws around their per-input mean (``*_within``), the Monte Carlo counterparts of
+    ``v1``, ``v2``, ``c12``: they are formed from the draws' deviations from ``uᵀIu`` (whose
+    expectation is 0), ``Σ (X − X̄)² = Σ (X − I)² − (Σ (X − I))²/M``, free of cancellation.
+    """
+    n, width, columns = u.shape
+    both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
+    both[..., :columns] = u
+    both[..., columns:] = w
+    u, w = both[..., :columns], both[..., columns:]
+    fisher, fourth, quadratic_w, third = family.contractions(h, u, w)
+    per_unit = {
+        "fisher": fisher,
+        "fisher_sq": fisher**2,
+        "v1": fourth,
+        "v2": quadratic_w,
+        "c12": -third,
+    }
+    samples = draws.shape[1]
+    within = samples >= 2
+    deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
+    deviation2 = torch.zeros_like(fisher)  # Σ_m (−w·ε_m)
+    if within:
+        square1, square2, cross = (torch.zeros_like(fisher) for _ in range(3))
+    for start in range(0, samples, draw_chunk):
+        eps = draws[:, start : start + draw_chunk]
+        projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε
+        score_dev = projected[..., :columns] ** 2 - fisher[:, None, :]
+        curvature_dev = -projected[..., columns:]
+        deviation1 += score_dev.sum(1)
+        deviation2 += curvature_dev.sum(1)
+        if within:
+            square1 += (score_dev**2).sum(1)
+            square2 += (curvature_dev**2).sum(1)
+            cross += (score_dev * curvature_dev).sum(1)
+    per_unit["i1"] = deviation1 + samples * fisher
+    per_unit["i2"] = deviation2 + samples * fisher
+    if within:
+        per_unit["i1_within"] = (square1 - deviation1**2 / samples).clamp_min(0.0)
+        per_unit["i2_within"] = (square2 - deviation2**2 / samples).clamp_min(0.0)
+        per_unit["i12_within"] = cross - deviation1 * deviation2 / samples
+    if data_residual is not None:
+        per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
+    return per_unit
+
+
+@dataclass
+class BlockSums:
+    """Sums over a chunk's inputs for one parameter tensor, each of the parameter's shape:
+    ``quantities`` (keys of :data:`SUM_DEGREES`) and ``bounds`` (per bound record)."""
+
+    quantities: dict[str, torch.Tensor]
+    bounds: dict[BoundTerm, torch.Tensor] = field(default_factory=dict)
+
+
+def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives) -> torch.Tensor:
+    """``Σ_x I(θ_i|x) = Σ_x u_iᵀ I(h) u_i`` over the chunk's inputs, of the parameter's shape:
+    the exact diagonal Fisher alone (docs/theory.md §2–§3; ``w`` is not needed)."""
+    cache = block.shared
+    if "fisher_sum" not in cache:  # a Linear's weight and bias share u
+        u = block.first
+        per_unit = u.new_empty(u.shape[0], u.shape[2], dtype=torch.float64)
+        for rows, cols in tiles(*u.shape):
+            per_unit[rows, cols] = family.quadratic(h[rows], u[rows, :, cols].to(torch.float64))
+        cache["fisher_sum"] = per_unit
+    return block.reduce(cache["fisher_sum"], SUM_DEGREES["fisher"])
+
+
+def block_sums(
+    family: ExponentialFamily,
+    h: torch.Tensor,
+    block: ParameterDerivatives,
+    draws: torch.Tensor,
+    data_residual: torch.Tensor | None,
+    coefficients: dict[BoundTerm, torch.Tensor] | None,
+    draw_chunk: int,
+) -> BlockSums:
+    """Sums over the chunk's inputs of every per-parameter quantity for one parameter tensor.
+
+    The per-input values (:func:`unit_statistics`, :func:`~fimvar.estimators.bounds.spectrum.bound_norms`)
+    are computed tile by tile, gathered by their degree in the layer input and summed over
+    inputs with one matrix product per degree (:meth:`ParameterDerivatives.reduce_many`).
+    Blocks that share their ``first``/``second`` tensors and a ``shared`` cache (a ``Linear``
+    weight and its bias, within one chunk) compute the per-input values once.
+
+    Args:
+        family: the output distribution.
+        h: outputs ``(n, T)``.
+        block: the parameter's derivatives.
+        draws: ``ε`` of the sampled labels, ``(n, M, T)``.
+        data_residual: ``t(ŷ) − η`` of the data labels ``(n, T)``, or ``None``.
+        coefficients: per-input bound factors (:func:`~fimvar.estimators.bounds.spectrum.bound_coefficients`),
+            or ``None``.
+        draw_chunk: how many draws to contract at once (memory).
+
+    Returns:
+        The :class:`BlockSums`; ``quantities`` also holds ``fisher_m2``, the chunk's centred sum
+        of squares of ``I(θ_i|x)`` (for the input variance, docs/theory.md §12).
+    """
+    cache = block.shared
+    if "unit_statistics" not in cache:
+        cache["unit_statistics"] = _unit_values(family, h, block.first, block.second, draws,
+                                                data_residual, coefficients, draw_chunk)
+    names, values = cache["unit_statistics"]
+    reduced: dict = {}
+    for degree, table in values.items():
+        reduced.update(zip(names[degree], block.reduce_many(table, len(names[degree]), degree),
+                           strict=True))
+    count = h.shape[0]
+    quantities = {k: v for k, v in reduced.items() if isinstance(k, str)}
+    quantities["fisher_m2"] = quantities["fisher_sq"] - quantities["fisher"] ** 2 / count
+    return BlockSums(quantities, {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)})
+
+
+def _degree(key: str | BoundTerm) -> int:
+    return NORM_DEGREES[key.norm] if isinstance(key, BoundTerm) else SUM_DEGREES[key]
+
+
+def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk):
+    """Every per-input value, as one ``(n, k·K)`` table per degree (``k`` quantities side by
+    side, each ``K`` columns wide), with the quantity (or bound record) of each table."""
+    n, width, columns = u.shape
+    names: dict[int, list] = {}
+    values: dict[int, torch.Tensor] = {}
+    for rows, cols in tiles(n, width, columns):
+        tile_u, tile_w = u[rows, :, cols], w[rows, :, cols]
+        stats: dict = unit_statistics(family, h[rows], tile_u, tile_w, draws[rows],
+                                      None if data_residual is None else data_residual[rows],
+                                      draw_chunk)
+        if coefficients:
+            stats.update(bound_norms(tile_u.to(torch.float64), tile_w.to(torch.float64),
+                                     {k: c[rows] for k, c in coefficients.items()}))
+        if not names:
+            for quantity in stats:
+                names.setdefault(_degree(quantity), []).append(quantity)
+            values = {degree: u.new_empty(n, len(keys), columns, dtype=torch.float64)
+                      for degree, keys in names.items()}
+        for degree, keys in names.items():
+            target = values[degree][rows, :, cols]
+            for index, quantity in enumerate(keys):
+                target[:, index] = stats[quantity]
+    return names, values

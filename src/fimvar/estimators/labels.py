@@ -1,0 +1,85 @@
+"""Label draws: counter-based random numbers and the labels sampled from the model (docs/theory.md §11).
+
+Draw ``m`` of input number ``n`` (counted over the whole data stream) always receives the same
+uniform numbers for a given seed, whatever the batching, the chunking, the engine or the device.
+This is what makes two engines agree on the sampled estimators Î1/Î2 to rounding error, and what
+makes a resumed run identical to an uninterrupted one.
+
+The generator is a 32-bit integer avalanche hash (Wellons' "lowbias32" constants) applied to a
+mix of (seed, input index, draw index, component); two hashes give one 53-bit uniform.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fimvar.families import ExponentialFamily, get_family
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """Avalanche hash of 32-bit values held in int64 (products wrap mod 2^64; the low 32 bits
+    are those of the 32-bit product)."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    x = x ^ (x >> 16)
+    return x
+
+
+def uniforms(
+    seed: int, sample_index: torch.Tensor, draws: int, width: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Uniform numbers in (0, 1), float64, of shape ``(n, draws, width)``.
+
+    Args:
+        seed: the user's seed.
+        sample_index: global indices of the inputs, shape ``(n,)``.
+        draws: number of label draws M per input.
+        width: uniforms needed per draw (family dependent).
+    """
+    sample_index = sample_index.to(device=device, dtype=torch.int64)
+    draw = torch.arange(draws, device=device, dtype=torch.int64)
+    comp = torch.arange(width, device=device, dtype=torch.int64)
+    seed_hash = _hash32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=device) ^ 0x5BD1E995)
+    seed_hash = _hash32(seed_hash ^ ((seed >> 32) & _MASK32))
+    key = _hash32(seed_hash ^ _hash32(sample_index & _MASK32) ^ _hash32((sample_index >> 32) + 0x9E37))
+    key = key[:, None, None]
+    cell = _hash32(key ^ _hash32(draw[None, :, None] * 0x10001 + 0x68E31DA4))
+    cell = _hash32(cell ^ _hash32(comp[None, None, :] * 2 + 0x1B873593))
+    hi = _hash32(cell ^ 0x27D4EB2F) >> 5  # 27 bits
+    lo = _hash32(cell ^ 0x165667B1) >> 6  # 26 bits
+    value = (hi.to(torch.float64) * 67108864.0 + lo.to(torch.float64) + 0.5) / 9007199254740992.0
+    return value
+
+
+def draw_labels(family: ExponentialFamily, h: torch.Tensor, samples: int, seed: int,
+                start: int | torch.Tensor) -> torch.Tensor:
+    """Labels ``y ~ p(y|h)`` for outputs ``h`` (n, T) of inputs number ``start … start + n − 1``
+    (or of the global indices ``start``, a tensor): ``(n, samples)`` class indices or
+    ``(n, samples, T)`` values. Every mode of fimvar draws its labels here."""
+    if isinstance(start, torch.Tensor):
+        index = start
+    else:
+        index = torch.arange(int(start), int(start) + h.shape[0])
+    noise = uniforms(seed, index, samples, family.uniform_width(h.shape[1]), device=h.device)
+    return family.sample(h, noise)
+
+
+def draw_residuals(family: ExponentialFamily, h: torch.Tensor, samples: int, seed: int,
+                   start: int | torch.Tensor) -> torch.Tensor:
+    """``ε = t(y) − η(h)`` of the labels of :func:`draw_labels`, ``(n, samples, T)`` float64."""
+    return family.centered(h, draw_labels(family, h, samples, seed, start))
+
+
+def sample_labels(family, outputs: torch.Tensor, samples: int, seed: int = 0, start: int = 0):
+    """The labels :func:`fimvar.analyze` draws for outputs ``(n, T)`` of inputs number
+    ``start … start + n − 1``: ``(n, samples)`` class indices or ``(n, samples, T)`` values."""
+    family = get_family(family)
+    outputs = outputs.detach().to(torch.float64)
+    if outputs.dim() == 1:
+        outputs = outputs[:, None]
+    return draw_labels(family, outputs, samples, seed, start)

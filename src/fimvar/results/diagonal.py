@@ -1,0 +1,325 @@
+"""The result of a diagonal analysis: per-parameter tensors, variances, bounds, per-layer rows.
+
+Notation (docs/theory.md §3.3, §8): ``N`` inputs, ``M`` label draws per input. For each
+parameter ``θ_i``, with ``v_j`` the single-draw label variances averaged over inputs and
+``input_var`` the variance over inputs of ``I(θ_i|x)``, the variances, the covariance and the
+minimum-variance combination come from :mod:`fimvar.estimators.variance`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from fimvar.errors import FimvarError
+from fimvar.estimators import variance as formulas
+from fimvar.estimators.design import CostModel, Target
+from fimvar.results.groups import with_model_group
+from fimvar.results.plan import Plan, make_plan
+from fimvar.results.presentation import load, present
+
+Tensors = dict[str, torch.Tensor]
+ESTIMATORS = ("i1", "i2", "combined", "exact")
+#: the upper bounds whose per-layer tightness every row reports
+ROW_BOUNDS = ("thm4.1_v1_upper", "thm4.1_v2_upper", "thm4.1_fisher_upper")
+
+
+def bound_violated(bound, exact, side: str, rtol: float):
+    """Where an upper (lower) bound lies below (above) the exact value beyond a relative
+    tolerance ``rtol`` (tensors or floats alike)."""
+    slack = rtol * (abs(exact) + abs(bound)) + 1e-300
+    return (bound < exact - slack) if side == "upper" else (bound > exact + slack)
+
+
+@dataclass
+class Bound:
+    """A per-parameter bound on the input average of a quantity, next to its exact value."""
+
+    name: str
+    source: str
+    quantity: str
+    side: str
+    values: Tensors
+    exact: Tensors
+
+    def tightness(self) -> Tensors:
+        """``bound / exact`` per parameter (NaN where the exact value is 0)."""
+        out = {}
+        for key, bound in self.values.items():
+            exact = self.exact[key]
+            out[key] = torch.where(exact != 0, bound / exact, torch.full_like(bound, float("nan")))
+        return out
+
+    def violations(self, rtol: float = 1e-9, members: list[str] | None = None) -> int:
+        """Number of parameters (of ``members``, default all) where the bound fails beyond a
+        relative tolerance."""
+        keys = self.values if members is None else members
+        return sum(int(bound_violated(self.values[key], self.exact[key], self.side, rtol).sum())
+                   for key in keys)
+
+    def holds(self, rtol: float = 1e-9) -> bool:
+        return self.violations(rtol) == 0
+
+    def group_tightness(self, groups: dict[str, list[str]]) -> dict[str, float]:
+        """Per group ``Σ bound / Σ exact`` (NaN when the exact sum is 0)."""
+        out = {}
+        for group, members in groups.items():
+            bound = sum(float(self.values[m].sum()) for m in members)
+            exact = sum(float(self.exact[m].sum()) for m in members)
+            out[group] = bound / exact if exact != 0 else float("nan")
+        return out
+
+
+@dataclass
+class GroupBound:
+    """A bound on a per-group (trace or Frobenius) quantity, averaged over inputs."""
+
+    name: str
+    source: str
+    quantity: str
+    side: str
+    values: dict[str, float]
+    exact: dict[str, float]
+
+    def tightness(self) -> dict[str, float]:
+        return {g: (v / self.exact[g] if self.exact[g] != 0 else float("nan"))
+                for g, v in self.values.items()}
+
+    def holds(self, rtol: float = 1e-9) -> bool:
+        return not any(bound_violated(bound, self.exact[group], self.side, rtol)
+                       for group, bound in self.values.items())
+
+
+@dataclass
+class DiagonalResult:
+    """Everything :func:`fimvar.analyze` computes, keyed by parameter name.
+
+    Attributes:
+        fisher: exact diagonal Fisher ``E_x I(θ_i|x)``.
+        i1, i2: the estimators Î1 (squared score) and Î2 (negative Hessian) from ``samples``
+            label draws per input.
+        v1, v2, c12: single-draw label variances of Î1, Î2 and their covariance, averaged
+            over inputs.
+        input_var: unbiased variance over inputs of ``I(θ_i|x)`` (0 for one input).
+        empirical, empirical_bias: empirical Fisher with the data labels and ``EF − I``
+            (``None`` without labels).
+        bounds: per-parameter bounds (:class:`Bound`), keyed by name (``thm4.1_v1_upper``, …).
+        group_bounds: per-group trace and Frobenius bounds (:class:`GroupBound`).
+        groups: group name → parameter names (one group per module by default).
+    """
+
+    family: str
+    samples: int
+    num_inputs: int
+    engine: str
+    shapes: dict[str, torch.Size]
+    groups: dict[str, list[str]]
+    fisher: Tensors
+    i1: Tensors
+    i2: Tensors
+    v1: Tensors
+    v2: Tensors
+    c12: Tensors
+    input_var: Tensors
+    empirical: Tensors | None = None
+    empirical_bias: Tensors | None = None
+    bounds: dict[str, Bound] = field(default_factory=dict)
+    group_bounds: dict[str, GroupBound] = field(default_factory=dict)
+    group_exact: dict[str, dict[str, float]] = field(default_factory=dict)
+    draw_moments: dict[str, Tensors] = field(default_factory=dict)
+    #: run metadata (seed, output width, model/data description…), carried into saved reports
+    metadata: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ variances
+    def _design(self, inputs: int | None, draws: int | None) -> tuple[int, int]:
+        inputs = self.num_inputs if inputs is None else int(inputs)
+        draws = self.samples if draws is None else int(draws)
+        if inputs < 1 or draws < 1:
+            raise FimvarError("inputs and draws must be at least 1")
+        return inputs, draws
+
+    def variance(self, estimator: str = "i1", inputs: int | None = None,
+                 draws: int | None = None) -> Tensors:
+        """Total variance of an estimator averaged over ``inputs`` inputs × ``draws`` draws
+        (default: the design of this run, i.e. the variance of :attr:`i1` / :attr:`i2`),
+        ``(Var_x I(θ|x) + E_x v / M) / N`` ([B] Thm 4.7).
+
+        ``estimator``: ``i1``, ``i2``, ``combined`` (α* per parameter, docs/theory.md §8.1) or
+        ``exact`` (the Rao–Blackwellised ``I(θ|x)`` averaged over inputs: input noise only).
+        """
+        inputs, draws = self._design(inputs, draws)
+        if estimator not in ESTIMATORS:
+            raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        if estimator == "combined":
+            v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
+            cov = self.covariance(inputs, draws)
+            return {k: formulas.combined_variance(v1[k], v2[k], cov[k]) for k in v1}
+        label = {"i1": self.v1, "i2": self.v2, "exact": None}[estimator]
+        return {k: formulas.joint_variance(v, 0.0 if label is None else label[k], inputs, draws)
+                for k, v in self.input_var.items()}
+
+    def covariance(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
+        """``Cov(Î1, Î2) = (Var_x I(θ|x) + E_x c12 / M) / N`` per parameter for the given design."""
+        inputs, draws = self._design(inputs, draws)
+        return {k: formulas.joint_variance(self.input_var[k], c, inputs, draws)
+                for k, c in self.c12.items()}
+
+    def alpha_star(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
+        """Per-parameter weight of Î1 in the minimum-variance combination (docs/theory.md §8.1).
+
+        Where ``Var(Î1 − Î2) = 0`` the two estimators coincide and α* = 0 (Î2) is returned.
+        """
+        v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
+        cov = self.covariance(inputs, draws)
+        return {k: formulas.optimal_weight(v1[k], v2[k], cov[k]) for k in v1}
+
+    def combined(self, alpha: Tensors | float | None = None) -> Tensors:
+        """``α Î1 + (1 − α) Î2``; α defaults to :meth:`alpha_star`. Unbiased for any fixed α;
+        choose α on a probe run and apply it to independent draws to keep it unbiased."""
+        alpha = self.alpha_star() if alpha is None else alpha
+        if not isinstance(alpha, dict):
+            alpha = {k: torch.full_like(v, float(alpha)) for k, v in self.i1.items()}
+        return {k: formulas.combine(alpha[k], self.i1[k], self.i2[k]) for k in self.i1}
+
+    def draw_variance(self, estimator: str = "i1") -> Tensors:
+        """Monte Carlo estimate of the single-draw label variance ``v1`` (or ``v2``): the sample
+        variance of the M draws of each input around their own mean, pooled over inputs,
+        ``Σ_n Σ_m (X_nm − X̄_n)² / (N (M − 1))``. Unbiased for ``E_x v``; for one input it is the
+        plain sample variance of the draws. Needs ``samples ≥ 2``."""
+        if estimator not in ("i1", "i2"):
+            raise FimvarError("draw_variance is defined for 'i1' and 'i2'")
+        return self._within(f"{estimator}_within")
+
+    def draw_covariance(self) -> Tensors:
+        """Monte Carlo estimate of ``c12`` (pooled within-input sample covariance of the draws
+        of Î1 and Î2). Needs ``samples ≥ 2``."""
+        return self._within("i12_within")
+
+    def _within(self, key: str) -> Tensors:
+        if key not in self.draw_moments:
+            raise FimvarError("the Monte Carlo variance of the draws needs samples ≥ 2 label draws per "
+                              "input; rerun with samples=2 or more")
+        scale = self.num_inputs * (self.samples - 1)
+        return {k: v / scale for k, v in self.draw_moments[key].items()}
+
+    # ------------------------------------------------------------------ groups
+    def group_summary(self, rho: float | None = None, delta: float | None = None, *,
+                      plan=None, include_model: bool = False) -> list[dict]:
+        """One row per group (and, with ``include_model``, one for the pooled ``(model)``):
+        means over its parameters of the Fisher, the per-draw standard deviations
+        (``std_i1 = sqrt(mean v1)``; ``mean_std_i1 = mean sqrt(v1)``), the input-noise shares,
+        the variances at this run's design, the better estimator, α*, the bounds' tightness,
+        the empirical Fisher's bias, and from the plan (``plan``, or one made for ``rho``,
+        ``delta``) the inputs this run's estimator needs and the recommended designs.
+        ``summary.json``'s ``groups`` are these rows."""
+        plan = plan if plan is not None else make_plan(self, Target.of(rho, delta))
+        groups = with_model_group(self.groups) if include_model else dict(self.groups)
+        variances = {e: self.variance(e) for e in ESTIMATORS}
+        cov = self.covariance()
+        return [self._row(group, members, variances, cov, plan) for group, members in groups.items()]
+
+    def _row(self, group: str, members: list[str], variances: dict[str, Tensors], cov: Tensors,
+             plan) -> dict:
+        def total(d: Tensors) -> float:
+            return sum(float(d[m].sum()) for m in members)
+
+        count = sum(self.fisher[m].numel() for m in members)
+        fisher = total(self.fisher) / count
+        v1, v2 = total(self.v1) / count, total(self.v2) / count
+        input_var = total(self.input_var) / count
+        var = {e: total(variances[e]) for e in ESTIMATORS}
+        better = "i1" if var["i1"] < var["i2"] else "i2"
+
+        def share(label: float) -> float:
+            return input_var / (input_var + label) if input_var + label > 0 else 0.0
+
+        def relative(std: float) -> float:
+            return std / fisher if fisher > 0 else math.inf
+
+        row = {
+            "group": group,
+            "members": list(members),
+            "parameters": count,
+            "fisher": fisher,
+            "std_i1": v1**0.5,
+            "std_i2": v2**0.5,
+            "mean_std_i1": total({m: self.v1[m].sqrt() for m in members}) / count,
+            "mean_std_i2": total({m: self.v2[m].sqrt() for m in members}) / count,
+            "relative_std_i1": relative(v1**0.5),
+            "relative_std_i2": relative(v2**0.5),
+            "input_var": input_var,
+            "input_noise_share_i1": share(v1 / self.samples),
+            "input_noise_share_i2": share(v2 / self.samples),
+            "variance_i1": var["i1"] / count,
+            "variance_i2": var["i2"] / count,
+            "variance_combined": var["combined"] / count,
+            "variance_exact": var["exact"] / count,
+            "better": better,
+            "alpha_star": formulas.optimal_weight(var["i1"], var["i2"], total(cov)),
+            "tightness": {name: bound.group_tightness({group: members})[group]
+                          for name, bound in self.bounds.items()},
+            "empirical": None,
+            "target": None,
+            "recommended": {"normal": None, "chebyshev": None},
+        }
+        group_plan = plan.find(group)
+        if group_plan is not None:
+            at_run = group_plan.at_run_draws.get(better)
+            if at_run is not None:
+                row["target"] = {"rho": plan.rho, "delta": plan.delta, "method": "normal",
+                                 "estimator": at_run.estimator, "inputs": at_run.inputs,
+                                 "draws": at_run.draws}
+            row["recommended"] = {m: group_plan.recommended(m) for m in ("normal", "chebyshev")}
+        if self.empirical is not None:
+            fisher_sum, empirical_sum = total(self.fisher), total(self.empirical)
+            row["empirical"] = {
+                "fisher": empirical_sum / count,
+                "relative_bias": (empirical_sum - fisher_sum) / fisher_sum if fisher_sum > 0 else None,
+            }
+        return row
+
+    # ------------------------------------------------------------------ plan and presentation
+    def plan(self, rho: float | None = None, delta: float | None = None, *,
+             cost: CostModel | None = None, draws: int | None = None, include_model: bool = True) -> Plan:
+        """Sample-size plan per group for relative error ``rho`` (default 0.1) with probability
+        ≥ ``1 − delta`` (default 0.95): the estimator (Î1, Î2, combined, exact) and the inputs ×
+        draws it needs, by Chebyshev (``N ≥ v/(δρ²I²)``) and the normal approximation
+        (``N ≥ z² v/(ρ²I²)``), docs/theory.md §8.2. ``cost`` (:class:`fimvar.CostModel`),
+        ``draws`` (fix M), ``include_model`` (add the pooled ``(model)`` group).
+        Returns a :class:`fimvar.Plan` (``print(plan)`` shows the table)."""
+        return make_plan(self, Target.of(rho, delta), cost=cost, draws=draws, include_model=include_model)
+
+    def table(self, rho: float | None = None, delta: float | None = None) -> str:
+        """The per-layer table of the command line (80 columns)."""
+        return present(self, "table", Target.of(rho, delta))
+
+    def summary(self, rho: float | None = None, delta: float | None = None) -> dict:
+        """The ``summary.json`` document (run, per-layer rows, bounds, plan) as a dict; its
+        schema is ``fimvar/report/summary.schema.json``."""
+        return present(self, "summary", Target.of(rho, delta))
+
+    def save(self, directory, *, rho: float | None = None, delta: float | None = None,
+             figures: bool = True, html: bool = True, run: dict | None = None):
+        """Write ``summary.json``, ``fisher.safetensors``, ``figures/`` and ``report.html`` into
+        ``directory``; read it back with :meth:`load`. Returns the folder path."""
+        return present(self, "save", directory, Target.of(rho, delta), figures=figures, html=html,
+                       run=run)
+
+    def plot(self, which: str = "all", path=None, *, rho: float | None = None,
+             delta: float | None = None):
+        """A matplotlib figure: ``fisher_std``, ``bound_tightness``, ``relative_std`` or
+        ``sample_size`` (``all``: a dict of the four). With ``path``, also save it there (for
+        ``all``: a folder receiving ``<name>.png`` and ``.svg``)."""
+        return present(self, "plot", which, path, Target.of(rho, delta))
+
+    @classmethod
+    def load(cls, path) -> DiagonalResult:
+        """Read a result written by :meth:`save` (its folder or its ``fisher.safetensors``)."""
+        return load(path, cls)
+
+    def __repr__(self) -> str:
+        return (f"DiagonalResult(family={self.family!r}, inputs={self.num_inputs}, "
+                f"samples={self.samples}, parameters={sum(s.numel() for s in self.shapes.values())}, "
+                f"groups={len(self.groups)})")

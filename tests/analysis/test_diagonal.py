@@ -1,0 +1,106 @@
+"""``fimvar.analyze`` end to end (autodiff engine) against the brute-force oracle (1e-10): every
+diagonal quantity, the group traces and Frobenius norms, the Fisher also as the expected negative
+Hessian, and the independence of the results from batching."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+import torch
+from cases import ORACLE_CASES, make_case
+from checks import assert_close
+from oracle import Oracle
+
+import fimvar
+
+SAMPLES = 2
+
+
+@functools.cache
+def computed(model_name: str, family: str):
+    case = make_case(model_name, family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fimvar.analyze(case.model, case.x, family, samples=SAMPLES, seed=3,
+                                labels=case.labels, engine="autodiff")
+    with torch.no_grad():
+        outputs = case.model(case.x)
+    draws = fimvar.sample_labels(family, outputs, SAMPLES, seed=3)
+    truth = Oracle(case.model, family).analysis(case.x, labels=case.labels, draws=draws)
+    return case, result, truth, Oracle(case.model, family)
+
+
+def natural_scale(truth: dict, quantity: str) -> float:
+    """The scale a quantity is judged on when its own values are rounding noise (e.g. c12 of a
+    Gaussian model is exactly 0): Fisher-like values on the Fisher, variances on v1 and v2.
+    A tensor is judged relative to the larger of its own largest value and 1e-3 of this scale."""
+    if quantity in ("v1", "v2", "c12"):
+        return float(torch.maximum(truth["v1"].max(), truth["v2"].max()))
+    if quantity == "input_var":
+        return float(truth["fisher"].max() ** 2)
+    return float(truth["fisher"].abs().max())
+
+
+@pytest.mark.parametrize("model_name,family", ORACLE_CASES)
+def test_diagonal_quantities_match_oracle(model_name, family):
+    case, result, truth, oracle = computed(model_name, family)
+    for quantity in ("fisher", "v1", "v2", "c12", "input_var", "i1", "i2", "empirical"):
+        expected = oracle.split(truth[quantity])
+        floor = 1e-3 * natural_scale(truth, quantity)
+        actual = getattr(result, quantity)
+        for name in expected:
+            assert actual[name].shape == expected[name].shape
+            assert_close(actual[name], expected[name], f"{quantity} [{family}]", floor=floor)
+    bias_flat = truth["empirical"] - truth["fisher"]
+    bias = oracle.split(bias_flat)
+    for name in bias:
+        assert_close(result.empirical_bias[name], bias[name], f"empirical_bias [{family}]",
+                     floor=1e-3 * natural_scale(truth, "fisher"))
+
+
+@pytest.mark.parametrize("model_name,family", ORACLE_CASES)
+def test_fisher_equals_the_expected_negative_hessian(model_name, family):
+    """On smooth networks the Fisher is also E_y[−∇²ℓ] ([A], docs/theory.md §2): the result's
+    Fisher (from u and I(h)) against the oracle's enumerated full Hessians of ℓ."""
+    case, result, truth, oracle = computed(model_name, family)
+    expected = oracle.split(torch.diagonal(truth["hessian_mean"]))
+    for name, value in expected.items():
+        assert_close(result.fisher[name], value, "Fisher vs E[−∇²ℓ]",
+                     floor=1e-3 * natural_scale(truth, "fisher"))
+
+
+@pytest.mark.parametrize("model_name,family", ORACLE_CASES)
+def test_group_traces_and_frobenius_match_oracle(model_name, family):
+    case, result, truth, oracle = computed(model_name, family)
+    for quantity, per_param in (("trace_fisher", "fisher"), ("trace_v1", "v1"), ("trace_v2", "v2")):
+        expected = float(truth[per_param].sum())
+        actual = result.group_exact[quantity].get("(model)", result.group_exact[quantity].get(
+            next(iter(result.groups))))
+        assert_close(actual, expected, f"{quantity} (model)")
+    frobenius = result.group_exact["frobenius_i1"]["(model)"]
+    assert_close(frobenius, truth["frobenius_i1"], "‖Cov(Î1)‖_F (model)")
+
+
+@pytest.mark.parametrize("model_name", ["mlp-tanh", "mlp-sigmoid-softplus", "conv2d"])
+def test_last_linear_layer_has_zero_v2(model_name):
+    """[B] Remark 4.4: w_i = 0 for a linear output layer, so v2 = 0 exactly there."""
+    case, result, truth, oracle = computed(model_name, "categorical")
+    last = list(result.shapes)[-2:]
+    for name in last:
+        assert torch.count_nonzero(result.v2[name]) == 0
+        assert torch.count_nonzero(result.c12[name]) == 0
+
+
+def test_results_do_not_depend_on_batching():
+    """Draws are seeded per global input index: one batch or many give the same numbers."""
+    case = make_case("conv1d", "categorical", inputs=5, seed=4)
+    whole = fimvar.analyze(case.model, case.x, "categorical", samples=3, seed=9, bounds=False)
+    parts = fimvar.analyze(case.model, [case.x[:2], case.x[2:3], case.x[3:]], "categorical",
+                           samples=3, seed=9, bounds=False)
+    for quantity in ("fisher", "i1", "i2", "v1", "v2", "input_var"):
+        for n in whole.fisher:
+            expected = getattr(whole, quantity)[n]
+            torch.testing.assert_close(getattr(parts, quantity)[n], expected, rtol=1e-12,
+                                       atol=1e-12 * float(expected.abs().max()))

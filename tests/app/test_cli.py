@@ -1,0 +1,200 @@
+"""The ``fimvar`` command end to end on bundled data (small sizes), its help, and its errors:
+each user error is one ``fimvar: error:`` line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from fimvar.app.cli import main
+from fimvar.report import load, validate
+
+FACTORY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def make(hidden=4, outputs=10, inputs=64):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, outputs))
+
+    def not_a_module():
+        return 42
+
+    def broken():
+        raise RuntimeError("boom")
+
+    instance = nn.Sequential(nn.Linear(64, 3), nn.Tanh(), nn.Linear(3, 10))
+""")
+
+
+@pytest.fixture
+def factory(tmp_path):
+    path = tmp_path / "tiny_model.py"
+    path.write_text(FACTORY)
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def user_error(capsys, *argv: str, match: str) -> str:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (code, out, err)
+    assert err.startswith("fimvar: error:") or "error:" in err, err
+    assert "Traceback" not in err + out
+    assert match in err, err
+    return err
+
+
+def test_help_on_every_command(capsys):
+    for argv in ([], ["analyze"], ["demo"], ["plan"]):
+        code, out, _ = run_cli(capsys, *argv, "--help")
+        assert code == 0 and "usage: fimvar" in out
+    code, out, _ = run_cli(capsys, "analyze", "--help")
+    for option in ("--model", "--weights", "--data", "--family", "--samples", "--inputs", "--labels",
+                   "--engine", "--device", "--out", "--checkpoint"):
+        assert option in out
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("fimvar ")
+
+
+def test_console_script_entry_point():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("fimvar") == "fimvar.app.cli:main"
+
+
+def test_python_dash_m():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fimvar", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("fimvar ")
+
+
+def test_analyze_end_to_end(tmp_path, factory, capsys):
+    out = tmp_path / "out"
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(3)
+    torch.save(nn.Sequential(nn.Linear(64, 4), nn.Tanh(), nn.Linear(4, 10)).state_dict(), weights)
+    code, stdout, err = run_cli(capsys, "analyze", "--model", f"{factory}:make", "--weights", str(weights),
+                                "--data", "digits", "--family", "categorical", "--inputs", "24",
+                                "--samples", "2", "--labels", "--out", str(out), "--no-figures")
+    assert code == 0, err
+    assert "Traceback" not in err
+    lines = stdout.splitlines()
+    assert any(line.startswith("layer") and "Fisher" in line for line in lines)
+    table = stdout[stdout.index("layer"):stdout.index("bounds:")]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    assert {p.name for p in out.iterdir()} >= {"summary.json", "fisher.safetensors", "report.html"}
+    summary = json.loads((out / "summary.json").read_text())
+    validate(summary)
+    assert summary["run"]["inputs"] == 24 and summary["run"]["samples"] == 2 and summary["run"]["labels"]
+    assert summary["run"]["outputs"] == 10
+    assert [g["group"] for g in summary["groups"]] == ["0", "2", "(model)"]
+    result = load(out)
+    assert result.num_inputs == 24 and result.empirical is not None
+    # the same model given as an instance, and the plan command on the saved result
+    code, stdout, err = run_cli(capsys, "plan", str(out), "--rho", "0.2", "--delta", "0.1")
+    assert code == 0 and "Chebyshev" in stdout and "(model)" in stdout
+    code, stdout, _ = run_cli(capsys, "plan", str(out), "--json", "--draws", "3")
+    plan = json.loads(stdout)
+    assert plan["draws"] == 3 and all(d["draws"] in (0, 3) for g in plan["groups"] for d in g["designs"])
+
+
+def test_analyze_other_specs(tmp_path, factory, capsys):
+    """A module instance, a package factory with --model-arg, a TorchScript file; regression data."""
+    code, _, err = run_cli(capsys, "analyze", "--model", f"{factory}:instance", "--data", "digits",
+                           "--family", "categorical", "--inputs", "6", "--out", str(tmp_path / "a"),
+                           "--no-figures", "--no-html", "-q", "--no-bounds")
+    assert code == 0, err
+    quiet = ["--no-figures", "--no-html", "-q"]
+    code, _, err = run_cli(capsys, "analyze", "--model", "fimvar.models:mlp", "--model-arg",
+                           "sizes=[10, 3, 1]", "--data", "diabetes", "--family", "gaussian", "--labels",
+                           "--inputs", "8", "--normalize", "standard", "--out", str(tmp_path / "b"), *quiet)
+    assert code == 0, err
+    assert load(tmp_path / "b").family == "gaussian"
+    torch.manual_seed(0)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(8, 4), nn.Sigmoid(), nn.Linear(4, 3)))
+    scripted.save(str(tmp_path / "model.pt"))
+    code, _, err = run_cli(capsys, "analyze", "--model", str(tmp_path / "model.pt"), "--data",
+                           "synthetic:n=12,d=8,classes=3", "--family", "categorical", "--labels",
+                           "--out", str(tmp_path / "c"), *quiet, "--engine", "autodiff")
+    assert code == 0, err
+    assert set(load(tmp_path / "c").fisher) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--out", str(out), "--inputs", "16", "--epochs", "20",
+                                "--no-figures")
+    assert code == 0, err
+    assert "test accuracy" in stdout and "fimvar analyze --model fimvar.models:digits_mlp" in stdout
+    assert (out / "model.safetensors").exists() and (out / "report.html").exists()
+    validate(json.loads((out / "summary.json").read_text()))
+
+
+def test_user_errors(tmp_path, factory, capsys):
+    out = str(tmp_path / "out")
+    base = ["analyze", "--out", out, "--no-figures", "--no-html", "-q", "--inputs", "4"]
+    model = ["--model", f"{factory}:make"]
+    digits = ["--data", "digits"]
+    cat = ["--family", "categorical"]
+    user_error(capsys, *base, *model, *digits, "--family", "multinomial", match="unknown family")
+    user_error(capsys, *base, *model, "--data", "cifar10", *cat, match="unknown data spec")
+    user_error(capsys, *base, *model, "--data", f"npz:{tmp_path}/none.npz", *cat, match="not found")
+    user_error(capsys, *base, "--model", f"{tmp_path}/none.py:make", *digits, *cat, match="not found")
+    user_error(capsys, *base, "--model", "no_such_package_xyz:make", *digits, *cat, match="cannot import")
+    user_error(capsys, *base, "--model", f"{factory}:nothing", *digits, *cat, match="has no 'nothing'")
+    user_error(capsys, *base, "--model", f"{factory}:not_a_module", *digits, *cat,
+               match="not a torch.nn.Module")
+    user_error(capsys, *base, "--model", f"{factory}:broken", *digits, *cat, match="boom")
+    user_error(capsys, *base, "--model", str(factory), *digits, *cat, match="not a TorchScript file")
+    user_error(capsys, *base, *model, "--weights", f"{tmp_path}/none.pt", *digits, *cat, match="not found")
+    wrong = tmp_path / "wrong.pt"
+    torch.save(nn.Sequential(nn.Linear(64, 7), nn.Tanh(), nn.Linear(7, 10)).state_dict(), wrong)
+    user_error(capsys, *base, *model, "--weights", str(wrong), *digits, *cat, match="do not match the model")
+    # output width: 5 logits cannot hold digit labels 0..9; a single output is not categorical
+    user_error(capsys, *base, *model, "--model-arg", "outputs=5", *digits, *cat, "--labels",
+               match="one logit per class")
+    user_error(capsys, *base, *model, "--model-arg", "outputs=1", *digits, *cat, match="at least 2 outputs")
+    user_error(capsys, *base, "--model", "fimvar.models:mlp", "--model-arg", "sizes=[10,4,3]", "--data",
+               "diabetes", "--family", "gaussian", "--labels", match="shape")
+    user_error(capsys, *base, *model, "--data", "synthetic:n=8,d=64", *cat, "--labels", match="has none")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    user_error(capsys, "analyze", "--out", str(blocker / "sub"), *model, *digits, *cat, match="--out")
+    user_error(capsys, *base, *model, *digits, *cat, "--samples", "0", match="--samples")
+    user_error(capsys, *base, *model, *digits, *cat, "--device", "cuda:7" if not torch.cuda.is_available()
+               else "nonsense", match="device")
+    user_error(capsys, "plan", str(tmp_path / "nowhere"), match="no saved fimvar result")
+    code, _, err = run_cli(capsys, "analyze", "--model", "x:y")  # argparse: missing options
+    assert code == 2 and "required" in err and "Traceback" not in err
+
+
+def test_reproduce_delegates(capsys, monkeypatch):
+    import fimvar.app.cli as cli
+
+    calls = []
+
+    class Fake:
+        @staticmethod
+        def main(argv):
+            calls.append(argv)
+            return 0
+
+    monkeypatch.setitem(sys.modules, "fimvar.reproduce", Fake)
+    assert cli.main(["reproduce", "mnist", "--quick"]) == 0 and calls == [["mnist", "--quick"]]
+    monkeypatch.setitem(sys.modules, "fimvar.reproduce", None)  # as if not installed
+    code, _, err = run_cli(capsys, "reproduce", "--help")
+    assert code == 2 and "not installed" in err

@@ -1,0 +1,101 @@
+"""Quick versions of the paper reproductions (``fimvar.reproduce``): they run end to end through
+the command line and write their figures and ``results.json``; the qualitative claims that are
+robust at quick size are checked here from the raw per-epoch numbers the run records (not from
+the run's own verdicts). Claims that need the full-size runs are only reported (see
+docs/reproduction.md)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from fimvar.reproduce import EXPERIMENTS, main
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Run every experiment once in quick mode through ``main``; returns name → (json, dir, s)."""
+    root = tmp_path_factory.mktemp("reproduce")
+    runs = {}
+    for name in EXPERIMENTS:
+        out = root / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main([name, "--quick", "--out", str(out)]) == 0
+        runs[name] = (json.loads((out / "results.json").read_text()), out)
+    return runs
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_quick_outputs(quick_runs, name):
+    result, out = quick_runs[name]
+    assert result["name"] == name and result["quick"] is True
+    assert result["figures"], "every experiment writes at least one figure"
+    for figure in result["figures"]:
+        assert (out / figure).stat().st_size > 10_000, f"{figure} looks empty"
+    for claim in result["claims"]:
+        assert set(claim) == {"claim", "paper", "ours", "holds"}
+        assert isinstance(claim["holds"], bool)
+
+
+def _layer_rows(result: dict, kind: str = "conditional"):
+    """Every per-epoch row of per-layer numbers (``{layer: {quantity: value}}``) of every seed."""
+    return [row for history in result["numbers"]["histories"] for row in history[kind]]
+
+
+@pytest.mark.parametrize("name", ["mnist", "mnist-logsigmoid"])
+def test_mnist_layers(quick_runs, name):
+    """[B] Fig. 2 / App. F: v2 = 0 in the linear last layer ([B] Remark 4.4) at every epoch; the
+    Thm 4.1 upper bounds hold on the layer averages; the Monte Carlo std over the draws is within
+    20 % of the closed form; for the sigmoid MLP, v1 < v2 in layers 1–3 and the last layer has
+    the largest v1."""
+    result, _ = quick_runs[name]
+    rows = _layer_rows(result)
+    assert rows
+    for row in rows:
+        layers = list(row)
+        assert row[layers[-1]]["v2"] == 0
+        for values in row.values():
+            for quantity in ("fisher", "std_i1", "std_i2"):
+                assert values[quantity] <= values[f"{quantity}_upper"] * (1 + 1e-9)
+            for std in ("std_i1", "std_i2"):
+                if values[std] > 0:
+                    assert abs(values[f"sample_{std}"] / values[std] - 1) < 0.2
+        if name == "mnist":
+            assert all(row[layer]["v1"] < row[layer]["v2"] for layer in layers[:3])
+            assert max(layers, key=lambda layer: row[layer]["v1"]) == layers[-1]
+
+
+def test_natural_gradient(quick_runs):
+    """[B] Fig. 1: at every evaluated θ the summed variance of Î2 is below Î1's, Î2 of the
+    linear-in-θ models is never negative, and the stacked model matches the closed form."""
+    numbers = quick_runs["natural-gradient"][0]["numbers"]
+    for toy in ("gaussian", "bernoulli"):
+        assert numbers[toy]["fraction_v2_below_v1_same_theta"] == 1.0
+        assert numbers[toy]["negative_i2_steps"] == 0
+        assert numbers[toy]["cross_check_rel_error"] < 1e-10
+
+
+def test_frobenius(quick_runs):
+    """[A]: the Frobenius bounds on Cov(Î1), Cov(Î2) and the weight-norm bound on Σ v1 hold at
+    every recorded epoch and weight decay."""
+    histories = quick_runs["frobenius"][0]["numbers"]["histories"]
+    checked = 0
+    for runs in histories.values():
+        for run in runs:
+            for full in run["full"]:
+                assert full["frobenius_i1"] <= full["frobenius_i1_bound"]
+                assert full["frobenius_i2"] <= full["frobenius_i2_bound"]
+            for row in run["rows"]:
+                for layer in row["layers"].values():
+                    assert layer["v1_sum"] <= layer["v1_bound"] * (1 + 1e-9)
+                    assert layer["jacobian_frobenius"] <= layer["jacobian_frobenius_bound"] * (1 + 1e-9)
+                    checked += 1
+    assert checked > 0
+
+
+def test_unknown_experiment_is_rejected():
+    with pytest.raises(SystemExit):
+        main(["no-such-experiment"])
