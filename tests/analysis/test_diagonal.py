@@ -5,6 +5,8 @@ Hessian, and the independence of the results from batching."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -104,3 +106,51 @@ def test_results_do_not_depend_on_batching():
             expected = getattr(whole, quantity)[n]
             torch.testing.assert_close(getattr(parts, quantity)[n], expected, rtol=1e-12,
                                        atol=1e-12 * float(expected.abs().max()))
+
+
+MEMORY_PROBE = """
+import resource, sys, torch, warnings
+from torch import nn
+import fimvar
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1000))
+x = torch.randn(8, 16)
+fimvar.analyze(model, x[:1], "categorical", bounds=False)  # imports and kernels, not measured
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = fimvar.analyze(model, x, "categorical", memory_budget=int(sys.argv[1]))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert all(b.holds() for b in result.bounds.values())
+print((after - before) * 1024)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB is Linux's")
+def test_bounds_at_a_thousand_outputs_stay_within_the_memory_budget():
+    """T = 1000 with every bound: the peak memory of the process grows by at most the budget
+    (measured in a fresh process, ru_maxrss), and the bounds hold."""
+    budget = 64 * 2**20
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(budget)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    growth = int(done.stdout.split()[-1])
+    assert growth <= budget, f"peak grew by {growth / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("engine", ["structured", "autodiff"])
+def test_input_variance_of_nearly_identical_inputs(engine):
+    """Inputs x₀ + 1e-7·noise (float64): the input variance (~1e-14 of I²) matches the oracle's
+    two-pass variance of its per-input Fishers; identical inputs give (almost exactly) zero."""
+    case = make_case("mlp-tanh", "categorical", inputs=1)
+    noise = torch.randn(6, *case.x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    oracle = Oracle(case.model, "categorical")
+    for spread in (1e-7, 0.0):
+        x = case.x + spread * noise
+        result = fimvar.analyze(case.model, x, "categorical", samples=1, bounds=False, engine=engine)
+        truth = oracle.split(oracle.analysis(x)["input_var"])
+        fisher = oracle.split(oracle.analysis(x)["fisher"])
+        for name, expected in truth.items():
+            if spread:
+                assert_close(result.input_var[name], expected, "input variance, near-duplicates",
+                             rtol=1e-5, floor=1e-3 * float(expected.abs().max()))
+            else:
+                assert (result.input_var[name] <= 1e-28 * fisher[name] ** 2).all()

@@ -25,7 +25,13 @@ from fimvar.engine import make_engine
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.bounds.spectrum import BOUND_TERMS, Spectrum, bound_coefficients
-from fimvar.estimators.bounds.trace import GROUP_BOUND_TERMS, OutputMoments, group_sums
+from fimvar.estimators.bounds.trace import (
+    GROUP_BOUND_TERMS,
+    MAX_TRACE_WIDTH,
+    OutputMoments,
+    group_sums,
+    trace_bytes,
+)
 from fimvar.estimators.diagonal import block_sums
 from fimvar.estimators.labels import draw_residuals
 from fimvar.families import ExponentialFamily, get_family
@@ -77,7 +83,12 @@ class Analysis(StreamingAnalysis):
             self.width = family_outputs(self.model, x[:1], self.family).shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:
-        return self.engine.chunk_size(x, self.width, self.samples)
+        if not self.bounds:
+            return self.engine.chunk_size(x, self.width, self.samples)
+        # the bounds add one per-input table per bound record and the group forms
+        blocks = len(self.parameter_names)
+        return self.engine.chunk_size(x, self.width, self.samples, column_bytes=8 * len(BOUND_TERMS),
+                                      input_bytes=trace_bytes(self.width, blocks))
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
@@ -88,7 +99,12 @@ class Analysis(StreamingAnalysis):
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
-        coefficients = bound_coefficients(Spectrum.of(family, h)) if self.bounds else None
+        output_moments, coefficients = None, None
+        if self.bounds:
+            if h.shape[1] <= MAX_TRACE_WIDTH:
+                output_moments = OutputMoments(family, h)
+            spectrum = Spectrum.of(family, h, getattr(output_moments, "fourth_symmetric", None))
+            coefficients = bound_coefficients(spectrum)
         widest = max(b.first.shape[2] for b in blocks)
         draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
         for block in blocks:
@@ -102,8 +118,7 @@ class Analysis(StreamingAnalysis):
                                          sums.quantities["fisher"], sums.quantities["fisher_m2"])
             for term, value in sums.bounds.items():
                 self.accumulator.add(parameter_bound(name, term.name), value)
-        if self.bounds:
-            output_moments = OutputMoments(family, h)
+        if output_moments is not None:
             by_name = {block.name: block for block in blocks}
             for group, members in with_model_group(self.groups).items():
                 found = group_sums(output_moments, [by_name[m] for m in members])
@@ -142,6 +157,11 @@ class Analysis(StreamingAnalysis):
         result = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
                                  engine=self.engine.name, shapes=shapes, groups=self.groups)
         result.metadata.update(seed=self.seed, outputs=self.width)
+        if self.bounds and self.width is not None and self.width > MAX_TRACE_WIDTH:
+            result.metadata["notes"] = [
+                f"the per-layer trace bounds of [B] Thm D.1 were not computed: they need a "
+                f"{self.width}×{self.width} eigendecomposition per input and layer (computed for "
+                f"up to {MAX_TRACE_WIDTH} outputs)"]
         return result
 
 

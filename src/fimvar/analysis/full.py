@@ -15,7 +15,7 @@ from fimvar.analysis.inputs import check_samples, family_outputs, trainable_para
 from fimvar.engine.full import FullDerivatives
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
-from fimvar.estimators.bounds.full import bilinear_fourth_max
+from fimvar.estimators.bounds.tensor_eigen import bilinear_fourth_upper
 from fimvar.estimators.full import chunk_sums, per_input_fisher
 from fimvar.estimators.labels import draw_residuals
 from fimvar.families import ExponentialFamily, get_family
@@ -70,7 +70,7 @@ class FullAnalysis(StreamingAnalysis):
         h, jacobian, hessians = self.engine.derivatives(x)
         family.check_outputs(h)
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
-        gamma = bilinear_fourth_max(family, h) if self.bounds else None
+        gamma = bilinear_fourth_upper(family, h) if self.bounds else None
         for quantity, value in chunk_sums(family, h, jacobian, hessians, draws, gamma).items():
             self.accumulator.add(_matrix(quantity), value)
         total, m2 = moments.chunk_moments(per_input_fisher(family, h, jacobian))

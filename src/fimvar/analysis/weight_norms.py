@@ -65,6 +65,9 @@ class WeightNormAnalysis(StreamingAnalysis):
         with captured_inputs(self.linear) as inputs:
             h = family_outputs(self.model, x, family)
         m_max = tensor_extrema(family, h)["m_max"]
+        if m_max is None:
+            raise FimvarError(f"no certified λ̃_max(M) is known for family '{family.name}' with "
+                              f"{h.shape[1]} outputs, so the weight-norm bound on Σ v1 cannot be given")
         jacobians = output_jacobians(self.model, x, list(self.linear))
         for index, (name, module) in enumerate(self.linear.items()):
             a = inputs[name].reshape(x.shape[0], -1).to(torch.float64)

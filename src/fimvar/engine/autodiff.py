@@ -59,7 +59,8 @@ class AutodiffEngine(Engine):
             self._activation_elements = max(total[0], 1)
         return self._activation_elements
 
-    def chunk_size(self, x: torch.Tensor, width: int, draws: int) -> int:
+    def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,
+                   input_bytes: int = 0) -> int:
         params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
         activations = self._measure_activations(x)
         # per input: U and W in float64 (2·T·P), the draws' scores (M·P), jacrev's T copies of
@@ -68,7 +69,8 @@ class AutodiffEngine(Engine):
         largest = max(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
         itemsize = next(self.model.parameters()).element_size()
         per_input = (8 * 6 * (2 * width * params + max(draws, 1) * params + width * activations)
-                     + self._direction_bytes(width, activations, largest, itemsize))
+                     + self._direction_bytes(width, activations, largest, itemsize)
+                     + column_bytes * params + input_bytes)
         return max(1, min(4096, self.memory_budget // per_input))
 
     @staticmethod

@@ -88,8 +88,11 @@ class Engine(ABC):
         ``second=False`` only the first derivatives (``second`` is then a broadcast zero)."""
 
     @abstractmethod
-    def chunk_size(self, x: torch.Tensor, width: int, draws: int) -> int:
-        """How many inputs one call to :meth:`derivatives` may take within the memory budget."""
+    def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,
+                   input_bytes: int = 0) -> int:
+        """How many inputs one call to :meth:`derivatives` may take within the memory budget,
+        with ``column_bytes`` more per input and derivative column and ``input_bytes`` more per
+        input for what the caller computes from the derivatives (e.g. the bounds)."""
 
 
 def default_memory_budget() -> int:

@@ -165,10 +165,46 @@ def block_sums(
     for degree, table in values.items():
         reduced.update(zip(names[degree], block.reduce_many(table, len(names[degree]), degree),
                            strict=True))
-    count = h.shape[0]
     quantities = {k: v for k, v in reduced.items() if isinstance(k, str)}
-    quantities["fisher_m2"] = quantities["fisher_sq"] - quantities["fisher"] ** 2 / count
+    per_input = values[SUM_DEGREES["fisher"]][:, names[SUM_DEGREES["fisher"]].index("fisher")]
+    quantities["fisher_m2"] = centred_fisher_squares(block, per_input, quantities["fisher"],
+                                                     quantities["fisher_sq"])
     return BlockSums(quantities, {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)})
+
+
+#: relative accuracy below which the one-pass centred sum of squares is recomputed elementwise
+M2_ACCURACY = 1e-8
+
+
+def centred_fisher_squares(block: ParameterDerivatives, per_input: torch.Tensor, total: torch.Tensor,
+                           total_sq: torch.Tensor) -> torch.Tensor:
+    """``Σ_x (I(θ_i|x) − Ī)²`` over the chunk, accurate whatever the spread of the inputs
+    (docs/theory.md §12).
+
+    Plain blocks hold the per-input values ``I(θ_i|x)`` (``per_input``, ``(n, K)``): two passes.
+    For a factored weight, ``I(θ_{j,m}|x) = q_j(x) a_m(x)²`` and the sums ``Σ I``, ``Σ I²`` come from
+    matrix products; ``Σ I² − (Σ I)²/n`` is then exact up to ``≈ 4nε Σ I²`` (every term of the
+    products is non-negative), which is accurate unless the inputs nearly coincide. Where that
+    error could exceed :data:`M2_ACCURACY` of the result, the sum is recomputed from the values
+    themselves, a tile of columns at a time (elementwise, a few GEMMs' worth of work).
+    """
+    n = per_input.shape[0]
+    if block.inputs is None:
+        mean = per_input.sum(0) / n
+        return ((per_input - mean) ** 2).sum(0).reshape(block.shape)
+    one_pass = total_sq - total**2 / n
+    error = 4 * n * torch.finfo(torch.float64).eps * total_sq
+    if bool((error <= M2_ACCURACY * one_pass).all()):
+        return one_pass
+    squares = block.input_power(2)  # (n, m)
+    mean = total / n  # (J, m)
+    out = torch.empty_like(one_pass)
+    step = max(1, (1 << 22) // max(1, n * per_input.shape[1]))
+    for start in range(0, squares.shape[1], step):
+        cols = slice(start, start + step)
+        values = per_input[:, :, None] * squares[:, None, cols]  # (n, J, m')
+        out[:, cols] = ((values - mean[None, :, cols]) ** 2).sum(0)
+    return out
 
 
 def _degree(key: str | BoundTerm) -> int:

@@ -118,10 +118,19 @@ class ExponentialFamily(ABC):
         fisher = self.fisher(h)
         return self.fourth_moment(h) - fisher[:, :, :, None, None] * fisher[:, None, None, :, :]
 
-    def fourth_factor(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(D, π)`` with ``M_abcd = Σ_r π_r D_r[a,b] D_r[c,d]`` (``D`` of shape ``(n, R, T, T)``),
-        when the family has such a short factorisation (finite support); ``None`` otherwise."""
+    def support_residuals(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(ε_y, π_y)`` over a short finite support of the labels: residuals ``(n, R, T)`` and
+        probabilities ``(n, R)``; ``None`` when the support is infinite or too large."""
         return None
+
+    def fourth_factor(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(D, π)`` with ``M_abcd = Σ_r π_r D_r[a,b] D_r[c,d]`` (``D`` of shape ``(n, R, T, T)``):
+        ``D_y = ε_y ε_yᵀ − I`` over a short support (since ``Σ_y π_y ε_y ε_yᵀ = I``), or ``None``."""
+        support = self.support_residuals(h)
+        if support is None:
+            return None
+        eps, weights = support
+        return eps[:, :, :, None] * eps[:, :, None, :] - self.fisher(h)[:, None], weights
 
     # ----------------------------------------------------------------- contractions
     def quadratic(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -159,6 +168,11 @@ class ExponentialFamily(ABC):
     def fisher_eigenvalues(self, h: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of ``I(h)`` in ascending order, shape ``(n, T)``."""
         return torch.linalg.eigvalsh(self.fisher(h))
+
+    def fisher_eigenvalue_range(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(λ_min(I), λ_max(I))`` per input, each ``(n,)`` (subclasses: cheaper closed forms)."""
+        eigenvalues = self.fisher_eigenvalues(h)
+        return eigenvalues[:, 0], eigenvalues[:, -1]
 
     def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """Tensor eigenvalues ``λ̃_min/max`` of ``M`` and ``K`` over the unit sphere that the family

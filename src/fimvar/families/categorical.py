@@ -81,13 +81,10 @@ class Categorical(ExponentialFamily):
         eps = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :]
         return torch.einsum("ny,nya,nyb,nyc,nyd->nabcd", p, eps, eps, eps, eps)
 
-    def fourth_factor(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``M = Σ_y p_y (S_y − I) ⊗ (S_y − I)`` with ``S_y = ε_y ε_yᵀ``, ``ε_y = e_y − p``
-        (since ``Σ_y p_y S_y = I``): T terms."""
+    def support_residuals(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ε_y = e_y − p`` with probability ``p_y``: T labels."""
         p = self.probabilities(h)
-        eps = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :]
-        outer = eps[:, :, :, None] * eps[:, :, None, :]
-        return outer - self.fisher(h)[:, None], p
+        return torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :], p
 
     # -- closed forms (docs/theory.md §4), each written once: with ``p`` of shape (n, T, 1) and
     # the centred directions ũ = u − Σ p u, q = Σ p ũ², Var[(u·ε)²] = Σ p (ũ² − q)²,
@@ -136,6 +133,21 @@ class Categorical(ExponentialFamily):
         eigenvalues = super().fisher_eigenvalues(h)
         eigenvalues[:, 0] = 0.0  # exact: I·1 = 0; eigvalsh returns it up to rounding
         return eigenvalues
+
+    def fisher_eigenvalue_range(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(0, λ_max)``: ``I = diag(p) − ppᵀ`` is a rank-one downdate of ``diag(p)``, so λ_max is
+        the root in ``[p_(2), p_(1)]`` of the decreasing ``1 − Σ_c p_c²/(p_c − λ)``; bisection keeps
+        an upper end of that bracket (O(T) per step instead of an O(T³) eigendecomposition)."""
+        p = self.probabilities(h)
+        top = p.topk(min(2, p.shape[1]), dim=-1).values
+        low, high = top[:, -1].clone(), top[:, 0].clone()
+        for _ in range(80):
+            middle = 0.5 * (low + high)
+            value = 1.0 - (p**2 / (p - middle[:, None])).sum(-1)
+            below = value > 0  # the root lies above middle
+            low = torch.where(below, middle, low)
+            high = torch.where(below, high, middle)
+        return torch.zeros_like(high), high
 
     def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         zero = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)

@@ -90,33 +90,9 @@ class IndependentFamily(ExponentialFamily):
     def fisher_eigenvalues(self, h: torch.Tensor) -> torch.Tensor:
         return torch.sort(self.component_moments(h)[0], dim=-1).values
 
-    def known_tensor_extrema(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Exact tensor eigenvalues for ``T ≤ EXACT_WIDTH`` (none known beyond).
-
-        With ``x = u ⊙ u`` on the simplex, ``u⊗4·M = Σ_c κ4_c x_c² + 2 (s·x)²`` and
-        ``u⊗4·K = Σ_c κ4_c x_c² + 3 (s·x)²`` (``κ4 = r − 2s²``): a quadratic form with a
-        diagonal-plus-rank-one matrix. Its extrema over the simplex are attained at KKT points;
-        on a support S these solve ``κ4_c x_c + c t s_c = μ`` (c ∈ S) with ``t = s·x``,
-        ``Σ x = 1``, a 2×2 linear system in ``(μ, t)``. Enumerating every support gives the
-        global minimum and maximum.
-        """
-        width = h.shape[1]
-        if width > EXACT_WIDTH:
-            return {}
-        s, _, r = self.component_moments(h)
-        kurtosis = r - 2 * s**2
-        supports = _supports(width, h.device, h.dtype)  # (S, T)
-        out = {}
-        for key, weight in (("m", 2.0), ("k", 3.0)):
-            low, high = [], []
-            step = max(1, (1 << 22) // (supports.shape[0] * width))
-            for start in range(0, h.shape[0], step):
-                lo, hi = _simplex_extrema(kurtosis[start:start + step], s[start:start + step],
-                                          r[start:start + step], weight, supports)
-                low.append(lo)
-                high.append(hi)
-            out[f"{key}_min"], out[f"{key}_max"] = torch.cat(low), torch.cat(high)
-        return out
+    def fisher_eigenvalue_range(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.component_moments(h)[0]
+        return s.amin(-1), s.amax(-1)
 
     def check_real_labels(self, labels: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Shared shape checks: labels of shape ``(n, T)`` (or ``(n,)`` when ``T = 1``)."""
@@ -132,46 +108,3 @@ class IndependentFamily(ExponentialFamily):
         if not torch.isfinite(labels).all():
             raise FimvarError(f"{self.name} labels contain NaN or Inf")
         return labels
-
-
-#: widths up to which the tensor eigenvalues are found by exact support enumeration
-EXACT_WIDTH = 10
-
-
-def _supports(width: int, device, dtype) -> torch.Tensor:
-    """All non-empty subsets of ``range(width)`` as 0/1 rows, ``(2^T − 1, T)``."""
-    codes = torch.arange(1, 1 << width, device=device)
-    bits = (codes[:, None] >> torch.arange(width, device=device)[None, :]) & 1
-    return bits.to(dtype)
-
-
-def _simplex_extrema(kurtosis, variance, square_variance, weight, supports):
-    """Min and max of ``Σ κ4 x² + weight·(s·x)²`` over the simplex, ``(n,)`` each.
-
-    Candidates are evaluated in the cancellation-free form
-    ``Σ r x² + 2 Σ_{a≠b} s_a x_a s_b x_b + (weight − 2)(s·x)²``.
-    """
-    tiny = torch.finfo(kurtosis.dtype).tiny
-    safe = torch.where(kurtosis.abs() > 1e-300, kurtosis,
-                       torch.full_like(kurtosis, 1e-300))
-    inverse = 1.0 / safe  # (n, T)
-    a = inverse @ supports.T  # Σ_S 1/κ4            (n, S)
-    b = (variance * inverse) @ supports.T  # Σ_S s/κ4
-    e = (variance**2 * inverse) @ supports.T  # Σ_S s²/κ4
-    det = weight * b**2 - a * (weight * e + 1.0)
-    det = torch.where(det.abs() > tiny, det, torch.full_like(det, tiny))
-    mu = -(weight * e + 1.0) / det
-    t = -b / det
-    x = (mu[:, :, None] - weight * t[:, :, None] * variance[:, None, :]) * inverse[:, None, :]
-    x = x * supports[None]
-    feasible = (x >= -1e-9).all(-1) & torch.isfinite(x).all(-1)
-    x = x.clamp_min(0.0)
-    x = x / x.sum(-1, keepdim=True).clamp_min(tiny)
-    weighted = variance[:, None, :] * x
-    value = (square_variance[:, None, :] * x**2).sum(-1) + 2 * exclusive_pair_sum(weighted, -1)
-    value = value + (weight - 2.0) * weighted.sum(-1) ** 2
-    # value is evaluated at the point itself, so every feasible candidate is attained
-    inf = torch.full_like(value, float("inf"))
-    low = torch.where(feasible, value, inf).min(-1).values
-    high = torch.where(feasible, value, -inf).max(-1).values
-    return low, high

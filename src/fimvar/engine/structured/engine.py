@@ -103,9 +103,11 @@ class StructuredEngine(Engine):
         self._input_shape: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ memory
-    def chunk_size(self, x: torch.Tensor, width: int, draws: int) -> int:
+    def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,
+                   input_bytes: int = 0) -> int:
         """Inputs per chunk: the memory budget (less the tangents' :data:`TANGENT_BYTES`)
-        over the bytes one input needs, measured once per input shape on one input."""
+        over the bytes one input needs, measured once per input shape on one input, plus what
+        the caller adds per input and derivative column (``column_bytes``) and per input."""
         key = tuple(x.shape[1:])
         if key not in self._footprints:
             self._meter = _Footprint()
@@ -116,7 +118,8 @@ class StructuredEngine(Engine):
         footprint = self._footprints[key]
         itemsize = torch.finfo(x.dtype).bits // 8 if x.is_floating_point() else 8
         per_input = (itemsize * (footprint.held + footprint.derivatives)
-                     + 8 * STATISTICS_COLUMNS * footprint.columns + 8 * 4 * max(draws, 1) * width)
+                     + (8 * STATISTICS_COLUMNS + column_bytes) * footprint.columns
+                     + 8 * 4 * max(draws, 1) * width + input_bytes)
         available = max(self.memory_budget - 4 * TANGENT_BYTES, self.memory_budget // 2)
         return max(1, min(MAX_CHUNK, available // max(per_input, 1)))
 

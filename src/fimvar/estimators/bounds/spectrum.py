@@ -15,30 +15,33 @@ from dataclasses import dataclass
 
 import torch
 
-from fimvar.estimators.bounds.tensor_eigen import tensor_extrema
+from fimvar.estimators.bounds.tensor_eigen import fisher_eigenvalue_range, tensor_extrema
 from fimvar.families import ExponentialFamily
 
 
 @dataclass
 class Spectrum:
-    """Per-input spectral constants of the output distribution (docs/theory.md §5), each ``(n,)``."""
+    """Per-input spectral constants of the output distribution (docs/theory.md §5), each ``(n,)``:
+    certified estimates, a lower one where a lower bound uses it (``*_min``) and an upper one
+    where an upper bound does (``*_max``); ``None`` where no certified estimate is known."""
 
-    lam_min: torch.Tensor  # λ_min(I)
-    lam_max: torch.Tensor  # λ_max(I)
-    m_min: torch.Tensor  # λ̃_min(M)
-    m_max: torch.Tensor  # λ̃_max(M)
-    k_min: torch.Tensor  # λ̃_min(K)
-    k_max: torch.Tensor  # λ̃_max(K)
+    lam_min: torch.Tensor  # ≤ λ_min(I)
+    lam_max: torch.Tensor  # ≥ λ_max(I)
+    m_min: torch.Tensor | None  # ≤ λ̃_min(M)
+    m_max: torch.Tensor | None  # ≥ λ̃_max(M)
+    k_min: torch.Tensor | None  # ≤ λ̃_min(K)
+    k_max: torch.Tensor | None  # ≥ λ̃_max(K)
     norm_bound: torch.Tensor  # B with ‖ε‖² ≤ B, inf if unbounded
     margin: torch.Tensor | None  # m(x) of [B] Thm 5.2 (categorical)
 
     @classmethod
-    def of(cls, family: ExponentialFamily, h: torch.Tensor) -> Spectrum:
-        eig = family.fisher_eigenvalues(h)
-        extrema = tensor_extrema(family, h)
+    def of(cls, family: ExponentialFamily, h: torch.Tensor,
+           fourth_symmetric: torch.Tensor | None = None) -> Spectrum:
+        lam_min, lam_max = fisher_eigenvalue_range(family, h)
+        extrema = tensor_extrema(family, h, fourth_symmetric)
         return cls(
-            lam_min=eig[:, 0].clamp_min(0.0),
-            lam_max=eig[:, -1],
+            lam_min=lam_min,
+            lam_max=lam_max,
             m_min=extrema["m_min"],
             m_max=extrema["m_max"],
             k_min=extrema["k_min"],
@@ -79,6 +82,16 @@ def _margin(scale: float) -> Callable[[Spectrum], torch.Tensor | None]:
     return lambda s: None if s.margin is None else scale * s.margin
 
 
+def _cor42_lower(s: Spectrum) -> torch.Tensor | None:
+    # λ̃_min(M) ≥ max(0, λ̃_min(K) − λ_max²)
+    return None if s.k_min is None else (s.k_min - s.lam_max**2).clamp_min(0.0)
+
+
+def _cor42_upper(s: Spectrum) -> torch.Tensor | None:
+    # λ̃_max(M) ≤ λ̃_max(K) − λ_min²
+    return None if s.k_max is None else s.k_max - s.lam_min**2
+
+
 BOUND_TERMS: tuple[BoundTerm, ...] = (
     BoundTerm("thm4.1_fisher_lower", "fisher", "lower", "u2", "[B] Thm 4.1", lambda s: s.lam_min),
     BoundTerm("thm4.1_fisher_upper", "fisher", "upper", "u2", "[B] Thm 4.1", lambda s: s.lam_max),
@@ -86,11 +99,8 @@ BOUND_TERMS: tuple[BoundTerm, ...] = (
     BoundTerm("thm4.1_v1_upper", "v1", "upper", "u4", "[B] Thm 4.1", lambda s: s.m_max),
     BoundTerm("thm4.1_v2_lower", "v2", "lower", "w2", "[B] Thm 4.1", lambda s: s.lam_min),
     BoundTerm("thm4.1_v2_upper", "v2", "upper", "w2", "[B] Thm 4.1", lambda s: s.lam_max),
-    # λ̃_min(M) ≥ max(0, λ̃_min(K) − λ_max²) and λ̃_max(M) ≤ λ̃_max(K) − λ_min²
-    BoundTerm("cor4.2_v1_lower", "v1", "lower", "u4", "[B] Cor 4.2",
-              lambda s: (s.k_min - s.lam_max**2).clamp_min(0.0)),
-    BoundTerm("cor4.2_v1_upper", "v1", "upper", "u4", "[B] Cor 4.2",
-              lambda s: s.k_max - s.lam_min**2),
+    BoundTerm("cor4.2_v1_lower", "v1", "lower", "u4", "[B] Cor 4.2", _cor42_lower),
+    BoundTerm("cor4.2_v1_upper", "v1", "upper", "u4", "[B] Cor 4.2", _cor42_upper),
     BoundTerm("prop4.3_v1_upper", "v1", "upper", "u4", "[B] Prop 4.3 with Cor 4.2", _prop43),
     BoundTerm("thm5.2_fisher_upper", "fisher", "upper", "u2", "[B] Thm 5.2", _margin(1.0)),
     BoundTerm("thm5.2_v1_upper", "v1", "upper", "u4", "[B] Thm 5.2", _margin(2.0)),

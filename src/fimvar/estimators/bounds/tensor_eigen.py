@@ -1,178 +1,127 @@
-"""Extreme values of quartic forms on the unit sphere ("tensor eigenvalues", docs/theory.md §5).
+"""Certified tensor eigenvalues of the output distribution (docs/theory.md §5.5).
 
-``λ̃_min(M) = inf_{‖u‖=1} u⊗4·M`` and ``λ̃_max(M) = sup_{‖u‖=1} u⊗4·M`` have no closed form
-in general. They are found per input by multi-start Riemannian ascent:
+``λ̃_min(M) = inf_{‖u‖=1} u⊗4·M`` and ``λ̃_max(M) = sup_{‖u‖=1} u⊗4·M`` (likewise for ``K``) enter
+the bounds of [B] Thm 4.1 and Cor 4.2. A bound is only a bound if an *upper* bound uses an upper
+estimate of ``λ̃_max`` and a *lower* bound a lower estimate of ``λ̃_min``; a local optimum of the
+sphere is neither. :func:`tensor_extrema` returns, per input,
 
-1. the form is evaluated on a fixed set of candidate directions (basis vectors, normalised sums
-   and differences of pairs of basis vectors for T ≤ 12, seeded random directions);
-2. the best ``keep`` candidates of every problem start an ascent on the sphere: each moves along
-   the great circle of its Riemannian gradient by an angle that grows after an improvement and
-   halves after a failure, so every start improves monotonically to a critical point;
-3. the best value over the starts is returned.
+- the family's closed forms where it has them (Gaussian: all four; categorical: the minima, 0);
+- for independent outputs, the exact extrema of a quadratic form over the simplex
+  (:mod:`fimvar.estimators.bounds.simplex`), at any width;
+- otherwise the smallest of proven upper estimates of the maxima and the largest of proven lower
+  estimates of the minima: the matrix relaxation ``u⊗4·M = ⟨X, M̄ X⟩ ≤ λ_max(M̄)`` over
+  ``X = uuᵀ`` with ``‖X‖_F = 1`` (and ``≥ λ_min(M̄)``; for a finite support, e.g. categorical,
+  from the R×R Gram matrix of the support, up to ``MAX_GRAM_WIDTH`` outputs), [B] Prop 4.3 with Cor 4.2
+  (``λ̃_max(K) ≤ B λ_max``, ``λ̃_max(M) ≤ λ̃_max(K) − λ_min²``), [B] Thm 5.2
+  (``λ̃_max(M) ≤ 2 m(x)``), ``λ̃(K) = λ̃(M) + q²`` with ``λ_min ≤ q ≤ λ_max`` (Jensen), and 0;
+  ``None`` where no estimate is proven (a custom family with T > 12 outputs and unbounded ε):
+  the bounds that need it are then not reported.
 
-Several problems (e.g. max and min of M and of K) run as one batch. The forms are callables on
-batched directions ``(n, T, R) → (n, R)``, built from the same family contractions that the
-estimators use, so no T⁴ tensor is formed.
+``γ̃_max(M) = sup_{‖a‖=‖b‖=1} a^p b^q a^r b^s M_pqrs`` ([B] App. C) is bounded the same way by
+the largest eigenvalue of M reshaped to T²×T² (:func:`bilinear_fourth_upper`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
 import torch
 
+from fimvar.estimators.bounds.simplex import simplex_extrema
+from fimvar.estimators.bounds.trace import MAX_TENSOR_WIDTH, symmetric_fourth, symmetric_pairs
 from fimvar.families import ExponentialFamily
+from fimvar.families.independent import IndependentFamily
 
-#: a form: ``(h, v_1, …, v_k) ↦ values``, with ``h`` the ``(n, T)`` outputs of the inputs and each
-#: ``v_j`` of shape ``(n, T, R)``; returns ``(n, R)``
-Form = Callable[..., torch.Tensor]
-
-#: seed of the random candidate directions; fixed so that results are reproducible
-START_SEED = 2_147_483_647
-
-
-@dataclass
-class SphereProblem:
-    """``sup`` (or ``inf`` when ``minimize``) of ``form(h, v_1, …, v_k)`` over unit vectors."""
-
-    form: Form
-    variables: int = 1
-    minimize: bool = False
-
-    def objective(self, h: torch.Tensor, *variables: torch.Tensor) -> torch.Tensor:
-        value = self.form(h, *variables)
-        return -value if self.minimize else value
-
-
-def candidate_directions(width: int, random: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Unit candidate directions of shape ``(T, R)``."""
-    eye = torch.eye(width, dtype=dtype, device=device)
-    columns = [eye]
-    if 2 <= width <= 12:
-        a, b = torch.triu_indices(width, width, offset=1, device=device)
-        columns += [(eye[:, a] + eye[:, b]) / 2**0.5, (eye[:, a] - eye[:, b]) / 2**0.5]
-    generator = torch.Generator(device="cpu").manual_seed(START_SEED)
-    noise = torch.randn(width, random, generator=generator, dtype=dtype).to(device)
-    columns.append(noise / noise.norm(dim=0, keepdim=True))
-    return torch.cat(columns, dim=1)
-
-
-def _value_and_gradient(objective: Form, h: torch.Tensor, variables: list[torch.Tensor]):
-    with torch.enable_grad():
-        leaves = [v.detach().requires_grad_(True) for v in variables]
-        value = objective(h, *leaves)
-        grads = torch.autograd.grad(value.sum(), leaves)
-    return value.detach(), [g.detach() for g in grads]
-
-
-def ascend(
-    objective: Form, h: torch.Tensor, starts: list[torch.Tensor], iterations: int = 200,
-    tolerance: float = 1e-14,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Monotone Riemannian ascent of ``objective(h, …)`` from every start ``(n, T, R)``.
-
-    Inputs whose values have all stopped changing (relative ``tolerance`` over 10 iterations)
-    leave the active set, so the cost follows the slowest inputs only for those inputs.
-    Returns the final values ``(n, R)`` and points.
-    """
-    variables = [s.clone() for s in starts]
-    value, grads = _value_and_gradient(objective, h, variables)
-    step = torch.full_like(value, 0.5)
-    active = torch.arange(h.shape[0], device=h.device)
-    checkpoint = value.clone()
-    for iteration in range(iterations):
-        part = [v[active] for v in variables]
-        part_grads = [g[active] for g in grads]
-        part_value, part_step = value[active], step[active]
-        tangents = [g - (g * v).sum(1, keepdim=True) * v for g, v in zip(part_grads, part, strict=True)]
-        norm = torch.sqrt(sum((t**2).sum(1) for t in tangents)).clamp_min(1e-300)
-        angle = part_step[:, None, :]
-        candidates = []
-        for v, t in zip(part, tangents, strict=True):
-            moved = torch.cos(angle) * v + torch.sin(angle) * t / norm[:, None, :]
-            candidates.append(moved / moved.norm(dim=1, keepdim=True))
-        cand_value, cand_grads = _value_and_gradient(objective, h[active], candidates)
-        accept = cand_value > part_value
-        keep = accept[:, None, :]
-        for v, c in zip(variables, candidates, strict=True):
-            v[active] = torch.where(keep, c, v[active])
-        for g, cg in zip(grads, cand_grads, strict=True):
-            g[active] = torch.where(keep, cg, g[active])
-        value[active] = torch.where(accept, cand_value, part_value)
-        step[active] = torch.where(accept, (part_step * 1.5).clamp_max(1.0), part_step * 0.5)
-        if iteration % 10 == 9:
-            moving = ((value[active] - checkpoint[active]).abs()
-                      > tolerance * value[active].abs() + 1e-300).any(dim=1)
-            checkpoint[active] = value[active]
-            active = active[moving]
-            if active.numel() == 0:
-                break
-    return value, variables
-
-
-def sphere_extrema(
-    problems: Sequence[SphereProblem],
-    h: torch.Tensor,
-    *,
-    keep: int = 6,
-    random: int = 256,
-    iterations: int = 200,
-) -> list[torch.Tensor]:
-    """Solve several sphere problems for the ``n`` inputs of ``h`` (n, T) at once; one ``(n,)``
-    tensor each."""
-    n, width = h.shape
-    candidates = candidate_directions(width, random, h.dtype, h.device)
-    count = candidates.shape[1]
-    keep = min(keep, count)
-    starts_per_problem = []
-    for problem in problems:
-        # variable j of candidate r is the candidate direction (r + j) mod R
-        variables = [torch.roll(candidates, shifts=-j, dims=1)[None].expand(n, -1, -1)
-                     for j in range(problem.variables)]
-        with torch.no_grad():
-            scores = problem.objective(h, *variables)
-        top = scores.topk(keep, dim=1).indices  # (n, keep)
-        chosen = [torch.gather(v, 2, top[:, None, :].expand(-1, width, -1)) for v in variables]
-        starts_per_problem.append(chosen)
-    most = max(p.variables for p in problems)
-    # pad every problem to the same number of variables so that one ascent runs them all
-    stacked = []
-    for j in range(most):
-        stacked.append(torch.cat([
-            chosen[j] if j < len(chosen) else chosen[0] for chosen in starts_per_problem
-        ], dim=2))
-
-    def objective(rows_h: torch.Tensor, *variables: torch.Tensor) -> torch.Tensor:
-        values = []
-        for index, problem in enumerate(problems):
-            part = [v[:, :, index * keep:(index + 1) * keep] for v in variables[: problem.variables]]
-            values.append(problem.objective(rows_h, *part))
-        return torch.cat(values, dim=1)
-
-    value, _ = ascend(objective, h, stacked, iterations)
-    results = []
-    for index, problem in enumerate(problems):
-        best = value[:, index * keep:(index + 1) * keep].max(dim=1).values
-        results.append(-best if problem.minimize else best)
-    return results
-
-
-#: the four tensor eigenvalues of the bounds (docs/theory.md §5.5)
+#: the four tensor eigenvalues of the bounds
 EXTREMA = ("m_min", "m_max", "k_min", "k_max")
+#: relative margin for the rounding of eigenvalue solvers, on the scale of the matrix
+ROUNDING = 1e-10
+#: widths up to which the relaxation of a finite-support family is formed (an R×R eigenproblem)
+MAX_GRAM_WIDTH = 256
 
 
-def tensor_extrema(family: ExponentialFamily, h: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``λ̃_min/max(M)`` and ``λ̃_min/max(K)`` per input (``m_min, m_max, k_min, k_max``, each
-    ``(n,)``): the family's closed forms where it has them, the sphere ascent for the others."""
-    found = dict(family.known_tensor_extrema(h))
-    problems = {
-        "m_min": SphereProblem(family.fourth_variance, minimize=True),
-        "m_max": SphereProblem(family.fourth_variance),
-        "k_min": SphereProblem(family.kurtosis_form, minimize=True),
-        "k_max": SphereProblem(family.kurtosis_form),
-    }
-    missing = [key for key in EXTREMA if key not in found]
-    if missing:
-        found.update(zip(missing, sphere_extrema([problems[k] for k in missing], h), strict=True))
+def fisher_eigenvalue_range(family: ExponentialFamily, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Certified ``(lower estimate of λ_min(I), upper estimate of λ_max(I))`` per input: the
+    family's eigenvalues widened by a rounding margin."""
+    low, high = family.fisher_eigenvalue_range(h)
+    margin = ROUNDING * torch.maximum(low.abs(), high.abs())
+    return (low - margin).clamp_min(0.0), high + margin
+
+
+def tensor_extrema(family: ExponentialFamily, h: torch.Tensor, fourth_symmetric: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor | None]:
+    """Certified ``m_min ≤ λ̃_min(M)``, ``m_max ≥ λ̃_max(M)``, ``k_min ≤ λ̃_min(K)``,
+    ``k_max ≥ λ̃_max(K)`` per input (``(n,)`` each, or ``None`` when unavailable), see the
+    module docs. ``fourth_symmetric`` is ``M̄`` in symmetric coordinates when the caller has it
+    (:class:`~fimvar.estimators.bounds.trace.OutputMoments`)."""
+    found: dict[str, torch.Tensor | None] = dict(family.known_tensor_extrema(h))
+    if all(key in found for key in EXTREMA):
+        return {key: found[key] for key in EXTREMA}
+    if isinstance(family, IndependentFamily):
+        s, _, r = family.component_moments(h)
+        for key, weight in (("m", 2.0), ("k", 3.0)):
+            low, high = simplex_extrema(r - 2 * s**2, s, r, weight)
+            found.setdefault(f"{key}_min", low)
+            found.setdefault(f"{key}_max", high)
+        return {key: found[key] for key in EXTREMA}
+    return _relaxations(family, h, found, fourth_symmetric)
+
+
+def _relaxations(family, h, found, fourth_symmetric):
+    lam_min, lam_max = fisher_eigenvalue_range(family, h)
+    upper: dict[str, list[torch.Tensor]] = {"m": [], "k": []}
+    lower: dict[str, list[torch.Tensor]] = {"m": [torch.zeros_like(lam_min)], "k": [lam_min**2]}
+    width = h.shape[1]
+    support = family.support_residuals(h) if width <= MAX_GRAM_WIDTH else None
+    if support is not None:
+        # M̄ = Σ_y π_y vec(D_y) vec(D_y)ᵀ has the non-zero eigenvalues of the R×R matrix
+        # √π_y ⟨D_y, D_z⟩ √π_z, with ⟨D_y, D_z⟩ = (ε_y·ε_z)² − ε_yᵀIε_y − ε_zᵀIε_z + ‖I‖²_F;
+        # K̄ likewise with ⟨ε_yε_yᵀ, ε_zε_zᵀ⟩ = (ε_y·ε_z)²
+        eps, weights = support
+        fisher = family.fisher(h)
+        inner = torch.einsum("nya,nza->nyz", eps, eps) ** 2
+        quadratic = torch.einsum("nya,nab,nyb->ny", eps, fisher, eps)
+        norm = fisher.pow(2).sum((1, 2))
+        gram_m = inner - quadratic[:, :, None] - quadratic[:, None, :] + norm[:, None, None]
+        # entries are rounded on the scale of their terms; with Σπ = 1 an entrywise error E moves
+        # the eigenvalues of √π E √π by at most max |E|
+        entry_error = 16 * torch.finfo(h.dtype).eps * (inner.amax((1, 2)) + 2 * quadratic.amax(1) + norm)
+        root = weights.clamp_min(0.0).sqrt()
+        for key, gram in (("m", gram_m), ("k", inner)):
+            eigenvalues = torch.linalg.eigvalsh(root[:, :, None] * gram * root[:, None, :])
+            upper[key].append(eigenvalues[:, -1] + ROUNDING * eigenvalues.abs().amax(1) + entry_error)
+    elif width <= MAX_TENSOR_WIDTH:
+        matrix = fourth_symmetric if fourth_symmetric is not None else symmetric_fourth(family, h)
+        first, second, scale = symmetric_pairs(width, h.device)
+        fisher = family.fisher(h)[:, first, second] * scale  # I in symmetric coordinates
+        for key, relaxed in (("m", matrix), ("k", matrix + fisher[:, :, None] * fisher[:, None, :])):
+            eigenvalues = torch.linalg.eigvalsh(relaxed)
+            margin = ROUNDING * eigenvalues.abs().amax(1)
+            upper[key].append(eigenvalues[:, -1] + margin)
+            lower[key].append(eigenvalues[:, 0] - margin)
+    norm_bound = family.statistic_norm_bound(h)
+    if torch.isfinite(norm_bound).all():
+        upper["k"].append(norm_bound * lam_max)  # [B] Prop 4.3
+    margin = family.categorical_margin(h)
+    if margin is not None:
+        upper["m"].append(2.0 * margin)  # [B] Thm 5.2
+    # λ̃(K) = λ̃(M) + q² along the same u, λ_min ≤ q ≤ λ_max ([B] Cor 4.2 and its converse)
+    if upper["k"]:
+        upper["m"].append(torch.stack(upper["k"]).amin(0) - lam_min**2)
+    if upper["m"]:
+        upper["k"].append(torch.stack(upper["m"]).amin(0) + lam_max**2)
+    lower["k"].append(torch.stack(lower["m"]).amax(0) + lam_min**2)
+    lower["m"].append(torch.stack(lower["k"]).amax(0) - lam_max**2)
+    for key in ("m", "k"):
+        found.setdefault(f"{key}_min", torch.stack(lower[key]).amax(0).clamp_min(0.0))
+        found.setdefault(f"{key}_max", torch.stack(upper[key]).amin(0) if upper[key] else None)
     return {key: found[key] for key in EXTREMA}
+
+
+def bilinear_fourth_upper(family: ExponentialFamily, h: torch.Tensor) -> torch.Tensor:
+    """Certified upper estimate of ``γ̃_max(M) = sup_{‖a‖=‖b‖=1} a^p b^q a^r b^s M_pqrs`` per input
+    ([B] App. C): with ``X = abᵀ`` (``‖X‖_F = 1``) the form is ``vec(X)ᵀ M̃ vec(X)`` for M reshaped
+    to T²×T², so it is at most ``λ_max(M̃)``."""
+    fourth = family.fourth_central_tensor(h)
+    n, width = h.shape
+    matrix = fourth.reshape(n, width * width, width * width)
+    eigenvalues = torch.linalg.eigvalsh(0.5 * (matrix + matrix.transpose(1, 2)))
+    return eigenvalues[:, -1] + ROUNDING * eigenvalues.abs().amax(1)

@@ -26,6 +26,18 @@ from fimvar.families import ExponentialFamily
 
 #: the T²×T² forms (trace bound of V1, Frobenius norm of Cov(Î1)) are computed up to this width
 MAX_TENSOR_WIDTH = 12
+#: the trace forms need T×T eigendecompositions per input and group: computed up to this width
+MAX_TRACE_WIDTH = 128
+
+
+def trace_bytes(width: int, blocks: int) -> int:
+    """Bytes per input the group forms of one chunk hold (:func:`group_sums`): two T×T Gram
+    matrices per parameter tensor, I(h), their sums and eigendecompositions, and the S×S forms
+    for ``T ≤ MAX_TENSOR_WIDTH``."""
+    if width > MAX_TRACE_WIDTH:
+        return 0
+    pairs = width * (width + 1) // 2 if width <= MAX_TENSOR_WIDTH else 0
+    return 8 * ((2 * blocks + 6) * width * width + (blocks + 4) * pairs * pairs)
 
 
 def symmetric_pairs(width: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,6 +125,22 @@ class GroupSums:
     bounds: dict[GroupBoundTerm, torch.Tensor]
 
 
+def symmetric_fourth(family: ExponentialFamily, h: torch.Tensor, factor=None) -> torch.Tensor:
+    """``M̄``, the T²×T² matrix ``M_(ab),(cd)``, in orthonormal coordinates of the symmetric
+    matrices: ``(n, S, S)`` with ``S = T(T+1)/2`` (its T² eigenvalues are these and ``T(T−1)/2``
+    zeros). From the family's short factorisation ``M = Σ_r π_r D_r ⊗ D_r`` when it has one
+    (``factor``, or :meth:`~fimvar.families.ExponentialFamily.fourth_factor`), else from M."""
+    first, second, scale = symmetric_pairs(h.shape[1], h.device)
+    factor = family.fourth_factor(h) if factor is None else factor
+    if factor is not None:
+        matrices, weights = factor
+        coordinates = matrices[:, :, first, second] * scale  # (n, R, S)
+        return torch.einsum("nrp,nr,nrq->npq", coordinates, weights, coordinates)
+    fourth = family.fourth_central_tensor(h)
+    block = fourth[:, first, second][:, :, first, second] * scale[:, None] * scale[None, :]
+    return 0.5 * (block + block.transpose(1, 2))
+
+
 class OutputMoments:
     """Per-input moment tensors of the outputs, shared by every group of one chunk.
 
@@ -132,14 +160,15 @@ class OutputMoments:
         self.tensor_forms = width <= MAX_TENSOR_WIDTH
         if not self.tensor_forms:
             return
-        first, second, scale = symmetric_pairs(width, h.device)
         pad = width * (width - 1) // 2
         self.factor = family.fourth_factor(h)
+        self.fourth_symmetric = symmetric_fourth(family, h, self.factor)
         if self.factor is not None:
             matrices, weights = self.factor  # (n, R, T, T), (n, R)
+            first, second, scale = symmetric_pairs(width, h.device)
             coordinates = matrices[:, :, first, second] * scale  # (n, R, S)
-            self.fourth_symmetric = torch.einsum("nrp,nr,nrq->npq", coordinates, weights, coordinates)
             root = weights.clamp_min(0.0).sqrt()
+            # the non-zero eigenvalues of M̄ = Cᵀ diag(π) C are those of the R×R matrix √π C Cᵀ √π
             small = torch.einsum("nr,nrp,nsp,ns->nrs", root, coordinates, coordinates, root)
             nonzero = torch.linalg.eigvalsh(small).clamp_min(0.0)
             inner = torch.einsum("nrab,nsab->nrs", matrices, matrices)
@@ -147,11 +176,8 @@ class OutputMoments:
             zeros = torch.zeros(n, width**2 - nonzero.shape[1], dtype=h.dtype, device=h.device)
             self.fourth_eigenvalues = torch.sort(torch.cat([nonzero, zeros], 1), dim=1).values
         else:
-            fourth = family.fourth_central_tensor(h)  # M, (n, T, T, T, T)
-            self.fourth = fourth
-            block = fourth[:, first, second][:, :, first, second] * scale[:, None] * scale[None, :]
-            self.fourth_symmetric = 0.5 * (block + block.transpose(1, 2))
-            self.fourth_norm = fourth.pow(2).sum((1, 2, 3, 4)).sqrt()
+            self.fourth = family.fourth_central_tensor(h)  # M, (n, T, T, T, T)
+            self.fourth_norm = self.fourth.pow(2).sum((1, 2, 3, 4)).sqrt()
             eigenvalues = torch.linalg.eigvalsh(self.fourth_symmetric)
             zeros = torch.zeros(n, pad, dtype=h.dtype, device=h.device)
             self.fourth_eigenvalues = torch.sort(torch.cat([eigenvalues, zeros], 1), dim=1).values
