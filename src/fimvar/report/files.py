@@ -130,7 +130,7 @@ def _resolve(path: str | os.PathLike, name: str) -> Path:
     if path.is_dir():
         path = path / name
     elif path.is_file() and path.name != name:
-        if path.name == SUMMARY or path.suffix == ".json":
+        if path.name == SUMMARY:
             path = path.parent / name  # the summary sits next to the tensors
         elif path.suffix != Path(name).suffix:
             raise FimvarError(f"{path} is not a saved fimvar result; give {expected}")
