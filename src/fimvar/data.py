@@ -34,9 +34,13 @@ Options of :func:`load_data`: ``split`` (``all``, or ``train``/``test``: a seede
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,18 +296,74 @@ def _pick(arrays: dict, options: dict[str, str], path: Path) -> tuple[object, ob
                 f"cannot tell the inputs in {path} (arrays {keys}); name them x (and labels y), or "
                 f"pick them: #x=KEY,y=KEY"
             )
-    return arrays[x_key], (arrays[y_key] if y_key is not None else None)
+    x = _numeric(arrays[x_key], x_key, path, "inputs")
+    y = _numeric(arrays[y_key], y_key, path, "labels") if y_key is not None else None
+    return x, y
+
+
+def _numeric(value: object, key: str, path: Path, role: str) -> object:
+    """``value`` when it is a numeric tensor or array; one clear error otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise FimvarError(f"the {role} {key!r} in {path} are complex ({value.dtype}); fimvar needs real "
+                              "numbers")
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # ragged lists and other objects numpy cannot make an array of
+        raise FimvarError(f"the {role} {key!r} in {path} are not a numeric array ({type(value).__name__}: "
+                          f"{_first_line(error)}); save a tensor or an array of numbers") from error
+    if array.dtype.kind not in "biuf":
+        kind = {"U": "strings", "S": "byte strings", "O": "Python objects", "c": "complex numbers",
+                "M": "dates", "m": "time spans", "V": "records"}.get(array.dtype.kind, "not numbers")
+        hint = ("encode the classes as integers 0..K-1" if role == "labels"
+                else "convert them to numbers (e.g. np.asarray(a, dtype=np.float32))")
+        raise FimvarError(f"the {role} {key!r} in {path} hold {kind} (dtype {array.dtype}), not numbers; "
+                          f"{hint} and save the file again")
+    return array
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first sentence of an exception's message, shortened: library messages can be pages long."""
+    text = (str(error).strip().splitlines() or [""])[0].strip() or type(error).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _npz(path: Path, options: dict[str, str]) -> Dataset:
     _check_file(path)
+    with open(path, "rb") as stream:
+        magic = stream.read(6)
+    if magic == b"\x93NUMPY":
+        raise FimvarError(
+            f"{path} is a NumPy .npy file (one array), not an .npz archive; save the inputs and labels "
+            "together with np.savez(PATH, x=inputs, y=labels) and pass npz:PATH"
+        )
+    if not magic.startswith(b"PK"):
+        raise FimvarError(f"cannot read {path} as a NumPy .npz archive: it is not a zip file; write it "
+                          "with np.savez(PATH, x=inputs, y=labels)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (ValueError, OSError) as error:
-        raise FimvarError(f"cannot read {path} as a NumPy .npz archive: {error}") from error
-    if isinstance(arrays, np.ndarray):
-        arrays = {"x": arrays}
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise FimvarError(
+                f"{path} holds object arrays (pickled Python objects), which fimvar does not load; save "
+                "numeric arrays, e.g. np.savez(PATH, x=np.asarray(x, dtype=np.float32), y=labels)"
+            ) from error
+        raise FimvarError(f"cannot read {path} as a NumPy .npz archive ({_first_line(error)}); write it "
+                          "again with np.savez(PATH, x=inputs, y=labels)") from error
+    except Exception as error:  # zipfile.BadZipFile, zlib.error, EOFError, OSError, …
+        raise FimvarError(
+            f"cannot read {path} as a NumPy .npz archive: it is truncated or corrupted "
+            f"({type(error).__name__}: {_first_line(error)}); copy or write it again with np.savez"
+        ) from error
+    if any(not isinstance(v, np.ndarray) for v in arrays.values()):  # zip members that are not .npy
+        if any(k.endswith("data.pkl") for k in arrays):
+            raise FimvarError(f"{path} is a torch.save file, not a NumPy .npz archive; pass pt:{path}")
+        arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    if not arrays:
+        raise FimvarError(f"{path} holds no NumPy arrays; write it with np.savez(PATH, x=inputs, y=labels)")
     x, y = _pick(arrays, options, path)
     return _from_arrays(x, y, path.name)
 
@@ -313,7 +373,7 @@ def _pt(path: Path, options: dict[str, str]) -> Dataset:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files
-        raise FimvarError(f"cannot read {path} with torch.load(weights_only=True): {error}") from error
+        raise FimvarError(_torch_load_error(path, error)) from error
     if isinstance(content, torch.Tensor):
         arrays = {"x": content}
     elif isinstance(content, (tuple, list)) and len(content) in (1, 2):
@@ -327,6 +387,24 @@ def _pt(path: Path, options: dict[str, str]) -> Dataset:
     return _from_arrays(x, y, path.name)
 
 
+def _torch_load_error(path: Path, error: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused ``path`` and what to do."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "weights only" in text.lower():
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" (it contains {found.group(1)})" if found else ""
+        return (f"{path} holds Python objects that torch.load(weights_only=True) does not load{what}; save "
+                "tensors only, e.g. torch.save({'x': torch.as_tensor(x), 'y': torch.as_tensor(y)}, PATH)")
+    if zipfile.is_zipfile(path):
+        with contextlib.suppress(Exception), zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if names and all(n.endswith(".npy") for n in names):
+                return f"{path} is a NumPy .npz archive, not a torch.save file; pass npz:{path}"
+    return (f"cannot read {path} with torch.load(weights_only=True): the file is truncated, corrupted or "
+            f"not written by torch.save ({type(error).__name__}: {_first_line(error)}); write it again "
+            "with torch.save")
+
+
 def _csv(path: Path, options: dict[str, str]) -> Dataset:
     import csv
 
@@ -335,24 +413,39 @@ def _csv(path: Path, options: dict[str, str]) -> Dataset:
     if unknown:
         raise FimvarError(f"unknown option(s) {sorted(unknown)} for {path}; use #label=COLUMN|none")
     try:
-        with open(path, newline="") as stream:
-            rows = [r for r in csv.reader(stream) if r and any(c.strip() for c in r)]
+        # utf-8-sig: a byte-order mark (as Excel writes) must not become part of the first header
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.reader(stream)
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise FimvarError(f"cannot read {path} as CSV: {error}") from error
+        raise FimvarError(f"cannot read {path} as CSV ({_first_line(error)}); save it as UTF-8 text with "
+                          "comma-separated numbers") from error
     if not rows:
         raise FimvarError(f"{path} is empty")
     header = None
-    if not all(_is_number(c) for c in rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    if not all(_is_number(c) for c in rows[0][1]):
+        (header_line, first_row), rows = rows[0], rows[1:]
+        header = [c.strip() for c in first_row]
     if not rows:
         raise FimvarError(f"{path} has a header but no data rows")
-    width = len(rows[0])
-    try:
-        table = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)
-    except ValueError:
-        raise FimvarError(f"{path}: every cell must be a number (except a header row)") from None
-    if table.ndim != 2 or table.shape[1] != width:
-        raise FimvarError(f"{path}: rows have different numbers of columns")
+    if header is not None:
+        width, first = len(header), f"the header (line {header_line})"
+    else:
+        width, first = len(rows[0][1]), f"line {rows[0][0]}"
+    values = []
+    for line, row in rows:
+        if len(row) != width:
+            raise FimvarError(f"{path}: line {line} has {len(row)} columns but {first} has {width}; every "
+                              "row needs the same columns")
+        try:
+            values.append([float(c) for c in row])
+        except ValueError:
+            j = next(j for j, c in enumerate(row) if not _is_number(c))
+            name = f" ({header[j]!r})" if header is not None and header[j] else ""
+            shown = f"{row[j].strip()!r} is not a number" if row[j].strip() else "the cell is empty"
+            raise FimvarError(f"{path}: line {line}, column {j + 1}{name}: {shown}; every cell must be a "
+                              "number (except a header row)") from None
+    table = np.array(values, dtype=np.float64)
     choice = options.get("label")
     column = None
     if choice is None:

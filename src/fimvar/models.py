@@ -4,10 +4,14 @@ Specs (``load_model(spec)``, ``fimvar analyze --model SPEC``):
 
 - ``package.module:NAME`` or ``path/to/file.py:NAME``: ``NAME`` is a function or class called with
   the keyword arguments ``--model-arg KEY=VALUE`` (values read as Python literals), or an
-  ``nn.Module`` instance used as it is;
-- ``path/to/model.pt``: a TorchScript file (``torch.jit.save``). TorchScript modules cannot be
-  differentiated by ``torch.func``, so fimvar converts them to an equivalent ``torch.fx`` module
-  with PyTorch's TorchScript converter (it needs an example input: the first data input).
+  ``nn.Module`` instance used as it is. The module or file is imported, so its code runs (as with
+  ``python file.py``);
+- ``path/to/model.pt``: a TorchScript file (``torch.jit.save``), read without running Python code.
+  TorchScript modules cannot be differentiated by ``torch.func``, so fimvar converts them to an
+  equivalent ``torch.fx`` module with PyTorch's TorchScript converter (it needs an example input:
+  the first data input) and checks its outputs and derivatives. A forward with data-dependent
+  control flow (``if x.sum() > 0:``) becomes a ``torch.cond`` that ``torch.func`` cannot
+  differentiate; such models are refused with a pointer to ``file.py:function``.
 
 ``--weights FILE`` loads a state dict (``.safetensors``, or a ``torch.save`` file read with
 ``weights_only=True``; a checkpoint dict with a ``state_dict``/``model_state_dict``/``model`` entry
@@ -17,11 +21,14 @@ works too) with ``strict`` matching of names and shapes.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import importlib
 import importlib.util
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -181,6 +188,12 @@ def _show(kwargs: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
+#: what to do when a TorchScript model cannot be used
+PYTHON_SPEC_HINT = ("give the model as Python code instead: --model path/to/file.py:function (a function "
+                    "returning the nn.Module) and --weights FILE (its state dict, e.g. "
+                    "torch.save(torch.jit.load(MODEL).state_dict(), FILE))")
+
+
 def _from_torchscript(path: Path, example: torch.Tensor | None, weights=None) -> nn.Module:
     path = path.expanduser()
     if not path.exists():
@@ -189,7 +202,8 @@ def _from_torchscript(path: Path, example: torch.Tensor | None, weights=None) ->
             "or a TorchScript file)"
         )
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        with _quiet_torch():
+            scripted = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
         raise FimvarError(
             f"{path} is not a TorchScript file ({type(error).__name__}); for a state dict pass "
@@ -199,45 +213,137 @@ def _from_torchscript(path: Path, example: torch.Tensor | None, weights=None) ->
         load_weights(scripted, weights)
     if example is None:
         raise FimvarError("a TorchScript model needs an example input to be converted")
-    return torchscript_to_module(scripted, example)
+    return torchscript_to_module(scripted, example, name=str(path))
 
 
-def torchscript_to_module(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> nn.Module:
+def torchscript_to_module(scripted: torch.jit.ScriptModule, example: torch.Tensor, *,
+                          name: str = "the TorchScript model") -> nn.Module:
     """An eager ``torch.fx`` module computing the same function as ``scripted``, with the same
-    parameter names, so that ``torch.func`` can differentiate it."""
+    parameter names, so that ``torch.func`` can differentiate it.
+
+    Args:
+        scripted: the TorchScript module.
+        example: a batch of inputs (one or two are enough) to trace and check the conversion with.
+        name: how error messages name the model (its file).
+
+    Raises:
+        FimvarError: when ``scripted`` fails on ``example``, when its forward has data-dependent
+            control flow (which becomes a ``torch.cond`` that ``torch.func`` cannot differentiate),
+            or when the conversion fails or gives a module that cannot be differentiated.
+    """
     scripted.eval()
     reference = next(scripted.parameters(), None)
     if reference is not None:
         example = example.to(reference.dtype)
     try:
-        from torch._export.converter import TS2EPConverter
-
-        program = TS2EPConverter(scripted, (example,)).convert()
-        exported = program.module()
-        graph = copy.deepcopy(exported.graph)
-        for node in list(graph.nodes):
-            if node.op == "call_module" and node.target == "_guards_fn":
-                graph.erase_node(node)
-        module = torch.fx.GraphModule(exported, graph)
-        for name, parameter in scripted.named_parameters():
-            owner_name, _, attribute = name.rpartition(".")
-            owner = module.get_submodule(owner_name) if owner_name else module
-            value = getattr(owner, attribute)
-            if attribute in owner._buffers:
-                del owner._buffers[attribute]
-            else:
-                delattr(owner, attribute)
-            owner.register_parameter(attribute, nn.Parameter(value.detach().clone(),
-                                                              requires_grad=parameter.requires_grad))
         with torch.no_grad():
-            if not torch.allclose(module(example), scripted(example), rtol=1e-5, atol=1e-6):
-                raise RuntimeError("the converted module does not reproduce the TorchScript outputs")
+            expected = scripted(example)
     except Exception as error:
         raise FimvarError(
-            f"cannot convert the TorchScript model for differentiation ({type(error).__name__}: "
-            f"{error}); give a Python factory (--model module:function --weights FILE) instead"
+            f"{name} fails on the first inputs of the data, of shape {tuple(example.shape)} "
+            f"({type(error).__name__}: {_first_line(error)}); check --data and --input-shape"
         ) from error
+    try:
+        with _quiet_torch():
+            module = _convert(scripted, example)
+            flow = _control_flow(module)
+            if not flow:
+                with torch.no_grad():
+                    if not torch.allclose(module(example), expected, rtol=1e-5, atol=1e-6):
+                        raise RuntimeError("the converted module does not reproduce the TorchScript outputs")
+                _try_derivatives(module, example)
+    except Exception as error:
+        raise FimvarError(
+            f"cannot convert {name} into a module that torch.func can differentiate "
+            f"({type(error).__name__}: {_first_line(error)}); {PYTHON_SPEC_HINT}"
+        ) from error
+    if flow:
+        raise FimvarError(
+            f"{name} has data-dependent control flow in its forward (an `if` or loop on tensor values, "
+            f"which PyTorch's converter turns into torch.{flow}) and torch.func cannot differentiate "
+            f"through it; {PYTHON_SPEC_HINT}"
+        )
     return module
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence PyTorch's deprecation notices about TorchScript and its converter's internals: the
+    user cannot act on them (fimvar's own warnings and errors still show)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _convert(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> torch.fx.GraphModule:
+    """PyTorch's TorchScript → ``torch.export`` converter, as a plain ``GraphModule`` whose
+    parameters are ``nn.Parameter`` again under their TorchScript names."""
+    from torch._export.converter import TS2EPConverter
+
+    program = TS2EPConverter(scripted, (example,)).convert()
+    exported = program.module()
+    graph = copy.deepcopy(exported.graph)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)
+    module = torch.fx.GraphModule(exported, graph)
+    for name, parameter in scripted.named_parameters():
+        owner_name, _, attribute = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        value = getattr(owner, attribute)
+        if attribute in owner._buffers:
+            del owner._buffers[attribute]
+        else:
+            delattr(owner, attribute)
+        owner.register_parameter(attribute, nn.Parameter(value.detach().clone(),
+                                                          requires_grad=parameter.requires_grad))
+    return module
+
+
+def _control_flow(module: nn.Module) -> str | None:
+    """The name of the first higher-order operator (``cond``, ``while_loop``, …) in the graphs of
+    ``module`` and its submodules, or ``None``."""
+    from torch._ops import HigherOrderOperator
+
+    for sub in module.modules():
+        graph = getattr(sub, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue
+        for node in graph.nodes:
+            if node.op == "call_function" and isinstance(node.target, HigherOrderOperator):
+                return node.target.name()
+    return None
+
+
+def _try_derivatives(module: nn.Module, example: torch.Tensor) -> None:
+    """Per-input first derivatives and one forward-over-reverse second derivative on ``example``,
+    with the ``torch.func`` transforms the autodiff engine uses: a module they cannot handle fails
+    here, with the conversion, rather than deep inside an analysis."""
+    from torch.func import functional_call, grad, jvp, vmap
+
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    if not params:
+        return
+    buffers = {k: v.detach() for k, v in module.named_buffers()}
+
+    def single(p: dict, x1: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, (p, buffers), (x1.unsqueeze(0),)).sum()
+
+    vmap(grad(single), in_dims=(None, 0))(params, example[:2])
+    tangent = {k: torch.ones_like(v) for k, v in params.items()}
+    jvp(lambda p: grad(single)(p, example[0]), (params,), (tangent,))
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first sentence of an exception's message, shortened: library messages can be pages long."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        # the TorchScript traceback ends with the original error, "RuntimeError: message"
+        lines = [lines[-1].partition(": ")[2] or lines[-1]]
+    text = (lines[0] if lines else "") or type(error).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_weights(model: nn.Module, weights: str | os.PathLike) -> None:

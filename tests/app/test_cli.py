@@ -198,3 +198,70 @@ def test_reproduce_delegates(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "fimvar.reproduce", None)  # as if not installed
     code, _, err = run_cli(capsys, "reproduce", "--help")
     assert code == 2 and "not installed" in err
+
+
+def test_demo_help_has_a_single_percent_sign(capsys):
+    code, out, _ = run_cli(capsys, "demo", "--help")
+    assert code == 0 and "80% train" in " ".join(out.split()) and "%%" not in out
+
+
+def test_plan_accepts_the_folder_its_summary_or_its_tensors(tmp_path, capsys):
+    """`fimvar plan` on the output folder, its summary.json and its fisher.safetensors gives the
+    same plan; any other file is one clear error."""
+    import fimvar
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
+    out = tmp_path / "fimvar-out"
+    fimvar.analyze(model, torch.randn(12, 3), "categorical", samples=2, bounds=False).save(
+        out, figures=False, html=False)
+    plans = []
+    for given in (out, out / "summary.json", out / "fisher.safetensors"):
+        code, stdout, err = run_cli(capsys, "plan", str(given), "--json")
+        assert code == 0, err
+        plans.append(json.loads(stdout))
+    assert plans[0] == plans[1] == plans[2] and plans[0]["groups"]
+    (out / "notes.txt").write_text("not a result")
+    err = user_error(capsys, "plan", str(out / "notes.txt"), match="is not a saved fimvar result")
+    assert "summary.json" in err and "fisher.safetensors" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "summary.json").write_text("{}")
+    user_error(capsys, "plan", str(tmp_path / "other" / "summary.json"), match="no saved fimvar result")
+
+
+class Branching(nn.Module):
+    """A forward with a data-dependent ``if``: TorchScript keeps it, the converter makes it a
+    ``torch.cond`` that torch.func cannot differentiate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(64, 10), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.first(x)
+        return self.second(x)
+
+
+def test_torchscript_errors(tmp_path, capsys, monkeypatch):
+    """A TorchScript forward with a data-dependent `if`, a TorchScript model that does not fit the
+    data, and any other conversion failure: each is one error that suggests a Python model spec."""
+    import fimvar.models
+
+    base = ["analyze", "--data", "digits", "--family", "categorical", "--inputs", "4", "--out",
+            str(tmp_path / "out"), "--no-figures", "--no-html", "-q"]
+    torch.jit.script(Branching()).save(str(tmp_path / "branching.pt"))
+    err = user_error(capsys, *base, "--model", str(tmp_path / "branching.pt"),
+                     match="data-dependent control flow")
+    assert "torch.cond" in err and "file.py:function" in err and len(err.strip().splitlines()) == 1
+    torch.jit.script(nn.Sequential(nn.Linear(5, 3))).save(str(tmp_path / "narrow.pt"))
+    err = user_error(capsys, *base, "--model", str(tmp_path / "narrow.pt"), match="fails on the first inputs")
+    assert "mat1 and mat2" in err and "--input-shape" in err
+    torch.jit.script(nn.Sequential(nn.Linear(64, 10))).save(str(tmp_path / "plain.pt"))
+
+    def failing(scripted, example):
+        raise KeyError("TransformType.Grad")
+
+    monkeypatch.setattr(fimvar.models, "_convert", failing)
+    err = user_error(capsys, *base, "--model", str(tmp_path / "plain.pt"), match="cannot convert")
+    assert "KeyError" in err and "file.py:function" in err

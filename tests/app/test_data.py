@@ -137,3 +137,77 @@ def test_non_finite_inputs_are_refused(tmp_path):
     np.savez(tmp_path / "nan.npz", x=np.array([[1.0, np.nan]]))
     with pytest.raises(FimvarError, match="NaN"):
         load_data(f"npz:{tmp_path}/nan.npz")
+
+
+def test_csv_with_byte_order_mark_keeps_its_labels(tmp_path):
+    """A CSV saved with a UTF-8 byte-order mark (as Excel writes it): the first header is still
+    ``label``, so that column holds the labels and the other two are the inputs."""
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbflabel,a,b\r\n2,0.5,1\r\n0,1.5,2\r\n1,2.5,3\r\n")
+    data = load_data(f"csv:{tmp_path}/bom.csv")
+    assert data.y.tolist() == [2, 0, 1] and data.classes == 3
+    assert data.x.tolist() == [[0.5, 1.0], [1.5, 2.0], [2.5, 3.0]]
+    named = load_data(f"csv:{tmp_path}/bom.csv#label=label")  # the header name without the mark
+    assert named.y.tolist() == [2, 0, 1]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a,b,label\n1,2,0\n\n3,x,1\n", "line 4, column 2 ('b'): 'x' is not a number"),
+    ("a,b\n1,2\n3,\n", "line 3, column 2 ('b'): the cell is empty"),
+    ("1,2\n3,oops\n", "line 2, column 2: 'oops' is not a number"),
+    ("a,b,label\n1,2,0\n3,1\n", "line 3 has 2 columns but the header (line 1) has 3"),
+    ("\n1,2\n3,4,5\n", "line 3 has 3 columns but line 2 has 2"),
+])
+def test_csv_errors_name_the_line_and_column(tmp_path, text, match):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(FimvarError) as error:
+        load_data(f"csv:{tmp_path}/bad.csv")
+    assert match in str(error.value) and "\n" not in str(error.value)
+
+
+def _one_line_error(spec: str) -> str:
+    with pytest.raises(FimvarError) as error:
+        load_data(spec)
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_npz_file_errors(tmp_path):
+    """A .npy file, a truncated archive, string or object arrays and a torch.save file given as
+    npz: each is one FimvarError saying what is wrong and what to do."""
+    x = np.ones((4, 3), dtype=np.float32)
+    np.save(tmp_path / "one.npy", x)
+    message = _one_line_error(f"npz:{tmp_path}/one.npy")
+    assert ".npy file" in message and "np.savez" in message
+    np.savez(tmp_path / "full.npz", x=np.ones((50, 20)), y=np.arange(50))
+    whole = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    message = _one_line_error(f"npz:{tmp_path}/cut.npz")
+    assert "truncated or corrupted" in message and "np.savez" in message
+    np.savez(tmp_path / "words.npz", x=np.array([["a", "b"], ["c", "d"]]))
+    message = _one_line_error(f"npz:{tmp_path}/words.npz")
+    assert "inputs 'x'" in message and "strings" in message
+    np.savez(tmp_path / "names.npz", x=x, y=np.array(["cat", "dog", "cat", "emu"]))
+    message = _one_line_error(f"npz:{tmp_path}/names.npz")
+    assert "labels 'y'" in message and "integers 0..K-1" in message
+    np.savez(tmp_path / "objects.npz", x=np.array([1, "a", None], dtype=object))
+    assert "object arrays" in _one_line_error(f"npz:{tmp_path}/objects.npz")
+    torch.save({"x": torch.tensor(x)}, tmp_path / "torch.pt")
+    assert f"pass pt:{tmp_path}/torch.pt" in _one_line_error(f"npz:{tmp_path}/torch.pt")
+
+
+def test_pt_file_errors(tmp_path):
+    """A truncated torch.save file, NumPy arrays inside it (refused by weights_only=True), string
+    labels, and an .npz archive given as pt: each is one clear FimvarError."""
+    torch.save({"x": torch.ones(50, 20), "y": torch.arange(50)}, tmp_path / "full.pt")
+    whole = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    message = _one_line_error(f"pt:{tmp_path}/cut.pt")
+    assert "truncated, corrupted" in message and "torch.save" in message
+    torch.save({"x": np.ones((3, 2))}, tmp_path / "numpy.pt")
+    message = _one_line_error(f"pt:{tmp_path}/numpy.pt")
+    assert "weights_only=True" in message and "torch.as_tensor" in message
+    torch.save({"x": torch.ones(2, 2), "y": ["cat", "dog"]}, tmp_path / "names.pt")
+    assert "labels 'y'" in _one_line_error(f"pt:{tmp_path}/names.pt")
+    np.savez(tmp_path / "arrays.npz", x=np.ones((3, 2)))
+    assert f"pass npz:{tmp_path}/arrays.npz" in _one_line_error(f"pt:{tmp_path}/arrays.npz")

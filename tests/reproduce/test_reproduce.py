@@ -99,3 +99,36 @@ def test_frobenius(quick_runs):
 def test_unknown_experiment_is_rejected():
     with pytest.raises(SystemExit):
         main(["no-such-experiment"])
+
+
+def test_read_only_output_folder_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    """`--out` in a read-only folder: one `fimvar: error:` line and exit status 2 before any
+    experiment runs (the runners are replaced by a recorder), from both entry points."""
+    import os
+
+    import fimvar.reproduce as reproduce
+    from fimvar import FimvarError
+    from fimvar.app.cli import main as cli_main
+
+    ran = []
+    for name in EXPERIMENTS:
+        monkeypatch.setitem(reproduce.EXPERIMENTS, name, lambda *args: ran.append(args))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: a read-only folder is writable anyway")
+        for out in (locked, locked / "sub"):
+            for entry, argv in ((main, []), (cli_main, ["reproduce"])):
+                assert entry([*argv, "natural-gradient", "--quick", "--out", str(out)]) == 2
+                err = capsys.readouterr().err
+                assert err.startswith("fimvar: error:") and len(err.strip().splitlines()) == 1, err
+                assert str(out) in err and "writable --out" in err
+        assert main(["all", "--quick", "--out", str(locked)]) == 2
+        assert "writable --out" in capsys.readouterr().err
+        with pytest.raises(FimvarError, match="writable --out"):
+            reproduce.run_experiment("frobenius", locked / "frobenius", quick=True)
+        assert not ran
+    finally:
+        locked.chmod(0o700)

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="train a small MLP on the bundled digits and analyse it (seconds)",
-        description="Train a 64-16-10 tanh MLP on scikit-learn's digits (80%% train split, full-batch "
+        description="Train a 64-16-10 tanh MLP on scikit-learn's digits (80% train split, full-batch "
                     "Adam, a few seconds), then analyse it on the test split with the data labels and "
                     "write everything to --out.",
     )
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                "of one input: forward F per input; per draw 1 (Î1) or H (Î2, combined); exact: T "
                "backward passes per input.",
     )
-    plan.add_argument("result", metavar="DIR", help="folder written by `fimvar analyze` or `fimvar demo`")
+    plan.add_argument("result", metavar="DIR",
+                      help="folder written by `fimvar analyze` or `fimvar demo`, or its summary.json or "
+                           "fisher.safetensors")
     plan.add_argument("--rho", type=float, default=DEFAULT_TARGET.rho,
                       help="target relative error ρ (default: %(default)s)")
     plan.add_argument("--delta", type=float, default=DEFAULT_TARGET.delta,

@@ -122,18 +122,26 @@ def save_weight_norms(result: WeightNormResult, directory: str | os.PathLike, *,
 
 
 def _resolve(path: str | os.PathLike, name: str) -> Path:
+    """The file ``name`` of a saved result given its folder, that file itself, or the folder's
+    ``summary.json``; one clear error for anything else."""
     path = Path(path).expanduser()
+    expected = ("a folder written by `fimvar analyze --out` or a result's save(), its summary.json "
+                f"or its {name}")
     if path.is_dir():
         path = path / name
+    elif path.is_file() and path.name != name:
+        if path.name == SUMMARY:
+            path = path.parent / name  # the summary sits next to the tensors
+        elif path.suffix != Path(name).suffix:
+            raise FimvarError(f"{path} is not a saved fimvar result; give {expected}")
     if not path.exists():
-        raise FimvarError(f"no saved fimvar result at {path} (expected a folder written by "
-                          "`fimvar analyze --out` or a result's save())")
+        raise FimvarError(f"no saved fimvar result at {path} (expected {expected})")
     return path
 
 
 @presents(DiagonalResult, "load")
 def load(path: str | os.PathLike) -> DiagonalResult:
-    """Read a result saved by :func:`save` (a folder, or its ``fisher.safetensors``).
+    """Read a result saved by :func:`save` (a folder, its ``summary.json`` or its ``fisher.safetensors``).
 
     Every tensor and every summary method (variances, α*, plan, bounds, tables) works on the loaded
     result as on the original.

@@ -17,11 +17,14 @@ Experiments:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from fimvar.errors import FimvarError
+from fimvar.report.files import writable_directory
 from fimvar.reproduce.common import Claim, Outcome, Stopwatch, write_json
 
 
@@ -60,10 +63,15 @@ EXPERIMENTS: dict[str, Callable[..., Outcome]] = {
 
 def run_experiment(name: str, out: Path | str | None = None, quick: bool = False,
                    seeds: int | None = None, log=print) -> Outcome:
-    """Run one experiment, write ``results.json`` and its figures under ``out``."""
+    """Run one experiment, write ``results.json`` and its figures under ``out``.
+
+    Raises:
+        KeyError: for an unknown experiment.
+        FimvarError: when ``out`` cannot be created or written (checked before the run).
+    """
     if name not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {name!r}; choose among {', '.join(EXPERIMENTS)}")
-    out = Path(out) if out is not None else Path("reproduction") / name
+    out = writable_directory(Path(out) if out is not None else Path("reproduction") / name)
     with Stopwatch() as watch:
         outcome = EXPERIMENTS[name](out, quick, seeds, log)
     outcome.seconds = watch.seconds
@@ -103,15 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    if args.out is None:
+        outs = {name: Path("reproduction") / name for name in names}
+    else:
+        outs = {name: args.out / name if args.name == "all" else args.out for name in names}
+    try:  # every output folder before the first run: a run takes minutes, the check none
+        for out in outs.values():
+            writable_directory(out)
+    except FimvarError as error:
+        print(f"fimvar: error: {error}", file=sys.stderr)
+        return 2
     failed = 0
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         for name in names:
-            if args.out is None:
-                out = Path("reproduction") / name
-            else:
-                out = args.out / name if args.name == "all" else args.out
+            out = outs[name]
             print(f"== {name}{' (quick)' if args.quick else ''} → {out}", flush=True)
             outcome = run_experiment(name, out, args.quick, args.seeds,
                                      log=lambda m: print(m, flush=True))
