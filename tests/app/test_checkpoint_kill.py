@@ -92,14 +92,15 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, capsys):
 
 
 #: runs ``fimvar`` with os.replace stuck: the first checkpoint is written and flushed to its
-#: temporary file, then the process signals it (argv[1]) and waits to be killed
+#: temporary file, then the process names that file in the marker argv[1] and waits to be killed
 STUCK_IN_A_WRITE = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
     from fimvar.app.cli import main
 
     def stuck(source, destination):
-        Path(sys.argv[1]).write_text(str(source))
+        Path(sys.argv[1] + ".part").write_text(str(source))
+        os.rename(sys.argv[1] + ".part", sys.argv[1])  # the marker appears complete
         time.sleep(600)
 
     os.replace = stuck

@@ -146,7 +146,7 @@ def check_writable(path: str | os.PathLike) -> Path:
             os.write(handle, b"fimvar")
         finally:
             os.close(handle)
-            os.unlink(probe)
+            Path(probe).unlink(missing_ok=True)
     except OSError as error:
         raise FimvarError(f"cannot write the checkpoint {path}: {error.strerror or error}; "
                           "choose a writable checkpoint path (--checkpoint)") from error
