@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -110,11 +111,20 @@ class StreamingAnalysis(ABC):
         """Analyse every batch of ``data`` (a tensor, or an iterable of batches or of
         ``(inputs, labels)`` pairs).
 
-        With ``checkpoint`` (or ``batch_size`` / ``progress``) a tensor ``data`` is fed in blocks
-        of ``batch_size`` inputs counted from input 0; a checkpoint is saved after a block when
-        ``checkpoint_interval`` seconds have passed since the last one, and at the end. An
-        existing checkpoint is resumed: its inputs are skipped, and the result equals that of an
+        With ``checkpoint`` (or ``batch_size`` / ``progress``) the data is fed in blocks of
+        ``batch_size`` inputs counted from input 0 (the batches of an iterable are cut and joined
+        into such blocks, so how it is batched does not matter); a checkpoint is saved after a
+        block when ``checkpoint_interval`` seconds have passed since the last one, and at the end.
+        An existing checkpoint is resumed: its inputs are skipped, and the result equals that of an
         uninterrupted run with the same block size bit for bit.
+
+        Before any work, the checkpoint's folder is checked to be writable and temporary files
+        left there by a killed write of the same checkpoint are deleted. A save that fails later
+        (disk full, folder removed) warns and the run goes on, so its result is not lost.
+
+        Tensor data is fingerprinted by a hash of all of it. For an iterable, the checkpoint holds
+        a hash of the inputs and labels consumed so far; a resumed run hashes the part it skips
+        again and refuses data that differs there.
         """
         if checkpoint is None and batch_size is None and not progress:
             for x, y in batches(data, labels):
@@ -123,10 +133,14 @@ class StreamingAnalysis(ABC):
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise FimvarError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
         block = int(batch_size or DEFAULT_BLOCK)
-        fingerprint = None
+        fingerprint = consumed = None
         if checkpoint is not None:
+            checkpoints.check_writable(checkpoint)
+            checkpoints.remove_leftovers(checkpoint)
             fingerprint = {**self.config(), "data": data_fingerprint(data, labels)}
-            self._resume(checkpoint, fingerprint)
+            saved = self._resume(checkpoint, fingerprint)
+            if not isinstance(data, torch.Tensor):
+                consumed = ConsumedData(checkpoint, saved, self.count)
         skip = self.count
         total = data_length(data)
         if total is not None and skip > total:
@@ -134,22 +148,39 @@ class StreamingAnalysis(ABC):
                 f"the checkpoint {checkpoint} holds {skip} inputs but the data has only {total}; "
                 "delete the checkpoint to start over"
             )
+        failed = False
+
+        def save() -> None:
+            nonlocal failed
+            try:
+                self.save_checkpoint(checkpoint, fingerprint,
+                                     consumed=None if consumed is None else consumed.state())
+            except FimvarError as error:
+                if not failed:
+                    reason = getattr(error.__cause__, "strerror", None) or error.__cause__ or error
+                    warnings.warn(f"could not save the checkpoint {checkpoint} ({reason}); the analysis "
+                                  "goes on and its result is kept, but it cannot be resumed from this "
+                                  "checkpoint", stacklevel=3)
+                failed = True
+
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=skip, unit="input", desc="fimvar", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, leave=False)
         last_save = time.monotonic()
         try:
-            for x, y in data_blocks(data, labels, block, skip):
+            for x, y in data_blocks(data, labels, block, skip, consumed):
                 self.update(x, y)
                 bar.update(x.shape[0])
                 if checkpoint is not None and time.monotonic() - last_save >= checkpoint_interval:
-                    self.save_checkpoint(checkpoint, fingerprint)
+                    save()
                     last_save = time.monotonic()
         finally:
             bar.close()
+        if consumed is not None:
+            consumed.verify()  # when no block came after the skipped inputs
         if checkpoint is not None:
-            self.save_checkpoint(checkpoint, fingerprint)
+            save()
         return self
 
     # ------------------------------------------------------------------ checkpoints
@@ -169,34 +200,101 @@ class StreamingAnalysis(ABC):
         self.has_labels = state.get("has_labels")
         self.load_extra_state(state.get("extra") or {})
 
-    def save_checkpoint(self, path: str | os.PathLike, fingerprint: dict[str, Any] | None = None) -> None:
-        """Atomically write the accumulated sums to ``path`` (see :mod:`fimvar.analysis.checkpoint`)."""
+    def save_checkpoint(self, path: str | os.PathLike, fingerprint: dict[str, Any] | None = None, *,
+                        consumed: dict[str, Any] | None = None) -> None:
+        """Atomically write the accumulated sums to ``path`` (see :mod:`fimvar.analysis.checkpoint`),
+        with the ``fingerprint`` of the run and, for an iterable, the hashes of the ``consumed`` data
+        (:meth:`ConsumedData.state`)."""
         from fimvar import __version__
 
         tensors, keys = self.accumulator.state_dict()
         fingerprint = fingerprint if fingerprint is not None else self.config()
-        checkpoints.save(path, tensors, {
+        metadata = {
             "kind": self.kind, "fingerprint": fingerprint, "count": self.count, "keys": keys,
             "has_labels": self.has_labels, "extra": self.extra_state(), "fimvar_version": __version__,
-        })
+        }
+        if consumed is not None:
+            metadata["consumed"] = consumed
+        checkpoints.save(path, tensors, metadata)
 
-    def _resume(self, path: str | os.PathLike, fingerprint: dict[str, Any]) -> None:
+    def _resume(self, path: str | os.PathLike, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+        """Restore the checkpoint at ``path`` if there is one (refusing one of another run); returns
+        its metadata."""
         loaded = checkpoints.load(path)
         if loaded is None:
-            return
+            return None
         if self.count:
             raise FimvarError("resume from a checkpoint needs a fresh analysis (no input analysed yet)")
         tensors, metadata = loaded
-        checkpoints.check_fingerprint(path, metadata.get("fingerprint", {}), fingerprint)
-        self.load_state_dict({"sums": tensors, "keys": metadata["keys"], "count": metadata["count"],
-                              "has_labels": metadata.get("has_labels"), "extra": metadata.get("extra")})
+        checkpoints.check_fingerprint(path, metadata["fingerprint"], fingerprint)
+        try:
+            self.load_state_dict({"sums": tensors, "keys": metadata["keys"], "count": metadata["count"],
+                                  "has_labels": metadata["has_labels"], "extra": metadata["extra"]})
+        except FimvarError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise FimvarError(f"the checkpoint {path} is corrupted (its state cannot be restored: "
+                              f"{error}); delete it to start over") from error
+        return metadata
 
 
 def data_fingerprint(data, labels) -> str:
-    """Hash of tensor data and labels; iterables cannot be hashed without consuming them."""
+    """Hash of tensor data and labels; an iterable is fingerprinted by what it yields instead
+    (:class:`ConsumedData`)."""
     if isinstance(data, torch.Tensor) and (labels is None or isinstance(labels, torch.Tensor)):
         return checkpoints.tensor_hash(data, labels)
-    return "iterable (not hashed)"
+    return "iterable (consumed inputs and labels hashed)"
+
+
+class ConsumedData:
+    """Hashes of the inputs and labels an analysis consumed from an iterable, saved with its
+    checkpoint (:class:`~fimvar.analysis.checkpoint.RowHash`: independent of the batching).
+
+    A resumed run hashes the inputs it skips again; :meth:`verify` refuses data whose first
+    inputs or labels differ from those the checkpoint analysed, or that has fewer of them.
+    """
+
+    def __init__(self, path: str | os.PathLike, saved: dict[str, Any] | None, count: int) -> None:
+        self.path = path
+        self.inputs = checkpoints.RowHash()
+        self.labels = checkpoints.RowHash()
+        self.expected: dict[str, Any] | None = None
+        if saved is not None:
+            expected = saved.get("consumed")
+            if not (isinstance(expected, dict) and expected.get("rows") == count
+                    and isinstance(expected.get("inputs"), str) and isinstance(expected.get("labels"), str)):
+                raise FimvarError(f"the checkpoint {path} is corrupted (it lacks the hash of the "
+                                  f"{count} inputs it analysed); delete it to start over")
+            self.expected = expected
+
+    def add(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Hash the next inputs (and their labels)."""
+        self.inputs.update(x)
+        if y is not None:
+            self.labels.update(y)
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint saves: ``{"rows", "inputs", "labels"}`` (SHA-256 hex digests)."""
+        return {"rows": self.inputs.rows, "inputs": self.inputs.hexdigest(),
+                "labels": self.labels.hexdigest()}
+
+    def verify(self) -> None:
+        """Compare the hashes of the skipped inputs with the saved ones (once)."""
+        expected, self.expected = self.expected, None
+        if expected is None:
+            return
+        rows = expected["rows"]
+        advice = ("rerun with the same data to resume, or delete the checkpoint (or choose another "
+                  "--checkpoint path) to start over")
+        if self.inputs.rows < rows:
+            raise FimvarError(f"the checkpoint {self.path} holds {rows} inputs but the data has only "
+                              f"{self.inputs.rows}; {advice}")
+        state = self.state()
+        parts = {"inputs": f"the first {rows} inputs", "labels": f"the labels of the first {rows} inputs"}
+        for part, what in parts.items():
+            if state[part] != expected[part]:
+                raise FimvarError(f"the checkpoint {self.path} was written for other data: {what} of this "
+                                  f"data differ from those it analysed; {advice}")
 
 
 def data_length(data) -> int | None:
@@ -209,20 +307,81 @@ def data_length(data) -> int | None:
     return None
 
 
-def data_blocks(data, labels, block: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Batches of ``data`` after its first ``skip`` inputs; a tensor is cut into blocks of
-    ``block`` inputs counted from input 0 (so a resumed run sees the same blocks)."""
+def data_blocks(data, labels, block: int, skip: int,
+                consumed: ConsumedData | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Blocks of ``block`` inputs of ``data`` after its first ``skip`` inputs, counted from input 0
+    (so a resumed run sees the same blocks).
+
+    A tensor is sliced. The batches of an iterable are cut and joined into new blocks (copies), so
+    the blocks do not depend on how the iterable is batched; a block ends early only where the
+    dtype, the shape of an input, the device or the presence of labels changes, and at the end.
+    With ``consumed``, the skipped inputs are hashed and checked (:meth:`ConsumedData.verify`)
+    before the first block, and every block is hashed as it is handed out.
+    """
     if isinstance(data, torch.Tensor):
         x, y = next(batches(data, labels))  # validates labels
         for start in range(skip, x.shape[0], block):
             yield x[start:start + block], (None if y is None else y[start:start + block])
         return
-    seen = 0
+    if consumed is not None and skip == 0:
+        consumed.verify()
+    seen = 0  # inputs of the iterable read so far, while skipping
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # read but not handed out
+    held = 0  # inputs in pending
+    layout = None
+
+    def emit(rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xs, ys, left = [], [], rows
+        while left:
+            x, y = pending[0]
+            n = min(left, x.shape[0])
+            xs.append(x[:n])
+            ys.append(None if y is None else y[:n])
+            if n == x.shape[0]:
+                pending.pop(0)
+            else:
+                pending[0] = (x[n:], None if y is None else y[n:])
+            left -= n
+        x = torch.cat(xs)
+        y = None if ys[0] is None else torch.cat(ys)
+        if consumed is not None:
+            consumed.add(x, y)
+        return x, y
+
     for x, y in batches(data, labels):
-        n = x.shape[0]
-        if seen + n <= skip:
-            seen += n
+        check_batch(x, y)
+        if x.shape[0] == 0:
             continue
-        offset = max(0, skip - seen)
-        seen += n
-        yield x[offset:], (None if y is None else y[offset:])
+        if seen < skip:
+            n = min(x.shape[0], skip - seen)
+            if consumed is not None:
+                consumed.add(x[:n], None if y is None else y[:n])
+            seen += n
+            if seen == skip and consumed is not None:
+                consumed.verify()
+            if n == x.shape[0]:
+                continue
+            x, y = x[n:], (None if y is None else y[n:])
+        batch_layout = (x.dtype, x.shape[1:], x.device,
+                        None if y is None else (y.dtype, y.shape[1:], y.device))
+        if held and batch_layout != layout:
+            yield emit(held)
+            held = 0
+        layout = batch_layout
+        pending.append((x, y))
+        held += x.shape[0]
+        while held >= block:
+            yield emit(block)
+            held -= block
+    if held:
+        yield emit(held)
+
+
+def check_batch(x, y) -> None:
+    """One clear error for a batch of an iterable that cannot be cut into blocks."""
+    if not isinstance(x, torch.Tensor):
+        raise FimvarError(f"inputs must be tensors, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise FimvarError("the data is empty: pass at least one input (first dimension = samples)")
+    if y is not None and not (isinstance(y, torch.Tensor) and y.dim() > 0):
+        raise FimvarError(f"labels must be tensors with one entry per input, got {type(y).__name__}")

@@ -238,6 +238,7 @@ def _run_analysis(args, model, x, y, run: dict, started: float, checkpoint: str 
 def cmd_analyze(args) -> int:
     import torch
 
+    from fimvar.analysis import checkpoint as checkpoints
     from fimvar.data import load_data, parse_shape
     from fimvar.families import get_family
     from fimvar.models import load_model, parse_model_args
@@ -249,6 +250,8 @@ def cmd_analyze(args) -> int:
     writable_directory(args.out)
     if args.checkpoint and Path(args.checkpoint).is_dir():
         raise FimvarError(f"--checkpoint {args.checkpoint} is a folder; give a file path (e.g. run.ckpt)")
+    if args.checkpoint:  # before any work, not at the first save
+        checkpoints.check_writable(args.checkpoint)
     device = _resolve_device(args.device)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     data = load_data(args.data, split=args.split, normalize=args.normalize, inputs=args.inputs,
