@@ -17,7 +17,12 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import check_parameters_finite, family_outputs, trainable_parameters
+from fimvar.analysis.inputs import (
+    check_parameters_finite,
+    check_result_finite,
+    family_outputs,
+    trainable_parameters,
+)
 from fimvar.engine import make_engine
 from fimvar.errors import FimvarError
 from fimvar.estimators.diagonal import fisher_sum
@@ -69,7 +74,9 @@ class FisherAnalysis(StreamingAnalysis):
     def result(self) -> dict[str, torch.Tensor]:
         if self.count == 0:
             raise FimvarError("the data is empty: no input was analysed")
-        return {name: self.accumulator.mean(parameter(name, "fisher")) for name in self.parameter_names}
+        fisher = {name: self.accumulator.mean(parameter(name, "fisher")) for name in self.parameter_names}
+        check_result_finite({"fisher": fisher})
+        return fisher
 
 
 def fisher_diagonal(

@@ -11,12 +11,12 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Key
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import check_samples, family_outputs
+from fimvar.analysis.inputs import check_result_finite, check_samples, family_outputs
 from fimvar.engine.representations import named_module, output_jacobians, output_shape
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.hidden import chunk_sums, per_input_diagonal
-from fimvar.estimators.labels import draw_residuals
+from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.results.hidden import HiddenFisher, HiddenResult
 
@@ -32,7 +32,7 @@ class HiddenAnalysis(StreamingAnalysis):
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.samples = check_samples(samples)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.modules = [modules] if isinstance(modules, str) else list(modules)
         for name in self.modules:
             named_module(model, name)
@@ -91,6 +91,9 @@ class HiddenAnalysis(StreamingAnalysis):
                     count, self.accumulator.sums[Key("module", name, "fisher_m2")]),
                 fisher=mean("fisher"), estimate=mean("estimate"),
             )
+        check_result_finite({quantity: {name: getattr(module, quantity) for name, module in results.items()}
+                             for quantity in ("fisher_diagonal", "estimate_diagonal", "v1_diagonal",
+                                              "input_var_diagonal", "fisher", "estimate")}, owner="module")
         return HiddenResult(self.family.name, results, {"seed": self.seed})
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Key
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import family_outputs
+from fimvar.analysis.inputs import check_result_finite, family_outputs
 from fimvar.engine.representations import captured_inputs, output_jacobians
 from fimvar.errors import FimvarError
 from fimvar.estimators.bounds.tensor_eigen import tensor_extrema
@@ -84,6 +84,9 @@ class WeightNormAnalysis(StreamingAnalysis):
         layers = [LayerNormBound(name, *(float(v) / self.count
                                          for v in self.accumulator.sums[Key("module", name, "norms")]))
                   for name in self.linear]
+        check_result_finite({field: {layer.layer: getattr(layer, field) for layer in layers}
+                             for field in ("frobenius", "frobenius_bound", "spectral", "spectral_bound",
+                                           "v1_sum", "v1_bound")}, owner="layer")
         return WeightNormResult(self.family.name, self.count, layers)
 
 
