@@ -58,7 +58,7 @@ class Analysis(StreamingAnalysis):
         parameters: Iterable[str] | None = None,
         groups: GroupSpec = None,
         bounds: bool = True,
-        memory_budget: int | None = None,
+        memory_budget: int | str | None = None,
     ) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
@@ -221,7 +221,7 @@ def analyze(
     parameters: Iterable[str] | None = None,
     groups: GroupSpec = None,
     bounds: bool = True,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,
@@ -240,7 +240,8 @@ def analyze(
         parameters: names of the parameters to analyse (default: all that require grad).
         groups: parameter groups for summaries (default: one per module).
         bounds: also compute every bound of [B] and the trace/Frobenius forms.
-        memory_budget: bytes the engine may use per chunk (default 2 GiB).
+        memory_budget: bytes the engine may use per chunk: an int, or a string with a unit
+            such as ``"2GB"`` or ``"512MiB"`` (default 2 GiB).
         checkpoint: path of a checkpoint file (:mod:`fimvar.analysis.checkpoint`): saved
             periodically and at the end; when it exists, the run resumes from it (same
             arguments required).

@@ -36,7 +36,7 @@ class FisherAnalysis(StreamingAnalysis):
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  engine: str = "auto", *, parameters: Iterable[str] | None = None,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.parameter_names = trainable_parameters(model, parameters)
@@ -86,7 +86,7 @@ def fisher_diagonal(
     engine: str = "auto",
     *,
     parameters: Iterable[str] | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,

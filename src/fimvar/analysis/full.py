@@ -41,7 +41,7 @@ class FullAnalysis(StreamingAnalysis):
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  samples: int = 1, seed: int = 0, *, parameters: Iterable[str] | None = None,
                  bounds: bool = True, max_parameters: int = MAX_FULL_PARAMETERS,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.samples = check_samples(samples)
@@ -117,7 +117,7 @@ def analyze_full(
     parameters: Iterable[str] | None = None,
     bounds: bool = True,
     max_parameters: int = MAX_FULL_PARAMETERS,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint=None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,

@@ -28,7 +28,7 @@ class HiddenAnalysis(StreamingAnalysis):
 
     def __init__(self, model: nn.Module, modules: Sequence[str],
                  family: str | ExponentialFamily = "categorical", samples: int = 1, seed: int = 0,
-                 *, memory_budget: int | None = None) -> None:
+                 *, memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.samples = check_samples(samples)
@@ -105,7 +105,7 @@ def hidden_fisher(
     samples: int = 1,
     seed: int = 0,
     *,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint=None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,

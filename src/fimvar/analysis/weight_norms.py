@@ -50,7 +50,7 @@ class WeightNormAnalysis(StreamingAnalysis):
     kind = "weight_norms"
 
     def __init__(self, model: nn.Sequential, family: str | ExponentialFamily = "categorical", *,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.linear = {n: m for n, m in _layers(model) if isinstance(m, nn.Linear)}
@@ -92,7 +92,7 @@ class WeightNormAnalysis(StreamingAnalysis):
 
 def weight_norm_bounds(
     model: nn.Sequential, x: torch.Tensor | Iterable, family: str | ExponentialFamily = "categorical",
-    *, memory_budget: int | None = None, checkpoint=None, checkpoint_interval: float = 60.0,
+    *, memory_budget: int | str | None = None, checkpoint=None, checkpoint_interval: float = 60.0,
     batch_size: int | None = None, progress: bool = False,
 ) -> WeightNormResult:
     """Exact Jacobian norms per Linear layer next to [A]'s weight-norm and spectral bounds
