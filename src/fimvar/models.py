@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fimvar.analysis.inputs import check_model
 from fimvar.errors import FimvarError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "gelu": nn.GELU,
@@ -122,6 +123,7 @@ def load_model(spec: str, *, weights: str | os.PathLike | None = None, kwargs: d
             f"{spec} returned {_short(model)} of type {type(model).__name__}, not a torch.nn.Module; "
             "the factory must return the model"
         )
+    check_model(model)  # e.g. a factory that builds the model on the meta device
     if weights is not None:
         load_weights(model, weights)
     model.eval()

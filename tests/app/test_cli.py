@@ -29,6 +29,30 @@ FACTORY = textwrap.dedent("""
         raise RuntimeError("boom")
 
     instance = nn.Sequential(nn.Linear(64, 3), nn.Tanh(), nn.Linear(3, 10))
+
+    def on_meta():
+        with torch.device("meta"):
+            return nn.Sequential(nn.Linear(64, 4), nn.Tanh(), nn.Linear(4, 10))
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(64, 10)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return self.linear(x)
+
+    def counting():
+        return Counting()
+
+    def rates(log_rate=40.0):
+        model = nn.Linear(64, 2)
+        with torch.no_grad():
+            model.weight.zero_()
+            model.bias.fill_(log_rate)
+        return model
 """)
 
 
@@ -265,3 +289,47 @@ def test_torchscript_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(fimvar.models, "_convert", failing)
     err = user_error(capsys, *base, "--model", str(tmp_path / "plain.pt"), match="cannot convert")
     assert "KeyError" in err and "file.py:function" in err
+
+
+def one_line_error(capsys, *argv: str, match: str) -> str:
+    """Exit status 2 and exactly one ``fimvar: error:`` line (warnings aside), no traceback."""
+    err = user_error(capsys, *argv, match=match)
+    errors = [line for line in err.splitlines() if not line.startswith("fimvar: warning:")]
+    assert len(errors) == 1 and errors[0].startswith("fimvar: error:") and match in errors[0], err
+    return errors[0]
+
+
+def test_issue10_user_errors(tmp_path, factory, capsys):
+    out = str(tmp_path / "out")
+    base = ["analyze", "--out", out, "--no-figures", "--no-html", "-q", "--inputs", "4", "--data", "digits"]
+    model = ["--model", f"{factory}:make", "--family", "categorical"]
+    one_line_error(capsys, *base, *model, "--delta", "0.5", match="at most 0.215")
+    one_line_error(capsys, *base, *model, "--rho", "1e-300", match="at least 1e-08")
+    one_line_error(capsys, *base, *model, "--seed", str(2**64), match="seed")
+    one_line_error(capsys, *base, "--model", f"{factory}:on_meta", "--family", "categorical",
+                   match="meta device")
+    one_line_error(capsys, *base, "--model", f"{factory}:counting", "--family", "categorical",
+                   match="could not differentiate the model")
+    one_line_error(capsys, *base, "--model", f"{factory}:rates", "--family", "poisson",
+                   match="log(2**52)")
+    code, _, err = run_cli(capsys, *base, "--model", f"{factory}:rates", "--model-arg", "log_rate=30.0",
+                           "--family", "poisson")
+    assert code == 0, err
+    assert torch.isfinite(torch.stack([t.sum() for t in load(out).i1.values()])).all()
+    # the plan command on a saved result goes through the same Target
+    one_line_error(capsys, "plan", out, "--delta", "0.3", match="at most 0.215")
+    one_line_error(capsys, "plan", out, "--rho", "1e-300", match="at least 1e-08")
+
+
+def test_rerun_into_the_same_folder_removes_stale_files(tmp_path, factory, capsys):
+    out = tmp_path / "out"
+    argv = ["analyze", "--model", f"{factory}:make", "--data", "digits", "--family", "categorical",
+            "--inputs", "6", "--out", str(out), "-q", "--no-bounds", "--no-figures"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0 and (out / "report.html").exists(), err
+    (out / "figures").mkdir()
+    (out / "figures" / "sample_size.svg").write_text("<svg/>")  # a figure of an earlier run
+    code, _, err = run_cli(capsys, *argv, "--no-html")
+    assert code == 0, err
+    assert not (out / "report.html").exists() and not (out / "figures").exists()
+    assert {p.name for p in out.iterdir()} == {"summary.json", "fisher.safetensors"}

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy.stats import norm
 
 from fimvar import FimvarError
-from fimvar.estimators.design import ESTIMATORS, CostModel, NoiseTerms, Target, confidence_factor, design
+from fimvar.estimators.design import (
+    ESTIMATORS,
+    MAX_INPUTS,
+    MIN_RHO,
+    NORMAL_DELTA_LIMIT,
+    CostModel,
+    NoiseTerms,
+    Target,
+    confidence_factor,
+    design,
+    required_inputs,
+)
 
 
 def test_confidence_factors():
@@ -55,6 +67,41 @@ def test_no_fisher_means_no_design():
 
 def test_target_validation():
     assert Target.of(None, 0.01) == Target(0.1, 0.01)
-    for rho, delta in ((0.0, 0.05), (float("inf"), 0.05), (0.1, 1.0), (0.1, 0.0), (True, 0.05)):
+    assert Target(np.float32(0.5), np.float64(0.1)) == Target(0.5, 0.1)
+    Target(MIN_RHO, NORMAL_DELTA_LIMIT)  # both limits are accepted
+    for rho, delta in ((0.0, 0.05), (float("inf"), 0.05), (0.1, 1.0), (0.1, 0.0), (True, 0.05),
+                       (0.1, float("nan")), ("0.1", 0.05)):
         with pytest.raises(FimvarError):
             Target(rho, delta)
+    # sample sizes ∝ 1/ρ² that cannot be computed; δ beyond the normal approximation's validity
+    for rho in (1e-300, 1e-9):
+        with pytest.raises(FimvarError, match="at least 1e-08"):
+            Target(rho, 0.05)
+    for delta in (0.5, 0.216):
+        with pytest.raises(FimvarError, match=r"at most 0\.215.*Székely"):
+            Target(0.1, delta)
+
+
+def test_design_never_overflows():
+    """Extreme but valid targets and noise terms give a design or None, never an exception, and
+    the designs that exist are consistent with N = k (a + b/M) / (ρ² ‖I‖²)."""
+    labels = {"i1": 1e300, "i2": 1.0, "combined": 1.0, "exact": 0.0}
+    cases = [NoiseTerms(1, 1e-320, 1.0, labels),  # subnormal ‖I‖²: ρ²‖I‖² underflows to 0
+             NoiseTerms(1, 1.0, 1e300, labels), NoiseTerms(1, float("inf"), 1.0, labels),
+             NoiseTerms(1, 1e300, 1e-300, {"i1": 1e-300, "i2": 0.0, "combined": 0.0, "exact": 0.0})]
+    for terms in cases:
+        for target in (Target(MIN_RHO, 1e-300), Target(MIN_RHO, NORMAL_DELTA_LIMIT), Target(1e300, 0.1)):
+            for method in ("normal", "chebyshev"):
+                for estimator in ESTIMATORS:
+                    for draws in (None, 1, 10**30):
+                        found = design(terms, estimator, target, method, CostModel(outputs=3), draws)
+                        if found is None:
+                            continue
+                        assert 1 <= found.inputs <= MAX_INPUTS and math.isfinite(found.relative_rmse)
+                        # the design meets the target: k E‖Î − I‖²/‖I‖² ≤ ρ²
+                        k = confidence_factor(target.delta, method)
+                        assert k * found.relative_rmse**2 <= target.rho**2 * (1 + 1e-6)
+    # ρ²‖I‖² underflows to 0: the continuous size is infinite (not a ZeroDivisionError)
+    assert required_inputs(cases[0], "i1", Target(MIN_RHO, 0.05), "normal", 1) == math.inf
+    # a target that needs more than MAX_INPUTS inputs has no design
+    assert design(NoiseTerms(1, 1.0, 1e30, labels), "exact", Target(MIN_RHO, 0.01)) is None

@@ -186,3 +186,63 @@ def test_report_renders_in_headless_chromium(saved, tmp_path):
     assert dom.count("<table") >= 5 and dom.count("data:image/png;base64,") == 4
     assert "(model)" in dom
     assert not re.search(r">\s*-?(nan|NaN|inf|Infinity)\s*<", dom)  # no raw non-finite number shown
+
+
+def _rewrite_header(source: Path, target: Path, header: str | None) -> None:
+    """Copy a safetensors file with its ``fimvar`` metadata replaced by ``header``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as stream:
+        tensors = {key: stream.get_tensor(key) for key in stream.keys()}
+    save_file(tensors, str(target), metadata=None if header is None else {"fimvar": header})
+
+
+@pytest.mark.parametrize("header,match", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps({"format": "fimvar.diagonal-result", "format_version": 1}), "lack 'shapes'"),
+    (json.dumps({"format": "fimvar.diagonal-result", "format_version": 1, "shapes": {"0.weight": "x"},
+                 "family": "categorical", "samples": 1, "num_inputs": 1, "engine": "e",
+                 "groups": {}, "labels": False, "draw_moments": []}), "malformed"),
+    (json.dumps({"format": "fimvar.diagonal-result", "format_version": 1, "shapes": {"0.weight": [4, 3]},
+                 "family": "categorical", "samples": "many", "num_inputs": 1, "engine": "e",
+                 "groups": {}, "labels": False, "draw_moments": []}), "malformed"),
+])
+def test_load_malformed_metadata(saved, tmp_path, header, match):
+    broken = tmp_path / "fisher.safetensors"
+    _rewrite_header(saved / "fisher.safetensors", broken, header)
+    with pytest.raises(FimvarError, match=match):
+        load(tmp_path)
+
+
+def test_load_malformed_metadata_of_other_results(tmp_path):
+    case = make_case("mlp-tanh", "categorical", inputs=3)
+    full = fimvar.analyze_full(case.model, case.x, bounds=False).save(tmp_path / "full", figures=False)
+    hidden = fimvar.hidden_fisher(case.model, case.x, ["1"]).save(tmp_path / "hidden", figures=False)
+    for folder, name, result_type, format_ in (
+            (full, "full.safetensors", fimvar.FullResult, "fimvar.full-result"),
+            (hidden, "hidden.safetensors", fimvar.HiddenResult, "fimvar.hidden-result")):
+        for header in ("{", json.dumps({"format": format_, "format_version": 1})):
+            _rewrite_header(folder / name, tmp_path / name, header)
+            with pytest.raises(FimvarError, match="not JSON|lack"):
+                result_type.load(tmp_path / name)
+
+
+def test_saving_again_removes_stale_files(result, tmp_path):
+    """A second save without the report or the figures removes those of the first; files that
+    are not fimvar's own kinds stay."""
+    out = tmp_path / "out"
+    result.save(out)
+    assert (out / "report.html").exists() and (out / "figures" / "fisher_std.png").exists()
+    (out / "figures" / "mine.png").write_bytes(b"not ours")
+    (out / "notes.txt").write_text("keep me")
+    result.save(out, figures=False, html=False)
+    assert not (out / "report.html").exists()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["mine.png"]
+    assert (out / "notes.txt").read_text() == "keep me"
+    document = json.loads((out / "summary.json").read_text())
+    assert document["files"]["figures"] == [] and "report" not in document["files"]
+    (out / "figures" / "mine.png").unlink()
+    result.save(out, figures=False)  # an emptied figures/ goes too
+    assert not (out / "figures").exists() and (out / "report.html").exists()

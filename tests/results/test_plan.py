@@ -12,7 +12,7 @@ from cases import make_case
 import fimvar
 from fimvar import FimvarError
 from fimvar.engine import make_engine
-from fimvar.estimators.design import Target, design
+from fimvar.estimators.design import Target, confidence_factor, design
 from fimvar.results.plan import plan
 
 
@@ -57,6 +57,22 @@ def test_plan_structure_and_errors():
         plan(result, 0.1, 1.5)
     with pytest.raises(FimvarError, match="draws"):
         plan(result, 0.1, 0.1, draws=0)
+
+
+def test_extreme_targets():
+    """ρ = 1e-300 (math.ceil overflowed) and δ = 0.5 (beyond the normal approximation) are
+    refused; the most demanding accepted target gives a plan whose designs all meet it."""
+    _, _, result = tiny_result(inputs=8)
+    with pytest.raises(FimvarError, match="at least 1e-08"):
+        result.plan(rho=1e-300)
+    with pytest.raises(FimvarError, match="at most 0.215"):
+        result.plan(delta=0.5)
+    p = result.plan(rho=1e-8, delta=1e-12)
+    for g in p.groups:
+        for d in g.designs:
+            k = confidence_factor(1e-12, d.method)
+            assert d.inputs >= 1 and k * d.relative_rmse**2 <= 1e-16 * (1 + 1e-6)
+    assert "1e-08" in p.table() or "1e-8" in p.table()
 
 
 def simulate(sim: dict, estimator: str, n_x: int, m: int, repeats: int, generator) -> torch.Tensor:

@@ -16,6 +16,7 @@ from fimvar.analysis.groups import GroupSpec, resolve_groups
 from fimvar.analysis.inputs import (
     check_derivatives_finite,
     check_parameters_finite,
+    check_result_finite,
     check_samples,
     family_outputs,
     trainable_parameters,
@@ -33,7 +34,7 @@ from fimvar.estimators.bounds.trace import (
     trace_bytes,
 )
 from fimvar.estimators.diagonal import block_sums
-from fimvar.estimators.labels import draw_residuals
+from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.groups import with_model_group
@@ -63,12 +64,12 @@ class Analysis(StreamingAnalysis):
         parameters: Iterable[str] | None = None,
         groups: GroupSpec = None,
         bounds: bool = True,
-        memory_budget: int | None = None,
+        memory_budget: int | str | None = None,
     ) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.samples = check_samples(samples)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.parameter_names = trainable_parameters(model, parameters)
         check_parameters_finite(model, self.parameter_names)
         self.groups = resolve_groups(self.parameter_names, groups)
@@ -205,7 +206,27 @@ def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engi
             exact = {g: result.group_exact[term.quantity][g] for g in values}
             result.group_bounds[term.name] = GroupBound(term.name, term.source, term.quantity, term.side,
                                                         values, exact)
+    check_diagonal_finite(result)
     return result
+
+
+def check_diagonal_finite(result: DiagonalResult) -> None:
+    """Raise a :class:`FimvarError` naming the parameter (or group) and the quantity of the first
+    NaN or Inf of ``result``: its tensors, bounds, group values and the derived variances, α* and
+    combined estimate (a numerical failure is reported, never returned)."""
+    quantities: dict[str, dict] = {q: getattr(result, q) for q in
+                                   ("fisher", "i1", "i2", "v1", "v2", "c12", "input_var")}
+    if result.empirical is not None:
+        quantities.update(empirical=result.empirical, empirical_bias=result.empirical_bias)
+    quantities.update({f"draw moment {q}": values for q, values in result.draw_moments.items()})
+    quantities.update({f"bound {name}": bound.values for name, bound in result.bounds.items()})
+    check_result_finite(quantities)
+    check_result_finite({f"variance of {e}": result.variance(e) for e in ("i1", "i2", "combined", "exact")}
+                        | {"covariance of i1 and i2": result.covariance(), "alpha_star": result.alpha_star(),
+                           "combined estimate": result.combined()})
+    check_result_finite(dict(result.group_exact) | {f"bound {name}": bound.values
+                                                    for name, bound in result.group_bounds.items()},
+                        owner="group")
 
 
 def analyze(
@@ -220,7 +241,7 @@ def analyze(
     parameters: Iterable[str] | None = None,
     groups: GroupSpec = None,
     bounds: bool = True,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,
@@ -239,7 +260,8 @@ def analyze(
         parameters: names of the parameters to analyse (default: all that require grad).
         groups: parameter groups for summaries (default: one per module).
         bounds: also compute every bound of [B] and the trace/Frobenius forms.
-        memory_budget: bytes the engine may use per chunk (default 2 GiB).
+        memory_budget: bytes the engine may use per chunk: an int, or a string with a unit
+            such as ``"2GB"`` or ``"512MiB"`` (default 2 GiB).
         checkpoint: path of a checkpoint file (:mod:`fimvar.analysis.checkpoint`): saved
             periodically and at the end; when it exists, the run resumes from it (same
             arguments required).

@@ -26,8 +26,15 @@ from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Accumulator
-from fimvar.analysis.inputs import batches, check_inputs, model_mode_context, model_reference
-from fimvar.engine.base import default_memory_budget
+from fimvar.analysis.inputs import (
+    batches,
+    check_inputs,
+    check_labels,
+    check_memory_budget,
+    check_model,
+    model_mode_context,
+    model_reference,
+)
 from fimvar.errors import FimvarError
 
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
@@ -42,9 +49,11 @@ class StreamingAnalysis(ABC):
     #: whether the mode uses data labels (the empirical Fisher)
     takes_labels: bool = False
 
-    def __init__(self, model: nn.Module, memory_budget: int | None = None) -> None:
+    def __init__(self, model: nn.Module, memory_budget: int | str | None = None) -> None:
+        check_model(model)
         self.model = model
-        self.memory_budget = memory_budget or default_memory_budget()
+        #: bytes the engine may use per chunk: an int, or a string with a unit ("2GB", "512MiB")
+        self.memory_budget = check_memory_budget(memory_budget)
         self.accumulator = Accumulator()
         self.has_labels: bool | None = None
 
@@ -83,20 +92,42 @@ class StreamingAnalysis(ABC):
 
     # ------------------------------------------------------------------ the loop
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Analyse one batch of inputs (and optional data labels), chunk by chunk."""
+        """Analyse one batch of inputs (and optional data labels), chunk by chunk.
+
+        Any exception other than a :class:`FimvarError` raised while the model is differentiated
+        (e.g. a forward that writes into a buffer, which ``torch.func`` forbids) becomes one
+        :class:`FimvarError` with the original message, chained to the original exception; the
+        sums of the chunk that failed are discarded, so the analysis stays as it was before it.
+        """
         check_inputs(self.model, x)
+        check_labels(x, labels)
         if labels is not None and not self.takes_labels:
             raise FimvarError(f"the {self.kind} analysis does not use data labels; drop them")
         if self.has_labels is not None and (labels is not None) != self.has_labels:
             raise FimvarError("give labels for every batch or for none")
-        self.has_labels = labels is not None
-        with model_mode_context(self.model):
-            self.prepare(x)
-            chunk = self.chunk_size(x)
-            for start in range(0, x.shape[0], chunk):
-                stop = min(x.shape[0], start + chunk)
-                self.update_chunk(x[start:stop], None if labels is None else labels[start:stop])
-                self.accumulator.finish_chunk(stop - start)
+        had_labels, self.has_labels = self.has_labels, labels is not None
+        sums = dict(self.accumulator.sums)  # the sums are replaced, never modified in place
+        try:
+            with model_mode_context(self.model):
+                self.prepare(x)
+                chunk = self.chunk_size(x)
+                for start in range(0, x.shape[0], chunk):
+                    stop = min(x.shape[0], start + chunk)
+                    sums = dict(self.accumulator.sums)
+                    self.update_chunk(x[start:stop], None if labels is None else labels[start:stop])
+                    self.accumulator.finish_chunk(stop - start)
+        except Exception as error:
+            self.accumulator.sums = sums
+            if self.count == 0:
+                self.has_labels = had_labels
+            if isinstance(error, FimvarError):
+                raise
+            message = " ".join(f"{type(error).__name__}: {error}".split())
+            hint = ("lower memory_budget" if "out of memory" in message.lower() else
+                    "fimvar differentiates the forward with torch.func, which needs a pure function "
+                    "of the inputs and parameters: no in-place writes into buffers or other captured "
+                    "tensors, no .item()/.numpy(), no branching on tensor values; rewrite the forward")
+            raise FimvarError(f"fimvar could not differentiate the model ({message}); {hint}") from error
 
     def run(
         self,

@@ -17,7 +17,12 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import check_parameters_finite, family_outputs, trainable_parameters
+from fimvar.analysis.inputs import (
+    check_parameters_finite,
+    check_result_finite,
+    family_outputs,
+    trainable_parameters,
+)
 from fimvar.engine import make_engine
 from fimvar.errors import FimvarError
 from fimvar.estimators.diagonal import fisher_sum
@@ -31,7 +36,7 @@ class FisherAnalysis(StreamingAnalysis):
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  engine: str = "auto", *, parameters: Iterable[str] | None = None,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.parameter_names = trainable_parameters(model, parameters)
@@ -69,7 +74,9 @@ class FisherAnalysis(StreamingAnalysis):
     def result(self) -> dict[str, torch.Tensor]:
         if self.count == 0:
             raise FimvarError("the data is empty: no input was analysed")
-        return {name: self.accumulator.mean(parameter(name, "fisher")) for name in self.parameter_names}
+        fisher = {name: self.accumulator.mean(parameter(name, "fisher")) for name in self.parameter_names}
+        check_result_finite({"fisher": fisher})
+        return fisher
 
 
 def fisher_diagonal(
@@ -79,7 +86,7 @@ def fisher_diagonal(
     engine: str = "auto",
     *,
     parameters: Iterable[str] | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,

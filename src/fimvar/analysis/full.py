@@ -11,13 +11,13 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Key
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import check_samples, family_outputs, trainable_parameters
+from fimvar.analysis.inputs import check_result_finite, check_samples, family_outputs, trainable_parameters
 from fimvar.engine.full import FullDerivatives
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.bounds.tensor_eigen import bilinear_fourth_upper
 from fimvar.estimators.full import chunk_sums, per_input_fisher
-from fimvar.estimators.labels import draw_residuals
+from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.results.full import FullResult
 
@@ -41,11 +41,11 @@ class FullAnalysis(StreamingAnalysis):
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  samples: int = 1, seed: int = 0, *, parameters: Iterable[str] | None = None,
                  bounds: bool = True, max_parameters: int = MAX_FULL_PARAMETERS,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.samples = check_samples(samples)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.parameter_names = trainable_parameters(model, parameters)
         self.bounds = bounds
         named = dict(model.named_parameters())
@@ -86,7 +86,7 @@ class FullAnalysis(StreamingAnalysis):
         if count == 0:
             raise FimvarError("the data is empty: pass at least one input")
         sums = {k.quantity: v for k, v in self.accumulator.sums.items()}
-        return FullResult(
+        result = FullResult(
             family=self.family.name, samples=self.samples, num_inputs=count,
             slices=self.engine.slices, shapes=self.engine.shapes,
             fisher=sums["fisher"] / count, i1=sums["i1"] / (count * self.samples),
@@ -95,6 +95,16 @@ class FullAnalysis(StreamingAnalysis):
             frobenius={k: float(sums[k]) / count for k in FROBENIUS},
             offdiagonal_bounds={k: sums[k] / count for k in OFFDIAGONAL if k in sums},
         )
+        matrices = {q: getattr(result, q) for q in ("fisher", "i1", "i2", "v1", "v2", "input_var")}
+        matrices.update({f"bound {k}": v for k, v in result.offdiagonal_bounds.items()})
+        for quantity, matrix in matrices.items():  # name the parameter pair of the first bad entry
+            bad = (~torch.isfinite(matrix)).nonzero()
+            if len(bad):
+                i, j = (next(n for n, s in result.slices.items() if s.start <= int(k) < s.stop)
+                        for k in bad[0])
+                check_result_finite({quantity: {i if i == j else f"{i} × {j}": matrix[tuple(bad[0])]}})
+        check_result_finite({k: {"(all parameters)": v} for k, v in result.frobenius.items()})
+        return result
 
 
 def analyze_full(
@@ -107,7 +117,7 @@ def analyze_full(
     parameters: Iterable[str] | None = None,
     bounds: bool = True,
     max_parameters: int = MAX_FULL_PARAMETERS,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint=None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,

@@ -11,12 +11,12 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Key
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import check_samples, family_outputs
+from fimvar.analysis.inputs import check_result_finite, check_samples, family_outputs
 from fimvar.engine.representations import named_module, output_jacobians, output_shape
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.hidden import chunk_sums, per_input_diagonal
-from fimvar.estimators.labels import draw_residuals
+from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.results.hidden import HiddenFisher, HiddenResult
 
@@ -28,11 +28,11 @@ class HiddenAnalysis(StreamingAnalysis):
 
     def __init__(self, model: nn.Module, modules: Sequence[str],
                  family: str | ExponentialFamily = "categorical", samples: int = 1, seed: int = 0,
-                 *, memory_budget: int | None = None) -> None:
+                 *, memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.samples = check_samples(samples)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.modules = [modules] if isinstance(modules, str) else list(modules)
         for name in self.modules:
             named_module(model, name)
@@ -91,6 +91,9 @@ class HiddenAnalysis(StreamingAnalysis):
                     count, self.accumulator.sums[Key("module", name, "fisher_m2")]),
                 fisher=mean("fisher"), estimate=mean("estimate"),
             )
+        check_result_finite({quantity: {name: getattr(module, quantity) for name, module in results.items()}
+                             for quantity in ("fisher_diagonal", "estimate_diagonal", "v1_diagonal",
+                                              "input_var_diagonal", "fisher", "estimate")}, owner="module")
         return HiddenResult(self.family.name, results, {"seed": self.seed})
 
 
@@ -102,7 +105,7 @@ def hidden_fisher(
     samples: int = 1,
     seed: int = 0,
     *,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     checkpoint=None,
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,

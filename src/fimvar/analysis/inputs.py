@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal, InvalidOperation
 
 import torch
 from torch import nn
 
+from fimvar.engine.base import default_memory_budget
 from fimvar.errors import FimvarError
 
 #: modules whose second derivative vanishes almost everywhere ([A], docs/theory.md §2)
@@ -15,6 +20,56 @@ PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hard
 #: modules that behave differently in training mode
 MODE_DEPENDENT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                   nn.modules.batchnorm._BatchNorm)
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise unless ``model`` is an ``nn.Module`` whose parameters and buffers hold values (not on
+    the ``meta`` device)."""
+    if not isinstance(model, nn.Module):
+        raise FimvarError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    meta = [name for name, tensor in tensors if tensor.is_meta]
+    if meta:
+        shown = ", ".join(meta[:3]) + (", …" if len(meta) > 3 else "")
+        raise FimvarError(
+            f"the model is on the meta device: its tensors ({shown}) have shapes but no values; "
+            "build it on a real device, or materialise it first (model.to_empty(device='cpu') and "
+            "then model.load_state_dict(...))"
+        )
+
+
+#: units of a memory budget given as a string, in bytes
+MEMORY_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]+)\s*")
+
+
+def check_memory_budget(budget: int | str | None) -> int:
+    """The memory budget in bytes: ``None`` (the default budget), a positive integer number of
+    bytes, or a string with a unit such as ``"2GB"``, ``"512MiB"`` or ``"1.5 GB"`` (B, kB, MB,
+    GB, TB: powers of 1000; KiB, MiB, GiB, TiB: powers of 1024)."""
+    if budget is None:
+        return default_memory_budget()
+    hint = ("give a number of bytes (an integer such as 2**31) or a string with a unit such as '2GB' or "
+            "'512MiB'")
+    if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
+        count = int(budget)
+    elif isinstance(budget, str):
+        match = _MEMORY.fullmatch(budget)
+        unit = match.group(2).lower() if match else None
+        if unit not in MEMORY_UNITS:
+            raise FimvarError(f"memory_budget {budget!r} is not an amount of memory; {hint} (units: B, "
+                              "kB, MB, GB, TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024)")
+        try:
+            count = int(Decimal(match.group(1)) * MEMORY_UNITS[unit])
+        except InvalidOperation as error:  # pragma: no cover - the pattern admits only decimals
+            raise FimvarError(f"memory_budget {budget!r} is not an amount of memory; {hint}") from error
+    else:
+        raise FimvarError(f"memory_budget must be an integer number of bytes or a string, got "
+                          f"{type(budget).__name__} {budget!r}; {hint}")
+    if count < 1:
+        raise FimvarError(f"memory_budget must be at least 1 byte, got {budget!r}; {hint}")
+    return count
 
 
 def trainable_parameters(model: nn.Module, names: Iterable[str] | None = None) -> list[str]:
@@ -46,6 +101,30 @@ def check_parameters_finite(model: nn.Module, names: Iterable[str]) -> None:
     bad = [n for n, t in named.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise FimvarError(f"the model's parameters or buffers {bad} contain NaN or Inf; fix the weights")
+
+
+def check_result_finite(quantities: Mapping[str, Mapping[str, torch.Tensor | float | None]],
+                        owner: str = "parameter") -> None:
+    """Raise a :class:`FimvarError` naming the owner (a parameter, module, group or layer) and the
+    quantity of the first value of a result that is NaN or Inf: a numerical failure (overflow
+    in float64) that fimvar reports instead of returning it.
+
+    Args:
+        quantities: ``{quantity: {owner name: tensor or number}}``; ``None`` values are skipped.
+        owner: what the names of the inner dicts are (``parameter``, ``module``, ``group``…).
+    """
+    for quantity, values in quantities.items():
+        for name, value in values.items():
+            if value is None:
+                continue
+            finite = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) \
+                else math.isfinite(float(value))
+            if not finite:
+                raise FimvarError(
+                    f"numerical failure: the {quantity} of {owner} {name!r} is NaN or Inf (it "
+                    "overflows float64); the model's outputs or derivatives are too large for this "
+                    "family: rescale the inputs or the weights, or analyse other parameters"
+                )
 
 
 def check_derivatives_finite(name: str, sums: dict) -> None:
@@ -83,8 +162,11 @@ def model_reference(model: nn.Module) -> torch.Tensor:
 def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
     """One clear error for inputs the model cannot take."""
     if not isinstance(x, torch.Tensor):
-        raise FimvarError(f"inputs must be tensors, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[0] == 0:
+        raise FimvarError(f"inputs must be tensors, got {type(x).__name__}{_tensor_hint(x)}")
+    if x.dim() == 0:
+        raise FimvarError("the inputs are a 0-d tensor (one number); give a batch whose first "
+                          "dimension counts the inputs, e.g. x[None] or x.reshape(-1, 1)")
+    if x.shape[0] == 0:
         raise FimvarError("the data is empty: pass at least one input (first dimension = samples)")
     reference = model_reference(model)
     if x.device != reference.device:
@@ -107,20 +189,67 @@ def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+def _tensor_hint(value) -> str:
+    """How to turn a non-tensor into a tensor, for error messages."""
+    module = type(value).__module__ or ""
+    if module.startswith("numpy") or module.startswith("pandas"):
+        return "; convert it with torch.as_tensor(...)"
+    return ""
+
+
+def check_labels(x: torch.Tensor, labels, where: str = "x") -> None:
+    """Raise unless ``labels`` (or ``None``) is a tensor with one entry per input of ``x``
+    (``where`` names ``x`` in the message)."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise FimvarError(f"labels must be a tensor, got {type(labels).__name__}{_tensor_hint(labels)}")
+    if labels.dim() == 0:
+        raise FimvarError(
+            "labels are a 0-d tensor (one number); give one label per input, of shape (n,) or (n, T), "
+            f"with n = {x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else 'the number of inputs'}"
+        )
+    if isinstance(x, torch.Tensor) and x.dim() and labels.shape[0] != x.shape[0]:
+        raise FimvarError(f"{where} has {x.shape[0]} inputs but labels has {labels.shape[0]}; they must "
+                          "match")
+
+
+def _looks_like_pair(data) -> bool:
+    """Whether ``data`` is an ``(inputs, labels)`` pair given in place of the inputs: a tuple or
+    list of two tensors with the same number of rows that cannot be two batches of inputs (their
+    other dimensions or their dtypes differ)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    x, y = data
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.dim() == 0 or y.dim() == 0:
+        return False
+    return x.shape[0] == y.shape[0] and (x.shape[1:] != y.shape[1:] or x.dtype != y.dtype)
+
+
 def batches(
     data: torch.Tensor | Iterable, labels: torch.Tensor | Iterable | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield ``(x, y)`` batches from a tensor, an iterable of tensors, or an iterable of
     ``(x, y)`` pairs (e.g. a ``DataLoader``)."""
+    if data is None:
+        raise FimvarError("x (the inputs) is None; pass a tensor of inputs (first dimension = samples) "
+                          "or an iterable of batches")
     if isinstance(data, torch.Tensor):
         if labels is not None and not isinstance(labels, torch.Tensor):
-            raise FimvarError("when x is a tensor, labels must be a tensor too")
-        if labels is not None and labels.shape[0] != data.shape[0]:
-            raise FimvarError(
-                f"x has {data.shape[0]} inputs but labels has {labels.shape[0]}; they must match"
-            )
+            raise FimvarError("when x is a tensor, labels must be a tensor too"
+                              + _tensor_hint(labels))
+        check_labels(data, labels)
         yield data, labels
         return
+    if _looks_like_pair(data):
+        raise FimvarError(
+            "x is a pair of tensors (inputs, labels), not inputs; pass the inputs as x and the labels "
+            "as labels=, e.g. fimvar.analyze(model, x, labels=y) (or an iterable of (inputs, labels) "
+            "batches such as a DataLoader)"
+        )
+    if _tensor_hint(data) or isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise FimvarError(f"x must be a tensor of inputs or an iterable of batches, got "
+                          f"{type(data).__name__}{_tensor_hint(data)}")
     label_iter = iter(labels) if labels is not None else None
     for item in data:
         if isinstance(item, (tuple, list)):
@@ -134,15 +263,16 @@ def batches(
                 y = next(label_iter)
             except StopIteration:
                 raise FimvarError("labels ran out before the inputs did") from None
-        if y is not None and isinstance(y, torch.Tensor) and y.shape[0] != x.shape[0]:
-            raise FimvarError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
+        if y is not None and isinstance(x, torch.Tensor) and x.dim():
+            check_labels(x, y, "a batch")
         yield x, y
 
 
 def check_samples(samples: int) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    """The number of label draws per input: an integer ≥ 1 (a Python or NumPy integer, not a bool)."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         raise FimvarError(f"samples (label draws per input) must be an integer ≥ 1, got {samples!r}")
-    return samples
+    return int(samples)
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

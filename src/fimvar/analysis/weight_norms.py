@@ -12,7 +12,7 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Key
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.inputs import family_outputs
+from fimvar.analysis.inputs import check_result_finite, family_outputs
 from fimvar.engine.representations import captured_inputs, output_jacobians
 from fimvar.errors import FimvarError
 from fimvar.estimators.bounds.tensor_eigen import tensor_extrema
@@ -50,7 +50,7 @@ class WeightNormAnalysis(StreamingAnalysis):
     kind = "weight_norms"
 
     def __init__(self, model: nn.Sequential, family: str | ExponentialFamily = "categorical", *,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.linear = {n: m for n, m in _layers(model) if isinstance(m, nn.Linear)}
@@ -87,12 +87,15 @@ class WeightNormAnalysis(StreamingAnalysis):
         layers = [LayerNormBound(name, *(float(v) / self.count
                                          for v in self.accumulator.sums[Key("module", name, "norms")]))
                   for name in self.linear]
+        check_result_finite({field: {layer.layer: getattr(layer, field) for layer in layers}
+                             for field in ("frobenius", "frobenius_bound", "spectral", "spectral_bound",
+                                           "v1_sum", "v1_bound")}, owner="layer")
         return WeightNormResult(self.family.name, self.count, layers)
 
 
 def weight_norm_bounds(
     model: nn.Sequential, x: torch.Tensor | Iterable, family: str | ExponentialFamily = "categorical",
-    *, memory_budget: int | None = None, checkpoint=None, checkpoint_interval: float = 60.0,
+    *, memory_budget: int | str | None = None, checkpoint=None, checkpoint_interval: float = 60.0,
     batch_size: int | None = None, progress: bool = False,
 ) -> WeightNormResult:
     """Exact Jacobian norms per Linear layer next to [A]'s weight-norm and spectral bounds

@@ -180,14 +180,15 @@ def _say(args, text: str = "") -> None:
 
 
 def _check_numbers(args) -> None:
+    from fimvar.estimators.design import Target
+    from fimvar.estimators.labels import check_seed
+
     if args.samples < 1:
         raise FimvarError(f"--samples must be ≥ 1, got {args.samples}")
     if args.inputs is not None and args.inputs < 1:
         raise FimvarError(f"--inputs must be ≥ 1, got {args.inputs}")
-    if not args.rho > 0:
-        raise FimvarError(f"--rho must be positive, got {args.rho}")
-    if not 0 < args.delta < 1:
-        raise FimvarError(f"--delta must lie strictly between 0 and 1, got {args.delta}")
+    Target(args.rho, args.delta)  # --rho, --delta: the checks (and messages) of the Python API
+    check_seed(args.seed)
     if getattr(args, "batch_size", 1) < 1:
         raise FimvarError(f"--batch-size must be ≥ 1, got {args.batch_size}")
 

@@ -47,6 +47,7 @@ distribution); a plan from few inputs is itself noisy.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from fimvar.errors import FimvarError
@@ -58,21 +59,47 @@ LABELS = {"i1": "Î1", "i2": "Î2", "combined": "combined", "exact": "exact"}
 METHODS = ("normal", "chebyshev")
 #: largest δ for which the normal approximation holds whatever the correlations (Székely & Bakirov)
 NORMAL_DELTA_LIMIT = 0.215
+#: smallest target relative error: sample sizes grow as 1/ρ², so below it they exceed 10¹⁶ times
+#: those of ρ = 1, beyond any data set and beyond the float64 arithmetic of a design
+MIN_RHO = 1e-8
+#: largest number of inputs a design reports (int64); a target that needs more has no design
+MAX_INPUTS = 2**63 - 1
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 @dataclass(frozen=True)
 class Target:
-    """Relative error ``rho`` with probability at least ``1 − delta`` (docs/theory.md §8.2)."""
+    """Relative error ``rho`` with probability at least ``1 − delta`` (docs/theory.md §8.2):
+    ``MIN_RHO ≤ ρ`` and ``0 < δ ≤ NORMAL_DELTA_LIMIT`` (0.215, where the normal approximation of
+    the plan stops being valid whatever the correlations between parameters)."""
 
     rho: float = 0.1
     delta: float = 0.05
 
     def __post_init__(self) -> None:
         rho, delta = self.rho, self.delta
-        if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and rho > 0 and math.isfinite(rho)):
+        if not (_real(rho) and rho > 0):
             raise FimvarError(f"rho (target relative error) must be a positive number, got {rho!r}")
-        if isinstance(delta, bool) or not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        if rho < MIN_RHO:
+            raise FimvarError(
+                f"rho (target relative error) must be at least {MIN_RHO:g}, got {rho!r}: sample sizes "
+                f"grow as 1/ρ², and below {MIN_RHO:g} they exceed 10^16 times those of ρ = 1"
+            )
+        if not (_real(delta) and 0 < delta < 1):
             raise FimvarError(f"delta (failure probability) must lie strictly between 0 and 1, got {delta!r}")
+        if delta > NORMAL_DELTA_LIMIT:
+            raise FimvarError(
+                f"delta (failure probability) must be at most {NORMAL_DELTA_LIMIT}, got {delta!r}: the "
+                "normal-approximation plan bounds the tail of the layer's squared error by that of one "
+                f"χ²₁, which holds whatever the correlations between parameters only for δ ≤ "
+                f"{NORMAL_DELTA_LIMIT} (Székely & Bakirov 2003); ask for a confidence of at least "
+                f"{1 - NORMAL_DELTA_LIMIT:.3g}"
+            )
+        object.__setattr__(self, "rho", float(rho))
+        object.__setattr__(self, "delta", float(delta))
 
     @classmethod
     def of(cls, rho: float | None = None, delta: float | None = None) -> Target:
@@ -113,7 +140,7 @@ def confidence_factor(delta: float, method: str) -> float:
     if method == "normal":
         from scipy.stats import norm
 
-        return float(norm.ppf(1.0 - delta / 2.0)) ** 2
+        return float(norm.isf(delta / 2.0)) ** 2  # z_{1−δ/2}, accurate for tiny δ too
     raise FimvarError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 
@@ -155,30 +182,44 @@ class Design:
 
 
 def required_inputs(terms: NoiseTerms, estimator: str, target: Target, method: str, draws: int) -> float:
-    """Continuous ``N_x = k (a + b_e/M) / (ρ² ‖I‖²)`` (``inf`` when ‖I‖ = 0)."""
-    if terms.fisher_sq <= 0:
+    """Continuous ``N_x = k (a + b_e/M) / (ρ² ‖I‖²)`` (``inf`` when ‖I‖ = 0, or when it is not a
+    finite float64 number); never raises on overflow."""
+    if not terms.fisher_sq > 0:
         return math.inf
     k = confidence_factor(target.delta, method)
-    return k * terms.mean_squared_error(estimator, 1, draws) / (target.rho**2 * terms.fisher_sq)
+    numerator = k * terms.mean_squared_error(estimator, 1, draws)
+    if numerator == 0:
+        return 0.0
+    denominator = target.rho * target.rho * terms.fisher_sq
+    if not (math.isfinite(numerator) and math.isfinite(denominator) and denominator > 0):
+        return math.inf
+    return numerator / denominator
 
 
 def design(terms: NoiseTerms, estimator: str, target: Target, method: str = "normal",
            cost: CostModel | None = None, draws: int | None = None,
            max_draws: int = 10_000) -> Design | None:
-    """The cheapest design of ``estimator`` that meets the target (``None`` if ‖I_g‖ = 0).
+    """The cheapest design of ``estimator`` that meets the target: ``None`` if ‖I_g‖ = 0, or if
+    the noise terms are not finite or the target needs more than :data:`MAX_INPUTS` inputs (no
+    design can be computed; nothing overflows).
 
     ``draws`` fixes M; otherwise M minimises the cost ``N_x(M) (F + M c_e)``.
     """
     cost = cost or CostModel()
-    if terms.fisher_sq <= 0:
+    values = (terms.fisher_sq, terms.input, terms.label.get(estimator, 0.0))
+    if not (terms.fisher_sq > 0 and all(math.isfinite(v) for v in values)):
         return None
 
-    def inputs_for(m: int) -> int:
+    def inputs_for(m: int) -> int | None:
         value = required_inputs(terms, estimator, target, method, m)
+        if not value < MAX_INPUTS:
+            return None
         return max(1, math.ceil(value - 1e-9 * value))
 
-    def evaluate(m: int) -> Design:
+    def evaluate(m: int) -> Design | None:
         n = inputs_for(m)
+        if n is None:
+            return None
         per_input = cost.per_input(estimator, m)
         total = None if per_input is None else n * per_input
         return Design(estimator, method, n, m, total,
@@ -193,11 +234,15 @@ def design(terms: NoiseTerms, estimator: str, target: Target, method: str = "nor
     if b <= 0:
         return evaluate(1)
     # beyond M_cap the label noise is below the target even with one input
-    cap = max(1, min(max_draws, math.ceil(required_inputs(terms, estimator, target, method, 1))))
-    best = math.sqrt(b * f / (a * c)) if a > 0 and c > 0 else math.inf
+    one_draw = required_inputs(terms, estimator, target, method, 1)
+    cap = max(1, min(max_draws, math.ceil(one_draw) if one_draw < max_draws else max_draws))
+    product = a * c
+    best = math.sqrt(b * f / product) if product > 0 else math.inf
     best = min(best, cap)
     candidates = {1, cap, max(1, math.floor(best)), max(1, min(cap, math.ceil(best)))}
-    options = [evaluate(m) for m in sorted(candidates)]
+    options = [d for d in (evaluate(m) for m in sorted(candidates)) if d is not None]
+    if not options:
+        return None
     return min(options, key=lambda d: (d.cost if d.cost is not None else math.inf, d.samples))
 
 

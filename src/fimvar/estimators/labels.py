@@ -11,11 +11,24 @@ mix of (seed, input index, draw index, component); two hashes give one 53-bit un
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
+from fimvar.errors import FimvarError
 from fimvar.families import ExponentialFamily, get_family
 
 _MASK32 = 0xFFFFFFFF
+#: seeds are 64-bit: 0 ≤ seed < SEED_LIMIT (larger seeds would alias smaller ones)
+SEED_LIMIT = 2**64
+
+
+def check_seed(seed: int) -> int:
+    """The seed of the label draws as a Python int: an integer with ``0 ≤ seed < 2**64`` (a Python
+    or NumPy integer, not a bool); the generator mixes exactly these 64 bits."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < SEED_LIMIT:
+        raise FimvarError(f"seed must be an integer with 0 ≤ seed < 2**64, got {seed!r}")
+    return int(seed)
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +92,7 @@ def sample_labels(family, outputs: torch.Tensor, samples: int, seed: int = 0, st
     """The labels :func:`fimvar.analyze` draws for outputs ``(n, T)`` of inputs number
     ``start … start + n − 1``: ``(n, samples)`` class indices or ``(n, samples, T)`` values."""
     family = get_family(family)
+    seed = check_seed(seed)
     outputs = outputs.detach().to(torch.float64)
     if outputs.dim() == 1:
         outputs = outputs[:, None]

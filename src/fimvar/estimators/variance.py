@@ -44,10 +44,14 @@ def combined_variance(var1: Number, var2: Number, cov: Number) -> Number:
     if not isinstance(var1, torch.Tensor):
         var1, var2, cov = (torch.tensor(float(v), dtype=torch.float64) for v in (var1, var2, cov))
         return float(combined_variance(var1, var2, cov))
-    denominator = var1 + var2 - 2 * cov
+    # in units of max(V1, V2), so that V1 V2 − C² cannot overflow (or underflow) for any scale
+    scale = torch.maximum(var1.abs(), var2.abs())
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    v1, v2, c = var1 / scale, var2 / scale, cov / scale
+    denominator = v1 + v2 - 2 * c
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     smaller = torch.minimum(var1, var2)
-    optimum = ((var1 * var2 - cov**2) / safe).clamp_min(0.0)
+    optimum = ((v1 * v2 - c**2) / safe).clamp_min(0.0) * scale
     return torch.where(denominator > 0, torch.minimum(optimum, smaller), smaller)
 
 

@@ -3,11 +3,50 @@
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 
 import torch
 
 from fimvar.errors import FimvarError
 from fimvar.families.independent import IndependentFamily
+
+
+def _fourth_power_is_normal(sigma: float) -> bool:
+    """Whether ``σ⁴`` and ``1/σ⁴`` are both finite normal float64 numbers."""
+    tiny = sys.float_info.min
+    try:
+        fourth = sigma**4
+    except OverflowError:
+        return False
+    return math.isfinite(fourth) and fourth >= tiny and 1.0 / fourth >= tiny
+
+
+def _sigma_limit(start: float, toward: float) -> float:
+    while not _fourth_power_is_normal(start):
+        start = math.nextafter(start, toward)
+    return start
+
+
+#: the range of σ for which σ⁴ and 1/σ⁴ (the scale of v1 and of its bounds) are finite normal
+#: float64 numbers, about 1.2e-77 … 8.2e76
+SIGMA_MIN = _sigma_limit(sys.float_info.min ** 0.25, 1.0)
+SIGMA_MAX = _sigma_limit((1.0 / sys.float_info.min) ** 0.25, 1.0)
+
+
+def check_sigma(sigma: float) -> float:
+    """``sigma`` as a float, or a :class:`FimvarError` unless ``SIGMA_MIN ≤ σ ≤ SIGMA_MAX``,
+    so that ``σ⁴`` and ``1/σ⁴`` are finite normal float64 numbers."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(float(sigma)) \
+            or float(sigma) <= 0:
+        raise FimvarError(f"the Gaussian family needs a positive finite sigma, got {sigma!r}")
+    value = float(sigma)
+    if not SIGMA_MIN <= value <= SIGMA_MAX:
+        raise FimvarError(
+            f"the Gaussian family needs {SIGMA_MIN:.3g} ≤ sigma ≤ {SIGMA_MAX:.3g}, so that σ⁴ and 1/σ⁴ "
+            f"are normal float64 numbers, got sigma={sigma!r}; rescale the outputs and sigma together"
+        )
+    return value
 
 
 class Gaussian(IndependentFamily):
@@ -22,9 +61,7 @@ class Gaussian(IndependentFamily):
 
     def __init__(self, sigma: float = 1.0, width: int | None = None) -> None:
         super().__init__(width)
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise FimvarError(f"the Gaussian family needs a positive finite sigma, got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma = check_sigma(sigma)
 
     def __repr__(self) -> str:
         return f"Gaussian(sigma={self.sigma})"

@@ -53,6 +53,26 @@ def _write_errors(directory: Path) -> Iterator[None]:
         raise FimvarError(f"cannot write to {directory} ({reason}); choose a writable --out") from error
 
 
+def _remove_stale(directory: Path, written: list[Path], *, drop_report: bool) -> None:
+    """Remove the files of fimvar's own kinds that this save did not write, so that a folder
+    never mixes two runs: every ``figures/<name>.png|svg`` of a known figure name not in
+    ``written``, and ``report.html`` when ``drop_report``. Nothing else is touched; an emptied
+    ``figures/`` is removed."""
+    kept = {path.resolve() for path in written}
+    folder = directory / FIGURE_DIR
+    names = {name for builders in plots.BUILDERS.values() for name in builders}
+    for name in sorted(names):
+        for fmt in plots.FORMATS:
+            path = folder / f"{name}.{fmt}"
+            if path.is_file() and path.resolve() not in kept:
+                path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    report = directory / REPORT
+    if drop_report and report.is_file():
+        report.unlink()
+
+
 @presents(DiagonalResult, "save")
 def save(result: DiagonalResult, directory: str | os.PathLike, target: Target = DEFAULT_TARGET, *,
          run: dict | None = None, figures: bool = True, html: bool = True, plan: Plan | None = None) -> Path:
@@ -75,6 +95,7 @@ def save(result: DiagonalResult, directory: str | os.PathLike, target: Target = 
         files: dict = {"summary": SUMMARY, "tensors": TENSORS, "figures": []}
         tensors.write(result, directory / TENSORS)
         pngs: dict[str, Path] = {}
+        written: list[Path] = []
         if figures:
             written = plots.save_figures(result, directory / FIGURE_DIR, target)
             files["figures"] = [str(p.relative_to(directory)) for p in written]
@@ -85,6 +106,7 @@ def save(result: DiagonalResult, directory: str | os.PathLike, target: Target = 
         summaries.write(document, directory / SUMMARY)
         if html:
             html_report.write(document, directory / REPORT, pngs)
+        _remove_stale(directory, written, drop_report=not html)
     return directory
 
 
@@ -95,10 +117,12 @@ def _save_other(result, directory, tensor_file: str | None, write_tensors, figur
         if tensor_file is not None:
             write_tensors(result, directory / tensor_file)
             files["tensors"] = tensor_file
+        written: list[Path] = []
         if figures:
             written = plots.save_figures(result, directory / FIGURE_DIR)
             files["figures"] = [str(p.relative_to(directory)) for p in written]
         summaries.write(result.summary() | {"files": files}, directory / SUMMARY)
+        _remove_stale(directory, written, drop_report=False)  # these results have no report.html
     return directory
 
 

@@ -95,7 +95,10 @@ def write(result: DiagonalResult, path: str | Path) -> None:
 
 def read(path: str | Path) -> DiagonalResult:
     """Rebuild a :class:`~fimvar.DiagonalResult` from ``fisher.safetensors``."""
-    tensors, meta = _read_file(path, FORMAT)
+    return _rebuild(path, FORMAT, _diagonal_from)
+
+
+def _diagonal_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> DiagonalResult:
     shapes = {k: torch.Size(v) for k, v in meta["shapes"].items()}
 
     def quantity(q: str) -> dict[str, torch.Tensor]:
@@ -128,6 +131,21 @@ def read(path: str | Path) -> DiagonalResult:
     return result
 
 
+def _rebuild(path: str | Path, expected: str, build):
+    """``build(path, tensors, meta)`` on the contents of a file of format ``expected``, with one
+    :class:`FimvarError` for metadata that lacks fields or holds values of the wrong kind."""
+    tensors, meta = _read_file(path, expected)
+    try:
+        return build(path, tensors, meta)
+    except FimvarError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        what = (f"its metadata or tensors lack {error.args[0]!r}" if isinstance(error, KeyError) else
+                f"its metadata holds a malformed value ({type(error).__name__}: {error})")
+        raise FimvarError(f"{path} is not a complete fimvar file: {what}; the file is damaged or was "
+                          "not written by this version of fimvar: save the result again") from error
+
+
 def _read_file(path: str | Path, expected: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the ``fimvar`` header of a file written by one of the writers here."""
     from safetensors import safe_open
@@ -143,7 +161,14 @@ def _read_file(path: str | Path, expected: str) -> tuple[dict[str, torch.Tensor]
         raise FimvarError(f"cannot read {path} as safetensors: {error}") from error
     if header is None:
         raise FimvarError(f"{path} was not written by fimvar (no 'fimvar' metadata)")
-    meta = json.loads(header)
+    try:
+        meta = json.loads(header)
+    except ValueError as error:
+        raise FimvarError(f"the fimvar metadata of {path} is not JSON ({error}); the file is damaged: "
+                          "save the result again") from error
+    if not isinstance(meta, dict):
+        raise FimvarError(f"the fimvar metadata of {path} is not a JSON object; the file is damaged: "
+                          "save the result again")
     if meta.get("format") != expected or meta.get("format_version") != FORMAT_VERSION:
         raise FimvarError(f"{path} has format {meta.get('format')} v{meta.get('format_version')}; this "
                           f"fimvar reads {expected} v{FORMAT_VERSION}")
@@ -181,7 +206,11 @@ def write_full(result: FullResult, path: str | Path) -> None:
 
 
 def read_full(path: str | Path) -> FullResult:
-    tensors, meta = _read_file(path, FULL_FORMAT)
+    """Rebuild a :class:`~fimvar.FullResult` from ``full.safetensors``."""
+    return _rebuild(path, FULL_FORMAT, _full_from)
+
+
+def _full_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> FullResult:
     return FullResult(
         family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
         slices={k: slice(*v) for k, v in meta["slices"].items()},
@@ -203,7 +232,11 @@ def write_hidden(result: HiddenResult, path: str | Path) -> None:
 
 
 def read_hidden(path: str | Path) -> HiddenResult:
-    tensors, meta = _read_file(path, HIDDEN_FORMAT)
+    """Rebuild a :class:`~fimvar.results.hidden.HiddenResult` from ``hidden.safetensors``."""
+    return _rebuild(path, HIDDEN_FORMAT, _hidden_from)
+
+
+def _hidden_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> HiddenResult:
     modules = {}
     for name, info in meta["modules"].items():
         modules[name] = HiddenFisher(

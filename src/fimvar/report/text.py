@@ -125,14 +125,16 @@ def plan_table(plan: Plan, detailed: bool = False) -> str:
             best = g.recommended()
             estimators = [best.estimator] if best is not None else []
         if not estimators:
-            lines.append(f"{_cut(g.group, 13):<14}{'—':>9}  (Fisher is 0: relative error undefined)")
+            why = ("Fisher is 0: relative error undefined" if not g.terms.fisher_sq > 0 else
+                   "no design: the target needs more than 2^63 inputs")
+            lines.append(f"{_cut(g.group, 13):<14}{'—':>9}  ({why})")
             continue
         for i, e in enumerate(estimators):
             normal, cheb = g.get(e, "normal"), g.get(e, "chebyshev")
             mark = "*" if detailed and best is not None and e == best.estimator else ""
             name = _cut(g.group, 13) if i == 0 else ""
             lines.append(f"{name:<14}{LABELS[e] + mark:>9}{_plan_design(normal):>15}"
-                         f"{_plan_count(normal.cost):>9}{_plan_design(cheb):>18}{_plan_count(cheb.cost):>9}")
+                         f"{_plan_cost(normal):>9}{_plan_design(cheb):>18}{_plan_cost(cheb):>9}")
     if detailed:
         lines.append("* cheapest (normal approximation)")
     lines.extend(f"note: {n}" for n in plan.notes)
@@ -150,6 +152,11 @@ def _plan_count(value: float | int | None) -> str:
     if value < 1e5:
         return f"{round(value)}"
     return f"{value:.1e}"
+
+
+def _plan_cost(d: Design | None) -> str:
+    """The cost of a design; ``—`` when there is no design (``?`` when its cost is unknown)."""
+    return "—" if d is None else _plan_count(d.cost)
 
 
 def _plan_design(d: Design | None) -> str:

@@ -15,7 +15,6 @@ from fimvar.errors import FimvarError
 from fimvar.estimators.design import (
     ESTIMATORS,
     METHODS,
-    NORMAL_DELTA_LIMIT,
     CostModel,
     Design,
     NoiseTerms,
@@ -145,9 +144,6 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
         notes.append("one input analysed: the input noise is unknown (taken as 0); analyse more inputs")
     elif result.num_inputs < 30:
         notes.append(f"only {result.num_inputs} inputs analysed: the plan's noise estimates are rough")
-    if target.delta > NORMAL_DELTA_LIMIT:
-        notes.append(f"δ > {NORMAL_DELTA_LIMIT}: the normal-approximation plan is no longer a worst "
-                     "case over correlations (Székely & Bakirov 2003); prefer Chebyshev")
     if cost.outputs is None:
         notes.append("the output width T is unknown, so the exact estimator's cost is not compared")
     return Plan(target, cost, plans, None if draws is None else int(draws), notes)
