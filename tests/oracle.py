@@ -17,6 +17,8 @@ import torch
 from torch import distributions as D
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, vmap
 
+from fimvar.engine.functional import differentiable
+
 
 def log_likelihood(family: str, h: torch.Tensor, y: torch.Tensor, sigma: float = 1.0):
     if family == "categorical":
@@ -89,8 +91,13 @@ class Oracle:
         return out
 
     def outputs(self, x1: torch.Tensor, theta=None) -> torch.Tensor:
+        """The outputs of one input as a function of the flat parameters. Attention runs on
+        PyTorch's math kernel and recurrent layers unrolled (fimvar.engine.functional: the fused
+        kernels cannot be differentiated by torch.func; tests/engine/test_recurrent.py checks the
+        unrolled forward against the fused one)."""
         theta = self.theta if theta is None else theta
-        return functional_call(self.model, self.unflatten(theta), (x1[None],)).reshape(-1)
+        with differentiable(self.model):
+            return functional_call(self.model, self.unflatten(theta), (x1[None],)).reshape(-1)
 
     def output_derivatives(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``u`` and ``w`` of every parameter entry for one input, each ``(T, P)``: the Jacobian of

@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from fimvar.engine.base import Engine, ParameterDerivatives
+from fimvar.engine.functional import differentiable
 
 
 class AutodiffEngine(Engine):
@@ -92,16 +93,17 @@ class AutodiffEngine(Engine):
             outputs = self.model(x)
         outputs = outputs.reshape(outputs.shape[0], -1)
         width = outputs.shape[1]
-        jacobians = vmap(jacrev(single), in_dims=(None, 0))(params, x)
-        blocks = []
-        for name, value in params.items():
-            numel = value.numel()
-            first = jacobians[name].reshape(x.shape[0], width, numel).to(torch.float64)
-            if second:
-                w = self._second_derivatives(single, params, name, x, width)
-            else:  # a broadcast zero costs no memory
-                w = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
-            blocks.append(ParameterDerivatives(name, value.shape, first, w))
+        with differentiable(self.model):
+            jacobians = vmap(jacrev(single), in_dims=(None, 0))(params, x)
+            blocks = []
+            for name, value in params.items():
+                numel = value.numel()
+                first = jacobians[name].reshape(x.shape[0], width, numel).to(torch.float64)
+                if second:
+                    w = self._second_derivatives(single, params, name, x, width)
+                else:  # a broadcast zero costs no memory
+                    w = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
+                blocks.append(ParameterDerivatives(name, value.shape, first, w))
         return outputs.to(torch.float64), blocks
 
     def _second_derivatives(self, single, params, name, x, width) -> torch.Tensor:

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev
 
+from fimvar.engine.functional import differentiable
+
 
 class FullDerivatives:
     """Exact ``h``, ``J`` and ``H_a`` of a model for the parameters ``parameter_names``."""
@@ -46,8 +48,9 @@ class FullDerivatives:
     def derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(h, J, H)`` of the chunk: ``(n, T)``, ``(n, T, P)``, ``(n, T, P, P)``, float64."""
         outputs, jacobians, hessians = [], [], []
-        for x1 in x:
-            outputs.append(self._outputs(self.flat, x1).detach())
-            jacobians.append(jacrev(self._outputs)(self.flat, x1))
-            hessians.append(jacfwd(jacrev(self._outputs))(self.flat, x1))
+        with differentiable(self.model):
+            for x1 in x:
+                outputs.append(self._outputs(self.flat, x1).detach())
+                jacobians.append(jacrev(self._outputs)(self.flat, x1))
+                hessians.append(jacfwd(jacrev(self._outputs))(self.flat, x1))
         return tuple(torch.stack(t).to(torch.float64) for t in (outputs, jacobians, hessians))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
+from fimvar.engine.functional import differentiable
 from fimvar.errors import FimvarError
 
 
@@ -59,7 +60,7 @@ def output_jacobians(model: nn.Module, x: torch.Tensor, names: Sequence[str]) ->
 
         zero = torch.zeros(shape, dtype=x.dtype if x.is_floating_point() else torch.float32,
                            device=x.device)
-        with torch.no_grad():  # torch.func differentiates inside; no graph to the parameters
+        with torch.no_grad(), differentiable(model):  # torch.func differentiates inside
             out[name] = vmap(jacrev(perturbed), in_dims=(None, 0))(zero, x).to(torch.float64)
     return out
 
