@@ -120,6 +120,37 @@ class LSTMClassifier(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
+class CausalLM(nn.Module):
+    """A tiny GPT-style language model: token and position embeddings, one pre-norm causal
+    self-attention block (SDPA), a final LayerNorm and an output layer tied to the token
+    embedding; one distribution over the vocabulary per position."""
+
+    def __init__(self, vocabulary: int, width: int = 4, length: int = 3) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocabulary, width)
+        self.positions = nn.Parameter(0.3 * torch.randn(length, width))
+        self.norm, self.final = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocabulary, bias=False)
+        self.head.weight = self.tokens.weight  # tied, as in GPT-2
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(ids) + self.positions[: ids.shape[1]]
+        q, k, v = self.qkv(self.norm(x)).chunk(3, -1)
+        x = x + self.out(nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self.head(self.final(x))
+
+
+def _causal_lm(t):
+    return CausalLM(t), Tokens(t, 3)
+
+
+def _sequence_tagger(t):
+    """Per-position outputs of a position-wise MLP: ``(n, 2, T)``."""
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, t)), (2, 3)
+
+
 def _resnet_batchnorm(t):
     return _randomise_batchnorm(ResidualBatchNorm(t)), (1, 4, 4)
 
@@ -149,6 +180,8 @@ ORACLE_MODELS = {
     "encoder-attention": _encoder_attention,
     "lstm": _lstm,
     "embedding-bag": _embedding_bag,
+    "causal-lm": _causal_lm,
+    "sequence-tagger": _sequence_tagger,
 }
 
 
@@ -166,15 +199,16 @@ class Case:
 
 
 def data_labels(family: str, outputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Arbitrary labels in the family's domain (not drawn from the model)."""
-    n, width = outputs.shape
+    """Arbitrary labels in the family's domain (not drawn from the model); for outputs
+    ``(n, L, T)`` one label per position."""
+    *rows, width = outputs.shape
     if family == "categorical":
-        return torch.randint(0, width, (n,), generator=generator)
+        return torch.randint(0, width, tuple(rows), generator=generator)
     if family == "bernoulli":
-        return torch.randint(0, 2, (n, width), generator=generator).double()
+        return torch.randint(0, 2, (*rows, width), generator=generator).double()
     if family == "poisson":
-        return torch.randint(0, 4, (n, width), generator=generator).double()
-    return torch.randn(n, width, generator=generator, dtype=torch.float64)
+        return torch.randint(0, 4, (*rows, width), generator=generator).double()
+    return torch.randn(*rows, width, generator=generator, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,14 +369,19 @@ MODELS = {**ORACLE_MODELS, **STACKS}
 #: catalogue models the structured engine supports, and those it must refuse
 UNSUPPORTED_MODELS = {"residual": "Residual", "layernorm": "LayerNorm",
                       "resnet-batchnorm": "ResidualBatchNorm", "encoder-attention": "EncoderBlock",
-                      "lstm": "LSTMClassifier", "embedding-bag": "EmbeddingBag"}
+                      "lstm": "LSTMClassifier", "embedding-bag": "EmbeddingBag",
+                      "causal-lm": "CausalLM"}
 STRUCTURED_MODELS = [m for m in MODELS if m not in UNSUPPORTED_MODELS]
 #: (model, family) pairs checked against the brute-force oracle
 #: (Poisson on the architecture models is left out: the oracle's truncated Poisson support times
 #: their dense Hessians costs a minute per case, and Poisson adds nothing architectural)
 ARCHITECTURES = ("resnet-batchnorm", "encoder-attention", "lstm", "embedding-bag")
+#: per-position outputs (n, L, T): a language model (categorical) and a tagger (also Bernoulli)
+SEQUENCE_CASES = [("causal-lm", "categorical"), ("sequence-tagger", "categorical"),
+                  ("sequence-tagger", "bernoulli")]
 ORACLE_CASES = [(m, f) for m in ORACLE_MODELS for f in FAMILIES
-                if not (m in ARCHITECTURES and f == "poisson")]
+                if not (m in ARCHITECTURES and f == "poisson")
+                and (m, f) not in [(s, g) for s, _ in SEQUENCE_CASES for g in FAMILIES]] + SEQUENCE_CASES
 
 
 def make_case(model_name: str, family: str, inputs: int = 3, seed: int = 0, *,

@@ -62,13 +62,28 @@ def statistic(family: str, ys: torch.Tensor, width: int, sigma: float = 1.0) -> 
     return ys.to(torch.float64)
 
 
-class Oracle:
-    """Exact per-input derivatives of the log-likelihood for one model."""
+def product_support(family: str, h: torch.Tensor, positions: int, sigma: float = 1.0):
+    """Labels of ``positions`` independent positions (``(S, L)`` or ``(S, L, T)``) and their
+    probabilities: every combination of the positions' supports."""
+    per_position = [support(family, ht, sigma) for ht in h.reshape(positions, -1)]
+    combinations = list(itertools.product(*[range(len(p)) for _, p in per_position]))
+    ys = torch.stack([torch.stack([per_position[t][0][i] for t, i in enumerate(c)]) for c in combinations])
+    probs = torch.tensor([math.prod(float(per_position[t][1][i]) for t, i in enumerate(c))
+                          for c in combinations], dtype=torch.float64)
+    return ys, probs
 
-    def __init__(self, model: torch.nn.Module, family: str, sigma: float = 1.0) -> None:
+
+class Oracle:
+    """Exact per-input derivatives of the log-likelihood for one model; with ``positions`` the
+    model's outputs are that many independent positions of the family (a sequence model): the
+    likelihood is the product over positions, the support every combination of labels."""
+
+    def __init__(self, model: torch.nn.Module, family: str, sigma: float = 1.0,
+                 positions: int | None = None) -> None:
         self.model = model
         self.family = family
         self.sigma = sigma
+        self.positions = positions
         self.names = [n for n, _ in model.named_parameters()]
         self.shapes = [p.shape for _, p in model.named_parameters()]
         self.theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -97,7 +112,11 @@ class Oracle:
         unrolled forward against the fused one)."""
         theta = self.theta if theta is None else theta
         with differentiable(self.model):
-            return functional_call(self.model, self.unflatten(theta), (x1[None],)).reshape(-1)
+            out = functional_call(self.model, self.unflatten(theta), (x1[None],))
+        out = getattr(out, "logits", out)
+        if out.dim() > 2:  # (1, L, T): L independent positions (the documented convention)
+            self.positions = math.prod(out.shape[1:-1])
+        return out.reshape(-1)
 
     def output_derivatives(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``u`` and ``w`` of every parameter entry for one input, each ``(T, P)``: the Jacobian of
@@ -110,12 +129,24 @@ class Oracle:
         """``ε_y = t(y) − E t(y)`` over the support of the labels of one input (``(S, T)``) and
         their probabilities (``(S,)``), by enumeration (no family code)."""
         h = self.outputs(x1).detach()
-        ys, probs = support(self.family, h, self.sigma)
-        stat = statistic(self.family, ys, h.shape[0], self.sigma)
+        ys, probs = self.support(h)
+        if self.positions:
+            stat = statistic(self.family, ys, h.shape[0] // self.positions, self.sigma).reshape(len(ys), -1)
+        else:
+            stat = statistic(self.family, ys, h.shape[0], self.sigma)
         return stat - probs @ stat, probs
 
+    def support(self, h: torch.Tensor):
+        if self.positions:
+            return product_support(self.family, h, self.positions, self.sigma)
+        return support(self.family, h, self.sigma)
+
     def loglik(self, theta, x1, y):
-        return log_likelihood(self.family, self.outputs(x1, theta), y, self.sigma)
+        h = self.outputs(x1, theta)
+        if self.positions:
+            return sum(log_likelihood(self.family, ht, yt, self.sigma)
+                       for ht, yt in zip(h.reshape(self.positions, -1), y, strict=True))
+        return log_likelihood(self.family, h, y, self.sigma)
 
     def score_and_hessian(self, x1: torch.Tensor, ys: torch.Tensor):
         """Gradients (S, P) and negative Hessians (S, P, P) of ℓ at labels ``ys``."""
@@ -126,7 +157,7 @@ class Oracle:
     def conditional(self, x1: torch.Tensor) -> dict:
         """Exact moments for one input: fisher (P,), full fisher (P,P), v1, v2, c12, full
         variances and the Frobenius norms of the single-draw covariances of Î1 and Î2."""
-        ys, probs = support(self.family, self.outputs(x1).detach(), self.sigma)
+        ys, probs = self.support(self.outputs(x1).detach())
         scores, neg_h = self.score_and_hessian(x1, ys)
         outer = scores[:, :, None] * scores[:, None, :]
         fisher_full = torch.einsum("s,sij->ij", probs, outer)

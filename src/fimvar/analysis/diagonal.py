@@ -19,6 +19,7 @@ from fimvar.analysis.inputs import (
     check_result_finite,
     check_samples,
     family_outputs,
+    output_family,
     trainable_parameters,
     warn_piecewise_linear,
 )
@@ -81,6 +82,7 @@ class Analysis(StreamingAnalysis):
     # ------------------------------------------------------------------ one chunk
     def prepare(self, x: torch.Tensor) -> None:
         if self.width is None:
+            self.family = output_family(self.model, x[:1], self.family)
             self.width = family_outputs(self.model, x[:1], self.family).shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:

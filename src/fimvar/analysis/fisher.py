@@ -21,6 +21,7 @@ from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
     family_outputs,
+    output_family,
     trainable_parameters,
 )
 from fimvar.engine import make_engine
@@ -46,6 +47,7 @@ class FisherAnalysis(StreamingAnalysis):
 
     def prepare(self, x: torch.Tensor) -> None:
         if self.width is None:
+            self.family = output_family(self.model, x[:1], self.family)
             self.width = family_outputs(self.model, x[:1], self.family).shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:

@@ -13,7 +13,10 @@ import torch
 from torch import nn
 
 from fimvar.engine.base import default_memory_budget
+from fimvar.engine.functional import output_tensor
 from fimvar.errors import FimvarError
+from fimvar.families import ExponentialFamily
+from fimvar.families.positions import Positions
 
 #: modules whose second derivative vanishes almost everywhere ([A], docs/theory.md §2)
 PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Threshold)
@@ -284,22 +287,41 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise FimvarError(
             f"the model failed on inputs of shape {tuple(x.shape)}: {error}"
         ) from error
-    if not isinstance(out, torch.Tensor):
-        raise FimvarError(f"the model must return a tensor, got {type(out).__name__}")
+    out = output_tensor(out)
     if out.dim() == 1:
         out = out[:, None]
-    if out.dim() != 2:
+    if out.dim() < 2:
         raise FimvarError(
-            f"the model returns shape {tuple(out.shape)}; fimvar needs (batch, outputs) — "
-            "flatten the output in the model"
+            f"the model returns shape {tuple(out.shape)}; fimvar needs (batch, outputs) or "
+            "(batch, positions, outputs)"
         )
     return out
 
 
+def output_family(model: nn.Module, x: torch.Tensor, family: ExponentialFamily) -> ExponentialFamily:
+    """The family of the model's whole output: ``family`` for ``(n, T)`` outputs, and for
+    ``(n, L, T)`` (or ``(n, L1, L2, …, T)``) outputs one independent ``family`` output per position
+    (:class:`~fimvar.families.positions.Positions`, docs/theory.md §13)."""
+    if isinstance(family, Positions):
+        return family
+    shape = model_outputs(model, x).shape
+    if len(shape) == 2:
+        return family
+    return Positions(family, math.prod(shape[1:-1]))
+
+
 def family_outputs(model: nn.Module, x: torch.Tensor, family) -> torch.Tensor:
-    """:func:`model_outputs` in float64, checked against ``family`` (an
-    :class:`~fimvar.families.ExponentialFamily`: output width, finite values)."""
+    """:func:`model_outputs` in float64 as ``(n, T)`` (per-position outputs flattened), checked
+    against ``family`` (an :class:`~fimvar.families.ExponentialFamily`: output width, finite
+    values)."""
     outputs = model_outputs(model, x).to(torch.float64)
+    if outputs.dim() > 2 and isinstance(family, Positions):
+        outputs = outputs.reshape(outputs.shape[0], -1)
+    elif outputs.dim() > 2:
+        raise FimvarError(
+            f"the model returns shape {tuple(outputs.shape)}: one output per position; this mode "
+            "needs (batch, outputs) — flatten the output in the model, or use fimvar.analyze or "
+            "fimvar.fisher_diagonal, which treat the positions as independent outputs")
     family.check_outputs(outputs)
     return outputs
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from fimvar.engine.base import Engine, ParameterDerivatives
-from fimvar.engine.functional import differentiable
+from fimvar.engine.functional import differentiable, output_tensor
 
 
 class AutodiffEngine(Engine):
@@ -31,7 +31,7 @@ class AutodiffEngine(Engine):
     # -- functional form of the model on one input
     def _single_output(self, params: dict, buffers: dict, x1: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, (params, buffers), (x1.unsqueeze(0),))
-        return out.reshape(-1)
+        return output_tensor(out).reshape(-1)
 
     def _split_parameters(self):
         named = dict(self.model.named_parameters())
@@ -90,7 +90,7 @@ class AutodiffEngine(Engine):
             return self._single_output(p, buffers, x1)
 
         with torch.no_grad():
-            outputs = self.model(x)
+            outputs = output_tensor(self.model(x))
         outputs = outputs.reshape(outputs.shape[0], -1)
         width = outputs.shape[1]
         with differentiable(self.model):

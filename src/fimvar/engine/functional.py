@@ -84,6 +84,20 @@ def _math_attention() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
+def output_tensor(output) -> torch.Tensor:
+    """The family outputs of a model's return value: a tensor as it is, or the ``logits`` of a
+    ``transformers`` model output (an object or a dict with ``logits``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise FimvarError(
+        f"the model must return a tensor (or an object with .logits, such as a transformers model "
+        f"output), got {type(output).__name__}; wrap the model so that its forward returns the "
+        "outputs the family's natural parameters are")
+
+
 @contextlib.contextmanager
 def differentiable(model: nn.Module) -> Iterator[None]:
     """Within the context, ``model``'s forward uses only operations ``torch.func`` differentiates

@@ -11,12 +11,14 @@ mix of (seed, input index, draw index, component); two hashes give one 53-bit un
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 
 from fimvar.errors import FimvarError
 from fimvar.families import ExponentialFamily, get_family
+from fimvar.families.positions import Positions
 
 _MASK32 = 0xFFFFFFFF
 #: seeds are 64-bit: 0 ≤ seed < SEED_LIMIT (larger seeds would alias smaller ones)
@@ -90,10 +92,14 @@ def draw_residuals(family: ExponentialFamily, h: torch.Tensor, samples: int, see
 
 def sample_labels(family, outputs: torch.Tensor, samples: int, seed: int = 0, start: int = 0):
     """The labels :func:`fimvar.analyze` draws for outputs ``(n, T)`` of inputs number
-    ``start … start + n − 1``: ``(n, samples)`` class indices or ``(n, samples, T)`` values."""
+    ``start … start + n − 1``: ``(n, samples)`` class indices or ``(n, samples, T)`` values; for
+    per-position outputs ``(n, L, T)``, ``(n, samples, L)`` or ``(n, samples, L, T)``."""
     family = get_family(family)
     seed = check_seed(seed)
     outputs = outputs.detach().to(torch.float64)
     if outputs.dim() == 1:
         outputs = outputs[:, None]
+    if outputs.dim() > 2:
+        family = Positions(family, math.prod(outputs.shape[1:-1]))
+        outputs = outputs.reshape(outputs.shape[0], -1)
     return draw_labels(family, outputs, samples, seed, start)

@@ -29,6 +29,7 @@ from fimvar.estimators.bounds.simplex import simplex_extrema
 from fimvar.estimators.bounds.trace import MAX_TENSOR_WIDTH, symmetric_fourth, symmetric_pairs
 from fimvar.families import ExponentialFamily
 from fimvar.families.independent import IndependentFamily
+from fimvar.families.positions import Positions
 
 #: the four tensor eigenvalues of the bounds
 EXTREMA = ("m_min", "m_max", "k_min", "k_max")
@@ -52,6 +53,8 @@ def tensor_extrema(family: ExponentialFamily, h: torch.Tensor, fourth_symmetric:
     ``k_max ≥ λ̃_max(K)`` per input (``(n,)`` each, or ``None`` when unavailable), see the
     module docs. ``fourth_symmetric`` is ``M̄`` in symmetric coordinates when the caller has it
     (:class:`~fimvar.estimators.bounds.trace.OutputMoments`)."""
+    if isinstance(family, Positions):
+        return _positions_extrema(family, h)
     found: dict[str, torch.Tensor | None] = dict(family.known_tensor_extrema(h))
     if all(key in found for key in EXTREMA):
         return {key: found[key] for key in EXTREMA}
@@ -63,6 +66,27 @@ def tensor_extrema(family: ExponentialFamily, h: torch.Tensor, fourth_symmetric:
             found.setdefault(f"{key}_max", high)
         return {key: found[key] for key in EXTREMA}
     return _relaxations(family, h, found, fourth_symmetric)
+
+
+def _positions_extrema(family: Positions, h: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """Per-position outputs (docs/theory.md §13): with ``α_t = ‖u_t‖²`` on the simplex,
+    ``u⊗4·M = Σ_t u_t⊗4·M_t + 4 Σ_{s<t} q_s q_t`` and ``u⊗4·K = u⊗4·M + (Σ_t q_t)²`` with
+    ``q_t = u_tᵀI_tu_t ∈ [λ̲_t α_t, λ̄_t α_t]``, so both lie between the simplex forms
+    ``Σ_t (m̲_t − 2λ̲_t²) α_t² + w (Σ λ̲_t α_t)²`` and the same with the upper estimates (w = 2 for M,
+    3 for K), whose certified extrema :func:`simplex_extrema` finds."""
+    n, positions = h.shape[0], family.positions
+    inner = tensor_extrema(family.base, family.split(h))
+    low, high = (v.reshape(n, positions) for v in fisher_eigenvalue_range(family.base, family.split(h)))
+    found: dict[str, torch.Tensor | None] = {}
+    for key, weight in (("m", 2.0), ("k", 3.0)):
+        for side, lam, pick in (("min", low, 0), ("max", high, 1)):
+            m = inner[f"m_{side}"]
+            if m is None:
+                found[f"{key}_{side}"] = None
+                continue
+            m = m.reshape(n, positions)
+            found[f"{key}_{side}"] = simplex_extrema(m - 2 * lam**2, lam, m, weight)[pick]
+    return {key: found[key] for key in EXTREMA}
 
 
 def _relaxations(family, h, found, fourth_symmetric):
