@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ from fimvar.analysis.inputs import (
     model_mode_context,
     model_reference,
 )
+from fimvar.analysis.packing import Packing, packed_forward, takes_arguments
 from fimvar.errors import FimvarError
 
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
@@ -157,6 +158,11 @@ class StreamingAnalysis(ABC):
         a hash of the inputs and labels consumed so far; a resumed run hashes the part it skips
         again and refuses data that differs there.
         """
+        data, packing = pack_arguments(self.model, data)
+        with packed_forward(self.model, packing):
+            return self._run(data, labels, batch_size, checkpoint, checkpoint_interval, progress)
+
+    def _run(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress) -> StreamingAnalysis:
         if checkpoint is None and batch_size is None and not progress:
             for x, y in batches(data, labels):
                 self.update(x, y)
@@ -326,6 +332,46 @@ class ConsumedData:
             if state[part] != expected[part]:
                 raise FimvarError(f"the checkpoint {self.path} was written for other data: {what} of this "
                                   f"data differ from those it analysed; {advice}")
+
+
+class PackedBatches:
+    """An iterable of batches whose inputs are argument dicts/tuples, yielding them packed
+    (:mod:`fimvar.analysis.packing`); ``(arguments, labels)`` pairs keep their labels."""
+
+    def __init__(self, data, packing: Packing, model: nn.Module) -> None:
+        self.data, self.packing, self.model = data, packing, model
+        self.dataset = getattr(data, "dataset", None)
+
+    def __iter__(self):
+        for item in self.data:
+            if takes_arguments(self.model, item):
+                yield self.packing.pack(item)
+            elif isinstance(item, (tuple, list)) and len(item) == 2 and takes_arguments(self.model, item[0]):
+                yield self.packing.pack(item[0]), item[1]
+            else:
+                raise FimvarError("every batch must give the model's arguments in the same form "
+                                  "(a dict of tensors, or the first batch's tuple)")
+
+
+def pack_arguments(model: nn.Module, data) -> tuple[Any, Packing | None]:
+    """``data`` with argument dicts/tuples packed into one tensor per batch, and the packing
+    (``None`` for tensor inputs). An iterable's first batch decides the layout."""
+    if isinstance(data, torch.Tensor) or data is None:
+        return data, None
+    if takes_arguments(model, data):
+        packing = Packing.of(data)
+        return packing.pack(data), packing
+    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
+        return data, None
+    try:
+        first = next(iter(data))
+    except (StopIteration, TypeError):
+        return data, None
+    if isinstance(first, (tuple, list)) and len(first) == 2 and takes_arguments(model, first[0]):
+        first = first[0]
+    if not takes_arguments(model, first):
+        return data, None
+    return PackedBatches(data, Packing.of(first), model), Packing.of(first)
 
 
 def data_length(data) -> int | None:

@@ -27,6 +27,8 @@ class AutodiffEngine(Engine):
     def __init__(self, model: nn.Module, parameter_names: list[str], memory_budget: int) -> None:
         super().__init__(model, parameter_names, memory_budget)
         self._activation_elements: int | None = None
+        #: set when the forward cannot be vmapped over the inputs (data-dependent control flow)
+        self._input_by_input = False
 
     # -- functional form of the model on one input
     def _single_output(self, params: dict, buffers: dict, x1: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,7 @@ class AutodiffEngine(Engine):
         outputs = outputs.reshape(outputs.shape[0], -1)
         width = outputs.shape[1]
         with differentiable(self.model):
-            jacobians = vmap(jacrev(single), in_dims=(None, 0))(params, x)
+            jacobians = self._over_inputs(jacrev(single), params, x, stack=True)
             blocks = []
             for name, value in params.items():
                 numel = value.numel()
@@ -122,7 +124,7 @@ class AutodiffEngine(Engine):
 
             return jvp(jacrev(path), (zero,), (one,))[1]
 
-        along_all = vmap(vmap(along, in_dims=(None, 0)), in_dims=(0, None))
+        along_directions = vmap(along, in_dims=(None, 0))
         activations = self._measure_activations(x)
         per_direction = x.shape[0] * self._direction_bytes(width, activations, numel, value.element_size())
         step = max(1, min(numel, self.memory_budget // per_direction))
@@ -134,5 +136,24 @@ class AutodiffEngine(Engine):
             directions = torch.zeros(stop - start, numel, dtype=dtype, device=value.device)
             directions[torch.arange(stop - start), torch.arange(start, stop)] = 1
             directions = directions.reshape(stop - start, *value.shape)
-            second[:, :, start:stop] = along_all(x, directions).transpose(1, 2)  # (n, d, T)
+            values = self._over_inputs(lambda d, x1: along_directions(x1, d), directions, x)  # (n, d, T)
+            second[:, :, start:stop] = values.transpose(1, 2)
         return second
+
+    def _over_inputs(self, function, shared, x: torch.Tensor, stack: bool = False):
+        """``function(shared, x_i)`` for every input, batched by ``vmap``; for a forward with
+        data-dependent control flow (e.g. ``transformers``' ``if mask.all()``), which ``vmap`` over
+        the inputs cannot run, input by input (the inner ``vmap`` over cotangents or directions
+        does not batch the data, so the branch is taken on real values). Results are stacked
+        along a new first dimension (dicts of them with ``stack``)."""
+        if not self._input_by_input:
+            try:
+                return vmap(function, in_dims=(None, 0))(shared, x)
+            except RuntimeError as error:
+                if "data-dependent control flow" not in str(error) and ".item()" not in str(error):
+                    raise
+                self._input_by_input = True
+        values = [function(shared, x1) for x1 in x]
+        if stack and isinstance(values[0], dict):
+            return {key: torch.stack([v[key] for v in values]) for key in values[0]}
+        return torch.stack(values)
