@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -32,9 +34,14 @@ def test_declared_width_mismatch():
     raises("declared with 4 outputs", mlp(3), X, fimvar.Categorical(width=4))
 
 
-def test_model_output_with_too_many_dimensions():
+def test_per_position_outputs_where_a_mode_needs_one_output_per_input():
+    """(N, L, T) outputs are L positions for analyze; the full-matrix mode refuses them clearly."""
     model = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3))).double()
-    raises("batch, outputs", model, X)
+    with pytest.raises(FimvarError, match="one output per position"):
+        fimvar.analyze_full(model, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert fimvar.analyze(model, X).metadata["positions"] == 2
 
 
 @pytest.mark.parametrize("family,labels,match", [
@@ -162,11 +169,22 @@ class CountingForward(nn.Module):
         return torch.tanh(self.linear(x))
 
 
-@pytest.mark.parametrize("mode", ["analyze", "fisher_diagonal", "analyze_full", "hidden_fisher"])
+def test_forward_that_mutates_a_buffer_on_the_graph_engine():
+    """fisher_diagonal differentiates with plain autograd (the graph engine), which allows the
+    write: the Fisher is the one of the same function without it, and the buffer is restored."""
+    model = CountingForward()
+    fisher = fimvar.fisher_diagonal(model, X)
+    assert float(model.calls) == 0
+    reference = fimvar.fisher_diagonal(nn.Sequential(model.linear, nn.Tanh()), X, engine="autodiff")
+    for name, value in reference.items():
+        torch.testing.assert_close(fisher[name.replace("0.", "linear.")], value, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["analyze", "analyze_full", "hidden_fisher"])
 def test_forward_that_mutates_a_buffer(mode):
     run = MODES[mode] if mode != "hidden_fisher" else (
         lambda model, x: fimvar.hidden_fisher(model, x, ["linear"]))
-    with pytest.warns(UserWarning) if mode in ("analyze", "fisher_diagonal") else _no_warning():
+    with pytest.warns(UserWarning) if mode == "analyze" else _no_warning():
         with pytest.raises(FimvarError, match="could not differentiate the model") as caught:
             run(CountingForward(), X)
     message = str(caught.value)

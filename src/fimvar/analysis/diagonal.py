@@ -23,6 +23,7 @@ from fimvar.analysis.inputs import (
     trainable_parameters,
     warn_piecewise_linear,
 )
+from fimvar.analysis.masking import masked_derivatives, position_mask, unmasked_labels
 from fimvar.engine import make_engine
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
@@ -37,6 +38,7 @@ from fimvar.estimators.bounds.trace import (
 from fimvar.estimators.diagonal import block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.families import ExponentialFamily, get_family
+from fimvar.families.positions import Positions, with_positions
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.groups import with_model_group
 
@@ -77,6 +79,7 @@ class Analysis(StreamingAnalysis):
         self.bounds = bounds
         self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
         self.width: int | None = None
+        self.masked_positions = 0  # per-position outputs left out (fimvar.analysis.masking)
         warn_piecewise_linear(model)
 
     # ------------------------------------------------------------------ one chunk
@@ -98,6 +101,11 @@ class Analysis(StreamingAnalysis):
         h, blocks = self.engine.derivatives(x)
         family.check_outputs(h)
         n = h.shape[0]
+        mask = position_mask(family, self.packing, x, labels)
+        if mask is not None:
+            blocks = masked_derivatives(blocks, mask, h.shape[1] // family.positions)
+            labels = unmasked_labels(labels)
+            self.masked_positions += int((~mask).sum())
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
         residual = None
         if labels is not None:
@@ -148,10 +156,13 @@ class Analysis(StreamingAnalysis):
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width}
+        return {"width": self.width, "positions": getattr(self.family, "positions", None),
+                "masked_positions": self.masked_positions}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.width = state.get("width")
+        self.family = with_positions(self.family, state.get("positions"))
+        self.masked_positions = int(state.get("masked_positions", 0))
 
     def result(self) -> DiagonalResult:
         shapes = {name: p.shape for name, p in self.model.named_parameters()
@@ -160,6 +171,8 @@ class Analysis(StreamingAnalysis):
         result = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
                                  engine=self.engine.name, shapes=shapes, groups=self.groups)
         result.metadata.update(seed=self.seed, outputs=self.width)
+        if isinstance(self.family, Positions):
+            result.metadata.update(positions=self.family.positions, masked_positions=self.masked_positions)
         if self.bounds and self.width is not None and self.width > MAX_TRACE_WIDTH:
             result.metadata["notes"] = [
                 f"the per-layer trace bounds of [B] Thm D.1 were not computed: they need a "

@@ -13,6 +13,7 @@ chunks, and a resumed run equals an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from fimvar.analysis.inputs import (
     model_reference,
 )
 from fimvar.analysis.packing import Packing, packed_forward, takes_arguments
+from fimvar.engine.functional import buffers_kept
 from fimvar.errors import FimvarError
 
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
@@ -57,6 +59,8 @@ class StreamingAnalysis(ABC):
         self.memory_budget = check_memory_budget(memory_budget)
         self.accumulator = Accumulator()
         self.has_labels: bool | None = None
+        #: how the current run packs argument dicts/tuples (fimvar.analysis.packing), or None
+        self.packing = None
 
     @property
     def count(self) -> int:
@@ -109,7 +113,7 @@ class StreamingAnalysis(ABC):
         had_labels, self.has_labels = self.has_labels, labels is not None
         sums = dict(self.accumulator.sums)  # the sums are replaced, never modified in place
         try:
-            with model_mode_context(self.model):
+            with model_mode_context(self.model), buffers_kept(self.model):
                 self.prepare(x)
                 chunk = self.chunk_size(x)
                 for start in range(0, x.shape[0], chunk):
@@ -159,6 +163,7 @@ class StreamingAnalysis(ABC):
         again and refuses data that differs there.
         """
         data, packing = pack_arguments(self.model, data)
+        self.packing = packing
         with packed_forward(self.model, packing):
             return self._run(data, labels, batch_size, checkpoint, checkpoint_interval, progress)
 
@@ -363,12 +368,15 @@ def pack_arguments(model: nn.Module, data) -> tuple[Any, Packing | None]:
         return packing.pack(data), packing
     if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
         return data, None
+    iterator = iter(data)
     try:
-        first = next(iter(data))
-    except (StopIteration, TypeError):
+        item = next(iterator)
+    except StopIteration:
         return data, None
-    if isinstance(first, (tuple, list)) and len(first) == 2 and takes_arguments(model, first[0]):
-        first = first[0]
+    if iterator is data:  # a one-pass iterator: put the item back in front
+        data = itertools.chain([item], iterator)
+    first = item[0] if (isinstance(item, (tuple, list)) and len(item) == 2
+                        and takes_arguments(model, item[0])) else item
     if not takes_arguments(model, first):
         return data, None
     return PackedBatches(data, Packing.of(first), model), Packing.of(first)

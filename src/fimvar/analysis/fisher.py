@@ -24,10 +24,12 @@ from fimvar.analysis.inputs import (
     output_family,
     trainable_parameters,
 )
+from fimvar.analysis.masking import masked_derivatives, position_mask
 from fimvar.engine import make_engine
 from fimvar.errors import FimvarError
 from fimvar.estimators.diagonal import fisher_sum
 from fimvar.families import ExponentialFamily, get_family
+from fimvar.families.positions import with_positions
 
 
 class FisherAnalysis(StreamingAnalysis):
@@ -42,7 +44,7 @@ class FisherAnalysis(StreamingAnalysis):
         self.family = get_family(family)
         self.parameter_names = trainable_parameters(model, parameters)
         check_parameters_finite(model, self.parameter_names)
-        self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
+        self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget, second=False)
         self.width: int | None = None
 
     def prepare(self, x: torch.Tensor) -> None:
@@ -56,6 +58,9 @@ class FisherAnalysis(StreamingAnalysis):
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         h, blocks = self.engine.derivatives(x, second=False)
         self.family.check_outputs(h)
+        mask = position_mask(self.family, self.packing, x, labels)
+        if mask is not None:
+            blocks = masked_derivatives(blocks, mask, h.shape[1] // self.family.positions)
         for block in blocks:
             value = fisher_sum(self.family, h, block)
             if not torch.isfinite(value).all():
@@ -68,10 +73,11 @@ class FisherAnalysis(StreamingAnalysis):
                 "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width}
+        return {"width": self.width, "positions": getattr(self.family, "positions", None)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.width = state.get("width")
+        self.family = with_positions(self.family, state.get("positions"))
 
     def result(self) -> dict[str, torch.Tensor]:
         if self.count == 0:

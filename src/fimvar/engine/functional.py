@@ -75,6 +75,19 @@ def _replaced_forwards(model: nn.Module) -> Iterator[None]:
             del module.forward
 
 
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """The model's buffers are restored on exit (a forward that counts its calls, say): analysing a
+    model leaves its state untouched."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def _math_attention() -> contextlib.AbstractContextManager:
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel

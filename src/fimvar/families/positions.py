@@ -180,3 +180,11 @@ class Positions(ExponentialFamily):
 
     def statistic_norm_bound(self, h: torch.Tensor) -> torch.Tensor:
         return self._per_input(self.base.statistic_norm_bound(self.split(h)), h.shape[0]).sum(1)
+
+
+def with_positions(family: ExponentialFamily, positions: int | None) -> ExponentialFamily:
+    """``family`` for ``positions`` independent positions (itself for ``None``)."""
+    if positions is None or isinstance(family, Positions):
+        return family
+    return Positions(family, positions)
+

@@ -1,0 +1,69 @@
+"""Positions left out of a per-position analysis (docs/theory.md §13).
+
+A language model's batch is padded to one length; the padding positions are no part of the
+likelihood. fimvar follows the two conventions of ``transformers``: with inputs given as a dict,
+an ``attention_mask`` of shape ``(N, L)`` marks the positions that count (for a causal LM, its
+outputs' positions are the inputs' positions); with per-position categorical data labels, a label
+of ``-100`` leaves its position out. The masked log-likelihood ``Σ_t m_t log p(y_t|h_t)`` has the
+derivatives ``m_t u_t`` and ``m_t w_t``, so masking multiplies the derivative rows of the left-out
+positions by zero and is exact for every quantity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from fimvar.analysis.packing import Packing
+from fimvar.engine.base import ParameterDerivatives
+from fimvar.errors import FimvarError
+from fimvar.families import ExponentialFamily
+from fimvar.families.positions import Positions
+
+#: the label that leaves a position out (the ``ignore_index`` of ``transformers``)
+IGNORED_LABEL = -100
+
+
+def position_mask(family: ExponentialFamily, packing: Packing | None, x: torch.Tensor,
+                  labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The positions that count, ``(n, L)`` bool, or ``None`` when all do."""
+    if not isinstance(family, Positions):
+        return None
+    mask = None
+    if packing is not None and packing.keys is not None and "attention_mask" in packing.keys:
+        attention = packing.unpack(x)["attention_mask"]
+        if attention.dim() == 2 and attention.shape[1] == family.positions:
+            mask = attention != 0
+        elif attention.numel() // attention.shape[0] != family.positions:
+            raise FimvarError(
+                f"the attention_mask has {attention.numel() // attention.shape[0]} positions per input "
+                f"but the model returns {family.positions}; fimvar uses it to leave out padding "
+                "positions, so it must mark the output positions")
+    if labels is not None and family.base.name == "categorical" and not labels.is_floating_point():
+        kept = labels != IGNORED_LABEL
+        mask = kept if mask is None else mask & kept
+    return mask
+
+
+def masked_derivatives(blocks: list[ParameterDerivatives], mask: torch.Tensor, width: int
+                       ) -> list[ParameterDerivatives]:
+    """The blocks with the derivative rows of left-out positions set to zero (blocks that share
+    their tensors keep sharing them)."""
+    rows = mask.to(torch.float64).repeat_interleave(width, dim=1)[:, :, None]  # (n, L·T, 1)
+    done: dict[int, torch.Tensor] = {}
+
+    def masked(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in done:
+            done[id(tensor)] = tensor * rows.to(tensor.dtype)
+        return done[id(tensor)]
+
+    return [dataclasses.replace(block, first=masked(block.first), second=masked(block.second))
+            for block in blocks]
+
+
+def unmasked_labels(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Categorical labels with ``-100`` replaced by a valid class (its position is masked)."""
+    if labels is None or labels.is_floating_point():
+        return labels
+    return labels.masked_fill(labels == IGNORED_LABEL, 0)
