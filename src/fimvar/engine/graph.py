@@ -92,7 +92,9 @@ class GraphEngine(Engine):
         activations = self._activations(x)
         # per input: the derivatives (T·P, float64, with room for the per-layer products), the
         # recorded layer inputs/outputs and one output column's gradients
-        per_input = 8 * 3 * width * params + 8 * 4 * activations + column_bytes * params + input_bytes
+        itemsize = next(self.model.parameters()).element_size()
+        per_input = (itemsize * 3 * width * params + 8 * 4 * activations + column_bytes * params
+                     + input_bytes)
         size = max(1, min(4096, self.memory_budget // max(per_input, 1)))
         if self.fallback is not None:
             size = min(size, self.fallback.chunk_size(x, width, draws))
@@ -145,7 +147,7 @@ class GraphEngine(Engine):
         n = x.shape[0]
         parts: dict[str, list[ParameterDerivatives]] = {}
         for (_, module, a, _), store in zip(records, gradients, strict=True):
-            delta = torch.stack(store, 1).to(torch.float64)  # (n, T, *z)
+            delta = torch.stack(store, 1)  # (n, T, *z), in the model's dtype like its derivatives
             for part in self._layer_derivatives(module, a, delta):
                 parts.setdefault(part.name, []).append(part)
         blocks = [self._combine(parts[name], n, width) for name in self.parameter_names if name in parts]
@@ -168,7 +170,7 @@ class GraphEngine(Engine):
         def wanted(p):
             return p is not None and any(p is q for q in selected)
 
-        a = a.to(torch.float64) if a.is_floating_point() else a
+        a = a.to(delta.dtype) if a.is_floating_point() else a
         if isinstance(module, nn.Linear):
             if a.dim() == 2 and wanted(module.weight):  # one position: factored δ ⊗ a
                 yield self._block(module.weight, delta, a)
@@ -202,7 +204,7 @@ class GraphEngine(Engine):
                     rows[i].index_add_(1, ids[i], d[i])
                 yield self._block(module.weight, rows.reshape(n, width, -1))
         else:  # normalisations: γ ⊙ â + β
-            normalised = self._normalised(module, a)
+            normalised = self._normalised(module, a).to(delta.dtype)
             if wanted(module.weight):
                 scaled = delta * normalised[:, None]
                 yield self._block(module.weight, self._affine_sum(module, scaled, n, width))

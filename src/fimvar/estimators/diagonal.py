@@ -112,6 +112,10 @@ class BlockSums:
     bounds: dict[BoundTerm, torch.Tensor] = field(default_factory=dict)
 
 
+#: elements of one tile of :func:`fisher_sum`
+FISHER_TILE_ELEMENTS = 1 << 20
+
+
 def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives) -> torch.Tensor:
     """``Σ_x I(θ_i|x) = Σ_x u_iᵀ I(h) u_i`` over the chunk's inputs, of the parameter's shape:
     the exact diagonal Fisher alone (docs/theory.md §2–§3; ``w`` is not needed)."""
@@ -119,7 +123,9 @@ def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDeriv
     if "fisher_sum" not in cache:  # a Linear's weight and bias share u
         u = block.first
         per_unit = u.new_empty(u.shape[0], u.shape[2], dtype=torch.float64)
-        for rows, cols in tiles(*u.shape):
+        # one light pass (uᵀIu): tiles larger than those of the many-pass statistics, so that the
+        # per-tile overhead stays small next to the work for millions of columns
+        for rows, cols in tiles(*u.shape, elements=FISHER_TILE_ELEMENTS):
             per_unit[rows, cols] = family.quadratic(h[rows], u[rows, :, cols].to(torch.float64))
         cache["fisher_sum"] = per_unit
     return block.reduce(cache["fisher_sum"], SUM_DEGREES["fisher"])
