@@ -290,12 +290,13 @@ def cmd_analyze(args) -> int:
 
 def _check_width(model, x, family, data, labels: bool) -> None:
     """Warn when a classifier's output width differs from the data's number of classes."""
-    from fimvar.analysis.inputs import family_outputs
+    from fimvar.analysis.inputs import family_outputs, output_family
 
     was_training = model.training
     model.eval()
     try:
-        width = family_outputs(model, x[:1], family).shape[1]
+        family = output_family(model, x[:1], family)  # per-position outputs: T per position
+        width = family_outputs(model, x[:1], family).shape[1] // getattr(family, "positions", 1)
     finally:
         model.train(was_training)
     if family.name == "categorical" and data.classes and data.classes != width:

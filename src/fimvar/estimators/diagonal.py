@@ -112,8 +112,10 @@ class BlockSums:
     bounds: dict[BoundTerm, torch.Tensor] = field(default_factory=dict)
 
 
-#: elements of one tile of :func:`fisher_sum`
+#: elements of one tile of :func:`fisher_sum` for blocks of more than FISHER_WIDE_COLUMNS columns
+#: (a ResNet's convolutions: the per-tile overhead dominates cache-sized tiles there)
 FISHER_TILE_ELEMENTS = 1 << 20
+FISHER_WIDE_COLUMNS = 1 << 16
 
 
 def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives) -> torch.Tensor:
@@ -125,7 +127,8 @@ def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDeriv
         per_unit = u.new_empty(u.shape[0], u.shape[2], dtype=torch.float64)
         # one light pass (uᵀIu): tiles larger than those of the many-pass statistics, so that the
         # per-tile overhead stays small next to the work for millions of columns
-        for rows, cols in tiles(*u.shape, elements=FISHER_TILE_ELEMENTS):
+        wide = u.shape[2] > FISHER_WIDE_COLUMNS  # cache-sized tiles measured faster below
+        for rows, cols in tiles(*u.shape, **({"elements": FISHER_TILE_ELEMENTS} if wide else {})):
             per_unit[rows, cols] = family.quadratic(h[rows], u[rows, :, cols].to(torch.float64))
         cache["fisher_sum"] = per_unit
     return block.reduce(cache["fisher_sum"], SUM_DEGREES["fisher"])
