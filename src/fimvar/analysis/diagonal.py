@@ -18,7 +18,6 @@ from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
     check_samples,
-    family_outputs,
     output_family,
     trainable_parameters,
     warn_piecewise_linear,
@@ -85,8 +84,8 @@ class Analysis(StreamingAnalysis):
     # ------------------------------------------------------------------ one chunk
     def prepare(self, x: torch.Tensor) -> None:
         if self.width is None:
-            self.family = output_family(self.model, x[:1], self.family)
-            self.width = family_outputs(self.model, x[:1], self.family).shape[1]
+            self.family, outputs = output_family(self.model, x[:1], self.family)
+            self.width = outputs.shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:
         if not self.bounds:

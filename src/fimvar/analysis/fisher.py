@@ -20,7 +20,6 @@ from fimvar.analysis.driver import StreamingAnalysis
 from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
-    family_outputs,
     output_family,
     trainable_parameters,
 )
@@ -49,8 +48,8 @@ class FisherAnalysis(StreamingAnalysis):
 
     def prepare(self, x: torch.Tensor) -> None:
         if self.width is None:
-            self.family = output_family(self.model, x[:1], self.family)
-            self.width = family_outputs(self.model, x[:1], self.family).shape[1]
+            self.family, outputs = output_family(self.model, x[:1], self.family)
+            self.width = outputs.shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:
         return self.engine.chunk_size(x, self.width, 0)

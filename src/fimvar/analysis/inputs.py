@@ -298,23 +298,27 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def output_family(model: nn.Module, x: torch.Tensor, family: ExponentialFamily) -> ExponentialFamily:
-    """The family of the model's whole output: ``family`` for ``(n, T)`` outputs, and for
-    ``(n, L, T)`` (or ``(n, L1, L2, …, T)``) outputs one independent ``family`` output per position
-    (:class:`~fimvar.families.positions.Positions`, docs/theory.md §13)."""
-    if isinstance(family, Positions):
-        return family
-    shape = model_outputs(model, x).shape
-    if len(shape) == 2:
-        return family
-    return Positions(family, math.prod(shape[1:-1]))
+def output_family(model: nn.Module, x: torch.Tensor, family: ExponentialFamily
+                  ) -> tuple[ExponentialFamily, torch.Tensor]:
+    """The family of the model's whole output and the outputs, from one forward pass: ``family``
+    for ``(n, T)`` outputs, and for ``(n, L, T)`` (or ``(n, L1, L2, …, T)``) outputs one independent
+    ``family`` output per position (:class:`~fimvar.families.positions.Positions`, docs/theory.md
+    §13); the outputs as :func:`family_outputs` gives them."""
+    outputs = model_outputs(model, x)
+    if outputs.dim() > 2 and not isinstance(family, Positions):
+        family = Positions(family, math.prod(outputs.shape[1:-1]))
+    return family, _checked_outputs(outputs, family)
 
 
 def family_outputs(model: nn.Module, x: torch.Tensor, family) -> torch.Tensor:
     """:func:`model_outputs` in float64 as ``(n, T)`` (per-position outputs flattened), checked
     against ``family`` (an :class:`~fimvar.families.ExponentialFamily`: output width, finite
     values)."""
-    outputs = model_outputs(model, x).to(torch.float64)
+    return _checked_outputs(model_outputs(model, x), family)
+
+
+def _checked_outputs(outputs: torch.Tensor, family) -> torch.Tensor:
+    outputs = outputs.to(torch.float64)
     if outputs.dim() > 2 and isinstance(family, Positions):
         outputs = outputs.reshape(outputs.shape[0], -1)
     elif outputs.dim() > 2:

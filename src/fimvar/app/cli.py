@@ -290,13 +290,13 @@ def cmd_analyze(args) -> int:
 
 def _check_width(model, x, family, data, labels: bool) -> None:
     """Warn when a classifier's output width differs from the data's number of classes."""
-    from fimvar.analysis.inputs import family_outputs, output_family
+    from fimvar.analysis.inputs import output_family
 
     was_training = model.training
     model.eval()
     try:
-        family = output_family(model, x[:1], family)  # per-position outputs: T per position
-        width = family_outputs(model, x[:1], family).shape[1] // getattr(family, "positions", 1)
+        family, outputs = output_family(model, x[:1], family)  # per-position: T per position
+        width = outputs.shape[1] // getattr(family, "positions", 1)
     finally:
         model.train(was_training)
     if family.name == "categorical" and data.classes and data.classes != width:

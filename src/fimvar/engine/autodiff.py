@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from fimvar.engine.base import Engine, ParameterDerivatives
-from fimvar.engine.functional import differentiable, output_tensor
+from fimvar.engine.functional import differentiable, module_output_sizes, output_tensor
 
 
 class AutodiffEngine(Engine):
@@ -46,20 +46,8 @@ class AutodiffEngine(Engine):
     def _measure_activations(self, x: torch.Tensor) -> int:
         """Number of activation elements one input produces (all module outputs)."""
         if self._activation_elements is None:
-            total = [0]
-
-            def hook(module, inputs, output):
-                if isinstance(output, torch.Tensor):
-                    total[0] += output.numel()
-
-            handles = [m.register_forward_hook(hook) for m in self.model.modules()]
-            try:
-                with torch.no_grad():
-                    self.model(x[:1])
-            finally:
-                for handle in handles:
-                    handle.remove()
-            self._activation_elements = max(total[0], 1)
+            sizes = module_output_sizes(self.model, x, self.model.modules())
+            self._activation_elements = max(sum(sizes.values()), 1)
         return self._activation_elements
 
     def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,

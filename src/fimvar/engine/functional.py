@@ -88,6 +88,26 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
+def module_output_sizes(model: nn.Module, x: torch.Tensor, modules) -> dict[nn.Module, int]:
+    """One forward pass of the first input without gradients, with hooks on ``modules``: the
+    number of tensor elements each module that was called returned (summed over its calls); the
+    model's buffers are kept."""
+    sizes: dict[nn.Module, int] = {}
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes[module] = sizes.get(module, 0) + output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad(), buffers_kept(model):
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
 def _math_attention() -> contextlib.AbstractContextManager:
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel

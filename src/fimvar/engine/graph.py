@@ -31,7 +31,7 @@ from torch import nn
 
 from fimvar.engine.autodiff import AutodiffEngine
 from fimvar.engine.base import Engine, ParameterDerivatives
-from fimvar.engine.functional import buffers_kept, output_tensor
+from fimvar.engine.functional import buffers_kept, module_output_sizes, output_tensor
 from fimvar.errors import FimvarError
 
 NORMALISATIONS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -64,21 +64,15 @@ class GraphEngine(Engine):
         self._discovered = False
 
     def _discover(self, x: torch.Tensor) -> None:
-        """Keep the layers the forward really calls as modules (``nn.MultiheadAttention`` uses its
-        ``out_proj`` weight functionally, for one); every other parameter goes to the autodiff
+        """One probing forward: keep the layers the forward really calls as modules
+        (``nn.MultiheadAttention`` uses its ``out_proj`` weight functionally, for one), count the
+        elements they output (for the chunk size); every other parameter goes to the autodiff
         engine."""
         if self._discovered:
             return
-        called: set[str] = set()
-        hooks = [m.register_forward_hook(lambda *_, name=name: called.add(name))
-                 for name, m in self.layers.items()]
-        try:
-            with torch.no_grad(), buffers_kept(self.model):
-                self.model(x[:1])
-        finally:
-            for hook in hooks:
-                hook.remove()
-        self.layers = {name: m for name, m in self.layers.items() if name in called}
+        sizes = module_output_sizes(self.model, x, self.layers.values())
+        self._activation_elements = max(sum(sizes.values()), 1)
+        self.layers = {name: m for name, m in self.layers.items() if m in sizes}
         covered = {self.names[id(p)] for m in self.layers.values() for p in m.parameters(recurse=False)
                    if id(p) in self.names}
         others = [name for name in self.parameter_names if name not in covered]
@@ -89,7 +83,7 @@ class GraphEngine(Engine):
                    input_bytes: int = 0) -> int:
         self._discover(x)
         params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
-        activations = self._activations(x)
+        activations = self._activation_elements
         # per input: the derivatives (T·P, float64, with room for the per-layer products), the
         # recorded layer inputs/outputs and one output column's gradients
         itemsize = next(self.model.parameters()).element_size()
@@ -99,20 +93,6 @@ class GraphEngine(Engine):
         if self.fallback is not None:
             size = min(size, self.fallback.chunk_size(x, width, draws))
         return size
-
-    def _activations(self, x: torch.Tensor) -> int:
-        if not hasattr(self, "_activation_elements"):
-            total = [0]
-            hooks = [m.register_forward_hook(lambda _, i, o: total.__setitem__(0, total[0] + o.numel()))
-                     for m in self.layers.values()]
-            try:
-                with torch.no_grad():
-                    self.model(x[:1])
-            finally:
-                for hook in hooks:
-                    hook.remove()
-            self._activation_elements = max(total[0], 1)
-        return self._activation_elements
 
     def derivatives(self, x: torch.Tensor, second: bool = True
                     ) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
