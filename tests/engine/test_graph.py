@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 from cases import MODELS, make_case
 from checks import assert_close
 
@@ -50,4 +51,32 @@ def test_auto_picks_the_graph_engine_for_the_fisher_alone():
         warnings.simplefilter("error")  # no fallback warning: the graph engine is fast
         fimvar.fisher_diagonal(case.model, case.x)
     with pytest.raises(fimvar.FimvarError, match="first derivatives only"):
-        fimvar.analyze(case.model, case.x, engine="graph")
+        GraphEngine(case.model, [n for n, _ in case.model.named_parameters()], 2**30).derivatives(case.x)
+
+
+class _SharedPositions(torch.nn.Module):
+    """Token embeddings plus position embeddings looked up on ids of shape (1, L), broadcast over
+    the batch (as BERT does): the position layer's output is shared by the inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = torch.nn.Embedding(7, 3)
+        self.positions = torch.nn.Embedding(4, 3)
+        self.head = torch.nn.Linear(12, 2)
+
+    def forward(self, ids):
+        positions = self.positions(torch.arange(ids.shape[1])[None])
+        return self.head((self.tokens(ids) + positions).flatten(1))
+
+
+def test_layers_shared_by_the_batch_go_to_autodiff():
+    torch.manual_seed(0)
+    model = _SharedPositions().double()
+    ids = torch.randint(0, 7, (4, 4), generator=torch.Generator().manual_seed(1))
+    expected = fimvar.fisher_diagonal(model, ids, engine="autodiff")
+    found = fimvar.fisher_diagonal(model, ids, engine="graph")
+    for name, value in expected.items():
+        assert_close(found[name], value, "graph engine: broadcast embedding", rtol=1e-12)
+    engine = GraphEngine(model, [n for n, _ in model.named_parameters()], 2**30)
+    engine.chunk_size(ids, 2, 0)
+    assert engine.fallback.parameter_names == ["positions.weight"]

@@ -34,8 +34,8 @@ from fimvar.estimators.bounds.trace import (
     group_sums,
     trace_bytes,
 )
-from fimvar.estimators.diagonal import block_sums
-from fimvar.estimators.labels import check_seed, draw_residuals
+from fimvar.estimators.diagonal import PROBE_SPREAD, PROBED, block_sums
+from fimvar.estimators.labels import check_seed, draw_residuals, rademacher
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.families.positions import Positions, with_positions
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
@@ -106,6 +106,13 @@ class Analysis(StreamingAnalysis):
             labels = unmasked_labels(labels)
             self.masked_positions += int((~mask).sum())
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        probed = self.engine.estimates_second
+        if probed:  # second-order quantities from probes (docs/theory.md §14.1)
+            signs = rademacher(self.seed, torch.arange(self.count, self.count + n), 2 * self.samples,
+                               sum(b.shape.numel() for b in blocks), blocks[0].first.dtype, h.device)
+            kept = draws if mask is None else draws * mask.repeat_interleave(
+                h.shape[1] // family.positions, dim=1)[:, None, :].to(draws.dtype)
+            blocks = self.engine.curvature_probes(x, blocks, kept, signs)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -115,23 +122,27 @@ class Analysis(StreamingAnalysis):
                 output_moments = OutputMoments(family, h)
             spectrum = Spectrum.of(family, h, getattr(output_moments, "fourth_symmetric", None))
             coefficients = bound_coefficients(spectrum)
+            if probed:  # the bounds on v2 need ‖w‖², which probes do not give
+                coefficients = {term: c for term, c in coefficients.items() if term.quantity != "v2"}
         widest = max(b.first.shape[2] for b in blocks)
         draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
         for block in blocks:
             sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
             name = block.name
+            streamed = {"fisher": "fisher_m2"} | ({q: f"{q}_m2" for q in PROBE_SPREAD} if probed else {})
             for quantity, value in sums.quantities.items():
-                if quantity not in ("fisher", "fisher_sq", "fisher_m2"):
+                if quantity not in streamed and quantity not in streamed.values() and quantity != "fisher_sq":
                     self.accumulator.add(parameter(name, quantity), value)
-            self.accumulator.add_moments(parameter(name, "fisher"), parameter(name, "fisher_m2"), n,
-                                         sums.quantities["fisher"], sums.quantities["fisher_m2"])
+            for quantity, m2 in streamed.items():  # centred sums over inputs, merged (Chan et al.)
+                self.accumulator.add_moments(parameter(name, quantity), parameter(name, m2), n,
+                                             sums.quantities[quantity], sums.quantities[m2])
             for term, value in sums.bounds.items():
                 self.accumulator.add(parameter_bound(name, term.name), value)
         if output_moments is not None:
             by_name = {block.name: block for block in blocks}
             for group, members in with_model_group(self.groups).items():
-                found = group_sums(output_moments, [by_name[m] for m in members])
+                found = group_sums(output_moments, [by_name[m] for m in members], second=not probed)
                 for quantity, value in found.exact.items():
                     self.accumulator.add(Key("group", group, quantity), value)
                 for term, value in found.bounds.items():
@@ -172,11 +183,19 @@ class Analysis(StreamingAnalysis):
         result.metadata.update(seed=self.seed, outputs=self.width)
         if isinstance(self.family, Positions):
             result.metadata.update(positions=self.family.positions, masked_positions=self.masked_positions)
+        notes = []
+        if self.engine.estimates_second:
+            notes.append("v2, c12 and Î2 were estimated without bias by Hutchinson probes (two "
+                         "per label draw; docs/theory.md §14.1), not computed exactly: their standard "
+                         "errors are in result.standard_errors and those of the variances in "
+                         "result.variance_error(); the bounds on v2 need ‖w‖² and were not computed")
         if self.bounds and self.width is not None and self.width > MAX_TRACE_WIDTH:
-            result.metadata["notes"] = [
+            notes += [
                 f"the per-layer trace bounds of [B] Thm D.1 were not computed: they need a "
                 f"{self.width}×{self.width} eigendecomposition per input and layer (computed for "
                 f"up to {MAX_TRACE_WIDTH} outputs)"]
+        if notes:
+            result.metadata["notes"] = notes
         return result
 
 
@@ -204,6 +223,12 @@ def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engi
         draw_moments={q: {k: accumulator.sums[parameter(k, q)] for k in names}
                       for q in DRAW_MOMENTS if accumulator.has(parameter(names[0], q))},
     )
+    probed = [k for k in names if accumulator.has(parameter(k, PROBE_SPREAD["v2"]))]
+    if probed:
+        result.estimated = {k: (PROBED if k in probed else ()) for k in names}
+        result.standard_errors = probe_standard_errors(accumulator, probed, samples)
+        result.v2_unbiased = result.v2
+        result.v2 = {k: v.clamp_min(0.0) for k, v in result.v2.items()}
     exact_of = {"fisher": fisher, "v1": result.v1, "v2": result.v2, "input_var": input_var}
     summed = set(accumulator.bounds("parameter"))
     for term in BOUND_TERMS:
@@ -224,6 +249,30 @@ def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engi
     return result
 
 
+def probe_standard_errors(accumulator: Accumulator, names: list[str], samples: int
+                          ) -> dict[str, dict[str, torch.Tensor]]:
+    """Standard errors of the probe estimates of ``v2`` and ``c12`` (means over ``N`` inputs of
+    per-input means over ``M`` draws ``e_xm``; docs/theory.md §14.1). With ``M ≥ 2`` from the
+    spread within inputs, ``SE² = Σ_x Σ_m (e_xm − ē_x)² / ((M − 1) M N²)`` (unbiased); with one
+    draw from the spread over inputs, ``SE² = Σ_x (ē_x − ē)² / ((N − 1) N)``, which also counts
+    the inputs' own differences (overstated, never understated). Both sums are streamed free of
+    cancellation."""
+    inputs = accumulator.count
+    if inputs * samples < 2:
+        raise FimvarError("second-order quantities estimated by probes need at least two inputs × "
+                          "draws for their standard errors: analyse two inputs or more, or samples ≥ 2")
+    errors: dict[str, dict[str, torch.Tensor]] = {}
+    for quantity, spread in PROBE_SPREAD.items():
+        errors[quantity] = {}
+        for k in names:
+            if samples >= 2:
+                m2 = accumulator.sums[parameter(k, spread)] / ((samples - 1) * samples * inputs**2)
+            else:
+                m2 = accumulator.sums[parameter(k, f"{quantity}_m2")] / ((inputs - 1) * inputs)
+            errors[quantity][k] = m2.clamp_min(0.0).sqrt()
+    return errors
+
+
 def check_diagonal_finite(result: DiagonalResult) -> None:
     """Raise a :class:`FimvarError` naming the parameter (or group) and the quantity of the first
     NaN or Inf of ``result``: its tensors, bounds, group values and the derived variances, α* and
@@ -233,6 +282,7 @@ def check_diagonal_finite(result: DiagonalResult) -> None:
     if result.empirical is not None:
         quantities.update(empirical=result.empirical, empirical_bias=result.empirical_bias)
     quantities.update({f"draw moment {q}": values for q, values in result.draw_moments.items()})
+    quantities.update({f"standard error of {q}": values for q, values in result.standard_errors.items()})
     quantities.update({f"bound {name}": bound.values for name, bound in result.bounds.items()})
     check_result_finite(quantities)
     check_result_finite({f"variance of {e}": result.variance(e) for e in ("i1", "i2", "combined", "exact")}

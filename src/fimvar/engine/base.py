@@ -6,6 +6,7 @@ An engine only differentiates; all the mathematics of docs/theory.md §2–§8 l
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -32,6 +33,10 @@ class ParameterDerivatives:
     ``first`` and ``second`` are the same tensors (a ``Linear`` weight and its bias); the
     estimators keep there what depends on ``first``/``second`` alone (per-input statistics, Gram
     matrices), so that it is computed once per chunk.
+
+    ``curvature`` (plain layout only): instead of ``w``, two independent Hutchinson estimates
+    ``z ⊙ ∇²_θ(ε_m·h) z`` of ``w_k·ε_m`` for every label draw ``m``, ``(n, M, 2, J)``
+    (docs/theory.md §14.1); ``second`` is then unused.
     """
 
     name: str
@@ -40,6 +45,25 @@ class ParameterDerivatives:
     second: torch.Tensor  # (n, T, J)
     inputs: torch.Tensor | None = None  # (n, m) for the factored layout
     shared: dict = field(default_factory=dict, repr=False, compare=False)
+    curvature: torch.Tensor | None = None  # (n, M, 2, J)
+
+    def plain(self) -> ParameterDerivatives:
+        """The block in the plain layout (``u`` of every entry; a factored block expanded),
+        with a cache of its own."""
+        if self.inputs is None:
+            return dataclasses.replace(self, shared={})
+        n, width = self.first.shape[:2]
+
+        def expanded(values: torch.Tensor, degree: int) -> torch.Tensor:
+            power = self.inputs[:, None, None, :].to(values.dtype) ** degree
+            return (values[:, :, :, None] * power).reshape(n, width, -1)
+
+        first = expanded(self.first, 1)
+        if all(stride == 0 for stride in self.second.stride()):  # a broadcast zero stays one
+            second = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
+        else:
+            second = expanded(self.second, 2)
+        return ParameterDerivatives(self.name, self.shape, first, second, curvature=self.curvature)
 
     def input_power(self, degree: int) -> torch.Tensor | None:
         """``a ** degree`` (cached), or ``None`` for the plain layout."""
@@ -74,6 +98,8 @@ class Engine(ABC):
     """A back end that computes per-sample output derivatives of a model's parameters."""
 
     name: str = "engine"
+    #: whether the second-order quantities come from probes (``curvature_probes``) instead of ``w``
+    estimates_second: bool = False
 
     def __init__(self, model: nn.Module, parameter_names: list[str], memory_budget: int) -> None:
         self.model = model

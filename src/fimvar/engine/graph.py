@@ -18,20 +18,25 @@ A parameter used by several layers (tied weights) gets the sum of its uses. Para
 these layers (e.g. a ``MultiheadAttention``'s projections, a bare ``nn.Parameter``) are
 differentiated by the autodiff engine, restricted to them. The cost is one forward and T
 backward passes of the chunk, like BackPACK's exact GGN diagonal, plus the per-input products.
-This engine computes first derivatives only (the exact Fisher, ``fisher_diagonal``); second
-derivatives are the autodiff engine's.
+
+Second derivatives ``w`` are not computed: built with ``second=True``, the engine estimates the
+second-order quantities without bias from Hutchinson probes instead (:meth:`GraphEngine.curvature_probes`,
+docs/theory.md §14.1): two per-sample Hessian-vector products per label draw (double backward,
+input by input), of every selected parameter at once, whatever the number of outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from fimvar.engine.autodiff import AutodiffEngine
 from fimvar.engine.base import Engine, ParameterDerivatives
-from fimvar.engine.functional import buffers_kept, module_output_sizes, output_tensor
+from fimvar.engine.functional import buffers_kept, differentiable, module_output_sizes, output_tensor
 from fimvar.errors import FimvarError
 
 NORMALISATIONS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -49,13 +54,38 @@ def _supported(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Embedding))
 
 
+def _batch_free(model: nn.Module, x: torch.Tensor, modules) -> set[nn.Module]:
+    """The modules called on something without the batch dimension (e.g. BERT's position
+    embeddings on ids of shape ``(1, L)``, broadcast over the batch): their outputs are shared by
+    the inputs, so ``∂h/∂z`` sums over them and the hooks cannot give per-input derivatives.
+    Found by one forward of two inputs (the first one twice if there is one)."""
+    pair = x[:2] if x.shape[0] >= 2 else torch.cat([x[:1], x[:1]])
+    found: set[nn.Module] = set()
+
+    def hook(module, inputs, output):
+        if not isinstance(output, torch.Tensor) or output.dim() == 0 or output.shape[0] != 2:
+            found.add(module)
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad(), buffers_kept(model):
+            model(pair)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
 class GraphEngine(Engine):
     """Hook-based first derivatives for any module graph (see the module docs)."""
 
     name = "graph"
 
-    def __init__(self, model: nn.Module, parameter_names: list[str], memory_budget: int) -> None:
+    def __init__(self, model: nn.Module, parameter_names: list[str], memory_budget: int,
+                 second: bool = False) -> None:
         super().__init__(model, parameter_names, memory_budget)
+        #: whether the analysis needs second-order quantities: estimated by probes
+        self.estimates_second = second
         self.names = {id(p): name for name, p in model.named_parameters() if name in parameter_names}
         self.layers: dict[str, nn.Module] = {
             name: module for name, module in model.named_modules()
@@ -72,7 +102,8 @@ class GraphEngine(Engine):
             return
         sizes = module_output_sizes(self.model, x, self.layers.values())
         self._activation_elements = max(sum(sizes.values()), 1)
-        self.layers = {name: m for name, m in self.layers.items() if m in sizes}
+        shared = _batch_free(self.model, x, self.layers.values())
+        self.layers = {name: m for name, m in self.layers.items() if m in sizes and m not in shared}
         covered = {self.names[id(p)] for m in self.layers.values() for p in m.parameters(recurse=False)
                    if id(p) in self.names}
         others = [name for name in self.parameter_names if name not in covered]
@@ -89,6 +120,10 @@ class GraphEngine(Engine):
         itemsize = next(self.model.parameters()).element_size()
         per_input = (itemsize * 3 * width * params + 8 * 4 * activations + column_bytes * params
                      + input_bytes)
+        if self.estimates_second:  # the plain layout and 2M probes (signs, estimates, their
+            # float64 products); the double backward runs one input at a time
+            probes = 2 * max(draws, 1)
+            per_input += 8 * width * params + probes * params * (2 * itemsize + 8 * 4)
         size = max(1, min(4096, self.memory_budget // max(per_input, 1)))
         if self.fallback is not None:
             size = min(size, self.fallback.chunk_size(x, width, draws))
@@ -96,14 +131,18 @@ class GraphEngine(Engine):
 
     def derivatives(self, x: torch.Tensor, second: bool = True
                     ) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
-        if second:
-            raise FimvarError("the graph engine computes first derivatives only; use engine='autodiff' "
-                              "or 'auto' for the second-order quantities")
+        if second and not self.estimates_second:
+            raise FimvarError("this graph engine was built for first derivatives only; build it with "
+                              "second=True (second-order quantities estimated by probes) or use "
+                              "engine='autodiff' for exact ones")
         self._discover(x)
         records: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
 
         def record(name):
             def hook(module, inputs, output):
+                if output.shape[0] != x.shape[0]:  # _discover leaves such layers to autodiff
+                    raise FimvarError(f"layer {name!r} returned {tuple(output.shape)} for a chunk of "
+                                      f"{x.shape[0]} inputs; analyse it with engine='autodiff'")
                 records.append((name, module, inputs[0].detach().clone(), output))
                 return output.clone()  # later in-place operations must not touch the recorded z
             return hook
@@ -137,6 +176,49 @@ class GraphEngine(Engine):
         order = {name: i for i, name in enumerate(self.parameter_names)}
         blocks.sort(key=lambda b: order[b.name])
         return outputs.detach().to(torch.float64), blocks
+
+    def curvature_probes(self, x: torch.Tensor, blocks: list[ParameterDerivatives], draws: torch.Tensor,
+                         signs: torch.Tensor) -> list[ParameterDerivatives]:
+        """The blocks in the plain layout with their :attr:`~ParameterDerivatives.curvature`:
+        for every label draw ``ε_m`` (``(n, M, T)``) two independent Rademacher directions
+        ``z, z'`` over all the blocks' parameters (``signs``, ``(n, 2M, P)`` in the order of
+        ``blocks``: probes ``2m`` and ``2m + 1`` belong to draw ``m``) and
+        ``g = z ⊙ ∇²_θ(ε_m·h) z``, ``g'`` likewise (docs/theory.md §14.1). ``E[g_k] = w_k·ε_m``
+        and, the two being independent given the draw, ``E[g_k g'_k] = (w_k·ε_m)²``."""
+        n, samples = draws.shape[:2]
+        sizes = [block.shape.numel() for block in blocks]
+        named = dict(self.model.named_parameters())
+        selected = {block.name: named[block.name].detach() for block in blocks}
+        constants = {k: v.detach() for k, v in named.items() if k not in selected}
+        constants.update(dict(self.model.named_buffers()))
+        estimates = signs.new_empty(n, samples, 2, sum(sizes))
+        # probes per vmap call: each holds the gradients and one pass's activations, with a factor
+        per_probe = 8 * (sum(sizes) + self._activation_elements) * signs.element_size()
+        group = max(1, min(samples, self.memory_budget // max(2 * per_probe, 1)))
+        with differentiable(self.model):  # double backward through attention, RNNs
+            for i in range(n):  # per input: its Hessian is not that of the batch
+                x1 = x[i : i + 1]
+
+                def contracted(params, coefficients, x1=x1):
+                    outputs = functional_call(self.model, (params, constants), (x1,))
+                    return output_tensor(outputs).reshape(-1) @ coefficients
+
+                def product(coefficients, direction):  # Hz = ∇_θ (zᵀ ∇_θ f), reverse over reverse
+                    return grad(lambda p: sum((g * direction[k]).sum()
+                                              for k, g in grad(contracted)(p, coefficients).items())
+                                )(selected)
+
+                for first in range(0, samples, group):
+                    chosen = slice(first, min(samples, first + group))
+                    z = signs[i, 2 * chosen.start : 2 * chosen.stop]  # (2M', P)
+                    directions = {block.name: part.reshape(-1, *block.shape)
+                                  for block, part in zip(blocks, z.split(sizes, dim=1), strict=True)}
+                    coefficients = draws[i, chosen].to(signs.dtype).repeat_interleave(2, dim=0)
+                    products = vmap(product)(coefficients, directions)
+                    flat = torch.cat([products[block.name].reshape(z.shape[0], -1) for block in blocks], 1)
+                    estimates[i, chosen] = (z * flat).reshape(-1, 2, z.shape[1])
+        return [dataclasses.replace(block.plain(), curvature=g)
+                for block, g in zip(blocks, estimates.split(sizes, dim=3), strict=True)]
 
     # ------------------------------------------------------------------ per layer
     def _block(self, parameter: torch.Tensor, first: torch.Tensor, inputs=None) -> ParameterDerivatives:
@@ -221,8 +303,6 @@ class GraphEngine(Engine):
         """One block per parameter: the sum of its uses (tied weights), plain layout when several."""
         if len(parts) == 1:
             return parts[0]
-        total = sum(p.first if p.inputs is None else
-                    (p.first[:, :, :, None] * p.inputs[:, None, None, :]).reshape(n, width, -1)
-                    for p in parts)
+        total = sum(part.plain().first for part in parts)
         zero = torch.zeros((), dtype=total.dtype, device=total.device).expand(total.shape)
         return ParameterDerivatives(parts[0].name, parts[0].shape, total, zero)

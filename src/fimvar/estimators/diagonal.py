@@ -12,6 +12,12 @@ For one input ``x`` and one parameter ``θ_i`` with output derivatives ``u_i``, 
 Every statistic is homogeneous in the layer input ``a`` of a factored parameter (degree 2 or 4,
 docs/theory.md §9), which is what lets :meth:`ParameterDerivatives.reduce` turn the sum over
 inputs into one GEMM.
+
+Where the engine gives probes instead of ``w`` (``block.curvature``: two Hutchinson estimates
+``g, g'`` of ``w_i·ε_m`` per draw, docs/theory.md §14.1), the terms with ``w`` are their unbiased
+estimates: ``v2 ≈ mean_m g g'``, ``c12 ≈ −mean_m (u_i·ε_m)² (g + g')/2``, Î2 draw
+``≈ u_iᵀIu_i − (g + g')/2``; their spread over the draws (``*_probe_within``) and over the inputs
+gives their standard errors.
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ SUM_DEGREES: dict[str, int] = {
     "i2_within": 4,
     "i12_within": 4,
     "empirical": 2,
+    # probe estimates (block.curvature; plain layout only): Σ_m (e_m − ē)² per input
+    "v2_probe_within": 8,
+    "c12_probe_within": 8,
 }
+
+#: the estimated quantities of a block with probes, and the sums of their spread
+PROBED = ("v2", "c12", "i2")
+PROBE_SPREAD = {"v2": "v2_probe_within", "c12": "c12_probe_within"}
 
 
 def unit_statistics(
@@ -50,6 +63,7 @@ def unit_statistics(
     draws: torch.Tensor,
     data_residual: torch.Tensor | None,
     draw_chunk: int,
+    curvature: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-input values of every quantity for direction vectors ``u``, ``w`` of shape
     ``(n, T, K)`` (any floating type; computed in float64), each ``(n, K)`` (before the sum over
@@ -61,6 +75,12 @@ def unit_statistics(
     the draws around their per-input mean (``*_within``), the Monte Carlo counterparts of
     ``v1``, ``v2``, ``c12``: they are formed from the draws' deviations from ``uᵀIu`` (whose
     expectation is 0), ``Σ (X − X̄)² = Σ (X − I)² − (Σ (X − I))²/M``, free of cancellation.
+
+    With ``curvature`` (``(n, M, 2, K)``: two independent estimates of ``w·ε_m`` per draw, whose
+    product has the expectation ``(w·ε_m)²``) every term with ``w`` is replaced by its unbiased
+    estimate (module docs), ``w`` is not used, and ``*_probe_within`` holds the spread of the
+    per-draw estimates of ``v2`` and ``c12`` around their per-input mean; the ``i2`` and
+    ``i12`` draw moments are then left out (they would include the probes' variance).
     """
     n, width, columns = u.shape
     both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
@@ -77,27 +97,46 @@ def unit_statistics(
     }
     samples = draws.shape[1]
     within = samples >= 2
+    probed = curvature is not None
     deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
     deviation2 = torch.zeros_like(fisher)  # Σ_m (−w·ε_m)
     if within:
         square1, square2, cross = (torch.zeros_like(fisher) for _ in range(3))
+    if probed:
+        estimates = {"v2": [], "c12": []}  # per-draw estimates, (n, m', K) each
     for start in range(0, samples, draw_chunk):
         eps = draws[:, start : start + draw_chunk]
         projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε
-        score_dev = projected[..., :columns] ** 2 - fisher[:, None, :]
-        curvature_dev = -projected[..., columns:]
+        score = projected[..., :columns] ** 2
+        score_dev = score - fisher[:, None, :]
+        if probed:  # E[g g'] = (w·ε)², E[(g + g')/2] = w·ε
+            g = curvature[:, start : start + draw_chunk].to(torch.float64)
+            mean_g = (g[:, :, 0] + g[:, :, 1]) / 2
+            curvature_dev = -mean_g
+            estimates["v2"].append(g[:, :, 0] * g[:, :, 1])
+            estimates["c12"].append(-score * mean_g)
+        else:
+            curvature_dev = -projected[..., columns:]
         deviation1 += score_dev.sum(1)
         deviation2 += curvature_dev.sum(1)
         if within:
             square1 += (score_dev**2).sum(1)
-            square2 += (curvature_dev**2).sum(1)
-            cross += (score_dev * curvature_dev).sum(1)
+            if not probed:
+                square2 += (curvature_dev**2).sum(1)
+                cross += (score_dev * curvature_dev).sum(1)
     per_unit["i1"] = deviation1 + samples * fisher
     per_unit["i2"] = deviation2 + samples * fisher
     if within:
         per_unit["i1_within"] = (square1 - deviation1**2 / samples).clamp_min(0.0)
-        per_unit["i2_within"] = (square2 - deviation2**2 / samples).clamp_min(0.0)
-        per_unit["i12_within"] = cross - deviation1 * deviation2 / samples
+        if not probed:
+            per_unit["i2_within"] = (square2 - deviation2**2 / samples).clamp_min(0.0)
+            per_unit["i12_within"] = cross - deviation1 * deviation2 / samples
+    if probed:
+        for quantity, parts in estimates.items():
+            values = torch.cat(parts, 1)
+            mean = values.mean(1)
+            per_unit[quantity] = mean
+            per_unit[PROBE_SPREAD[quantity]] = ((values - mean[:, None]) ** 2).sum(1)
     if data_residual is not None:
         per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
     return per_unit
@@ -163,12 +202,14 @@ def block_sums(
 
     Returns:
         The :class:`BlockSums`; ``quantities`` also holds ``fisher_m2``, the chunk's centred sum
-        of squares of ``I(θ_i|x)`` (for the input variance, docs/theory.md §12).
+        of squares of ``I(θ_i|x)`` (for the input variance, docs/theory.md §12), and for a block
+        with probes ``v2_m2``, ``c12_m2``, those of the per-input estimates of ``v2``, ``c12``.
     """
     cache = block.shared
     if "unit_statistics" not in cache:
         cache["unit_statistics"] = _unit_values(family, h, block.first, block.second, draws,
-                                                data_residual, coefficients, draw_chunk)
+                                                data_residual, coefficients, draw_chunk,
+                                                block.curvature)
     names, values = cache["unit_statistics"]
     reduced: dict = {}
     for degree, table in values.items():
@@ -178,6 +219,11 @@ def block_sums(
     per_input = values[SUM_DEGREES["fisher"]][:, names[SUM_DEGREES["fisher"]].index("fisher")]
     quantities["fisher_m2"] = centred_fisher_squares(block, per_input, quantities["fisher"],
                                                      quantities["fisher_sq"])
+    if block.curvature is not None:  # spread of the probe estimates over the inputs (plain layout)
+        for quantity in PROBE_SPREAD:
+            degree = SUM_DEGREES[quantity]
+            estimate = values[degree][:, names[degree].index(quantity)]
+            quantities[f"{quantity}_m2"] = ((estimate - estimate.mean(0)) ** 2).sum(0).reshape(block.shape)
     return BlockSums(quantities, {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)})
 
 
@@ -220,7 +266,7 @@ def _degree(key: str | BoundTerm) -> int:
     return NORM_DEGREES[key.norm] if isinstance(key, BoundTerm) else SUM_DEGREES[key]
 
 
-def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk):
+def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk, curvature=None):
     """Every per-input value, as one ``(n, k·K)`` table per degree (``k`` quantities side by
     side, each ``K`` columns wide), with the quantity (or bound record) of each table."""
     n, width, columns = u.shape
@@ -230,7 +276,8 @@ def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk
         tile_u, tile_w = u[rows, :, cols], w[rows, :, cols]
         stats: dict = unit_statistics(family, h[rows], tile_u, tile_w, draws[rows],
                                       None if data_residual is None else data_residual[rows],
-                                      draw_chunk)
+                                      draw_chunk,
+                                      None if curvature is None else curvature[rows, :, :, cols])
         if coefficients:
             stats.update(bound_norms(tile_u.to(torch.float64), tile_w.to(torch.float64),
                                      {k: c[rows] for k, c in coefficients.items()}))

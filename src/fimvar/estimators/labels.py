@@ -103,3 +103,30 @@ def sample_labels(family, outputs: torch.Tensor, samples: int, seed: int = 0, st
         family = Positions(family, math.prod(outputs.shape[1:-1]))
         outputs = outputs.reshape(outputs.shape[0], -1)
     return draw_labels(family, outputs, samples, seed, start)
+
+
+#: mixed into the seed of the probe directions, so that they are independent of the label draws
+_PROBE_DOMAIN = 0x2C1B3C6D
+
+
+def rademacher(seed: int, sample_index: torch.Tensor, probes: int, count: int,
+               dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Independent random signs ±1, ``(n, probes, count)``: probe ``r`` of input number
+    ``sample_index[n]`` always receives the same signs for a given seed (docs/theory.md §14.1).
+
+    One hash gives 32 signs (its bits), so that millions of parameters cost little; the hash is
+    the one of the label draws, in a domain of its own (the signs are independent of the
+    labels drawn with the same seed).
+    """
+    sample_index = sample_index.to(device=device, dtype=torch.int64)
+    words = (count + 31) // 32
+    probe = torch.arange(probes, device=device, dtype=torch.int64)
+    word = torch.arange(words, device=device, dtype=torch.int64)
+    seed_hash = _hash32(torch.tensor((seed & _MASK32) ^ _PROBE_DOMAIN, dtype=torch.int64, device=device))
+    seed_hash = _hash32(seed_hash ^ ((seed >> 32) & _MASK32))
+    key = _hash32(seed_hash ^ _hash32(sample_index & _MASK32) ^ _hash32((sample_index >> 32) + 0x9E37))
+    cell = _hash32(key[:, None, None] ^ _hash32(probe[None, :, None] * 0x10001 + 0x68E31DA4))
+    bits = _hash32(cell ^ _hash32(word[None, None, :] * 2 + 0x1B873593))  # (n, probes, words)
+    shifts = torch.arange(32, device=device, dtype=torch.int64)
+    signs = ((bits[..., None] >> shifts) & 1).reshape(*bits.shape[:2], words * 32)[..., :count]
+    return (1 - 2 * signs).to(dtype)

@@ -55,6 +55,23 @@ def combined_variance(var1: Number, var2: Number, cov: Number) -> Number:
     return torch.where(denominator > 0, torch.minimum(optimum, smaller), smaller)
 
 
+def combined_variance_error(var1: Number, var2: Number, cov: Number, error2: Number,
+                            error_cov: Number) -> Number:
+    """First-order error of :func:`combined_variance` from errors ``error2`` of ``V2`` and
+    ``error_cov`` of ``C`` (docs/theory.md §14.1): with ``D = V1 + V2 − 2C``,
+    ``∂V/∂V2 = (V1 − C)²/D²`` and ``∂V/∂C = −2(V1 − C)(V2 − C)/D²``; the sum of the absolute
+    contributions bounds the error whatever the correlation of the two. Zero where ``D = 0``."""
+    denominator = var1 + var2 - 2 * cov
+    if not isinstance(var1, torch.Tensor):
+        if denominator <= 0:
+            return 0.0
+        spread = (var1 - cov) ** 2 * error2 + 2 * abs((var1 - cov) * (var2 - cov)) * error_cov
+        return spread / denominator**2
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    error = ((var1 - cov) ** 2 * error2 + 2 * ((var1 - cov) * (var2 - cov)).abs() * error_cov) / safe**2
+    return torch.where(denominator > 0, error, torch.zeros_like(error))
+
+
 def combine(alpha: Number, first: Number, second: Number) -> Number:
     """``α Î1 + (1 − α) Î2`` (unbiased for any fixed α, docs/theory.md §8.1)."""
     return alpha * first + (1 - alpha) * second

@@ -12,6 +12,8 @@ Keys are ``"<parameter>/<quantity>"`` (float64, the parameter's shape). Stored q
 ``bound:<name>``            each per-parameter bound of [B] (e.g. ``bound:thm4.1_v1_upper``)
 ``draw:<moment>``           within-input sums of squares of the draws (M ≥ 2): ``i1_within``,
                             ``i2_within``, ``i12_within``
+``error:<quantity>``,       where v2, c12 were estimated by probes: their standard errors and
+``v2_unbiased``             the unbiased estimate of v2 (``v2`` is ``max(v2_unbiased, 0)``)
 ``variance_i1``, ...        derived, for convenience: total variance of Î1, Î2, the combination
 ``variance_combined``,      and the exact estimator with this run's design, ``covariance``
 ``variance_exact``,         ``Cov(Î1, Î2)``, ``alpha_star`` and the ``combined`` estimate
@@ -56,6 +58,10 @@ def tensors_of(result: DiagonalResult) -> dict[str, torch.Tensor]:
         quantities[f"bound:{name}"] = bound.values
     for moment, values in result.draw_moments.items():
         quantities[f"draw:{moment}"] = values
+    for estimated, values in result.standard_errors.items():
+        quantities[f"error:{estimated}"] = values
+    if result.v2_unbiased is not None:
+        quantities["v2_unbiased"] = result.v2_unbiased
     quantities.update({
         "variance_i1": result.variance("i1"), "variance_i2": result.variance("i2"),
         "variance_combined": result.variance("combined"), "variance_exact": result.variance("exact"),
@@ -88,6 +94,8 @@ def write(result: DiagonalResult, path: str | Path) -> None:
                          for n, b in result.group_bounds.items()},
         "labels": result.empirical is not None,
         "draw_moments": list(result.draw_moments),
+        "estimated": {name: list(q) for name, q in result.estimated.items()},
+        "standard_errors": list(result.standard_errors),
         "derived": list(DERIVED),
     }
     _write_file(path, tensors_of(result), header)
@@ -116,6 +124,9 @@ def _diagonal_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dic
         empirical_bias=quantity("empirical_bias") if has_labels else None,
         draw_moments={m: quantity(f"draw:{m}") for m in meta["draw_moments"]},
         metadata=dict(meta.get("metadata") or {}),
+        estimated={name: tuple(q) for name, q in (meta.get("estimated") or {}).items()},
+        standard_errors={q: quantity(f"error:{q}") for q in meta.get("standard_errors") or ()},
+        v2_unbiased=quantity("v2_unbiased") if meta.get("standard_errors") else None,
     )
     exact_of = {"fisher": result.fisher, "v1": result.v1, "v2": result.v2, "input_var": result.input_var}
     for name, info in meta["bounds"].items():

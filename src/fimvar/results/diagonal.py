@@ -108,6 +108,13 @@ class DiagonalResult:
         bounds: per-parameter bounds (:class:`Bound`), keyed by name (``thm4.1_v1_upper``, …).
         group_bounds: per-group trace and Frobenius bounds (:class:`GroupBound`).
         groups: group name → parameter names (one group per module by default).
+        estimated: per parameter, the quantities estimated without bias by Hutchinson probes
+            (``v2``, ``c12``, ``i2``; docs/theory.md §14.1) instead of computed exactly; empty
+            (or absent) where every quantity is exact.
+        standard_errors: per estimated quantity (``v2``, ``c12``), the standard error of its
+            estimate per parameter (:meth:`variance_error` carries it into the variances).
+        v2_unbiased: where ``v2`` is estimated, the unbiased estimate itself, which can fall
+            below 0; ``v2`` is then ``max(v2_unbiased, 0)``, never farther from the truth (≥ 0).
     """
 
     family: str
@@ -131,6 +138,9 @@ class DiagonalResult:
     draw_moments: dict[str, Tensors] = field(default_factory=dict)
     #: run metadata (seed, output width, model/data description…), carried into saved reports
     metadata: dict = field(default_factory=dict)
+    estimated: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    standard_errors: dict[str, Tensors] = field(default_factory=dict)
+    v2_unbiased: Tensors | None = None
 
     # ------------------------------------------------------------------ variances
     def _design(self, inputs: int | None, draws: int | None) -> tuple[int, int]:
@@ -159,6 +169,37 @@ class DiagonalResult:
         label = {"i1": self.v1, "i2": self.v2, "exact": None}[estimator]
         return {k: formulas.joint_variance(v, 0.0 if label is None else label[k], inputs, draws)
                 for k, v in self.input_var.items()}
+
+    def variance_error(self, estimator: str = "i2", inputs: int | None = None,
+                       draws: int | None = None) -> Tensors:
+        """Standard error of :meth:`variance` per parameter, from the standard errors of the
+        estimated quantities it contains (docs/theory.md §14.1); zero where they are exact.
+
+        ``Var(Î2)`` contains ``v2`` with the factor ``1/(N M)``; the variance of the combination
+        contains ``v2`` and ``c12``, and its error is propagated to first order with absolute
+        values (an upper bound whatever the correlation of the two estimates)."""
+        inputs, draws = self._design(inputs, draws)
+        if estimator not in ESTIMATORS:
+            raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        errors = self._quantity_errors()
+        scale = 1.0 / (inputs * draws)
+        if estimator in ("i1", "exact"):
+            return {k: torch.zeros_like(v) for k, v in self.fisher.items()}
+        if estimator == "i2":
+            return {k: errors["v2"][k] * scale for k in self.fisher}
+        v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
+        cov = self.covariance(inputs, draws)
+        return {k: formulas.combined_variance_error(v1[k], v2[k], cov[k], errors["v2"][k] * scale,
+                                                    errors["c12"][k] * scale) for k in v1}
+
+    def covariance_error(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
+        """Standard error of :meth:`covariance` per parameter (zero where ``c12`` is exact)."""
+        inputs, draws = self._design(inputs, draws)
+        return {k: e / (inputs * draws) for k, e in self._quantity_errors()["c12"].items()}
+
+    def _quantity_errors(self) -> dict[str, Tensors]:
+        return {q: {k: self.standard_errors.get(q, {}).get(k, torch.zeros_like(v))
+                    for k, v in self.fisher.items()} for q in ("v2", "c12")}
 
     def covariance(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
         """``Cov(Î1, Î2) = (Var_x I(θ|x) + E_x c12 / M) / N`` per parameter for the given design."""

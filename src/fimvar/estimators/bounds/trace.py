@@ -57,11 +57,15 @@ def gram(block: ParameterDerivatives) -> tuple[torch.Tensor, torch.Tensor]:
         n, width, columns = block.first.shape
         gram_u = block.first.new_empty(n, width, width, dtype=torch.float64)
         gram_w = torch.empty_like(gram_u)
+        no_second = all(stride == 0 for stride in block.second.stride())  # a broadcast zero
         for rows in row_tiles(n, width * columns):
             first = block.first[rows].to(torch.float64)
-            second = block.second[rows].to(torch.float64)
             gram_u[rows] = torch.bmm(first, first.transpose(1, 2))
-            gram_w[rows] = torch.bmm(second, second.transpose(1, 2))
+            if no_second:
+                gram_w[rows] = 0.0
+            else:
+                second = block.second[rows].to(torch.float64)
+                gram_w[rows] = torch.bmm(second, second.transpose(1, 2))
         cache["gram"] = gram_u, gram_w
     gram_u, gram_w = cache["gram"]
     if block.inputs is not None:  # factored: Σ_{j,m} G_j G_jᵀ a_m² = (Σ_j G_j G_jᵀ) ‖a‖²
@@ -215,21 +219,23 @@ def frobenius_i1_bound(gram_u: torch.Tensor, fourth_norm: torch.Tensor) -> torch
     return torch.einsum("naa->n", gram_u) ** 2 * fourth_norm
 
 
-def group_sums(moments: OutputMoments, blocks: list[ParameterDerivatives]) -> GroupSums:
+def group_sums(moments: OutputMoments, blocks: list[ParameterDerivatives], second: bool = True) -> GroupSums:
     """Chunk sums of the exact group quantities and of their bounds for the parameter tensors
-    ``blocks`` of one group ([B] Thm D.1, [A] Frobenius bound, docs/theory.md §5.2)."""
+    ``blocks`` of one group ([B] Thm D.1, [A] Frobenius bound, docs/theory.md §5.2); with
+    ``second=False`` (no ``w``: second-order quantities from probes) without those of ``v2``."""
     gram_u = sum(gram(b)[0] for b in blocks)
-    gram_w = sum(gram(b)[1] for b in blocks)
     exact: dict[str, torch.Tensor] = {}
     bounds: dict[GroupBoundTerm, torch.Tensor] = {}
     fisher = moments.fisher
     exact["trace_fisher"] = torch.einsum("nab,nba->n", fisher, gram_u).sum()
-    exact["trace_v2"] = torch.einsum("nab,nba->n", fisher, gram_w).sum()
     gram_u_eig = torch.linalg.eigvalsh(gram_u).clamp_min(0.0)
-    gram_w_eig = torch.linalg.eigvalsh(gram_w).clamp_min(0.0)
     bounds[TRACE_FISHER_LOWER], bounds[TRACE_FISHER_UPPER] = _von_neumann(
         gram_u_eig, moments.fisher_eigenvalues)
-    bounds[TRACE_V2_LOWER], bounds[TRACE_V2_UPPER] = _von_neumann(gram_w_eig, moments.fisher_eigenvalues)
+    if second:
+        gram_w = sum(gram(b)[1] for b in blocks)
+        exact["trace_v2"] = torch.einsum("nab,nba->n", fisher, gram_w).sum()
+        gram_w_eig = torch.linalg.eigvalsh(gram_w).clamp_min(0.0)
+        bounds[TRACE_V2_LOWER], bounds[TRACE_V2_UPPER] = _von_neumann(gram_w_eig, moments.fisher_eigenvalues)
     if moments.tensor_forms:
         square = sum(square_gram(b) for b in blocks)
         n = gram_u.shape[0]
