@@ -337,3 +337,38 @@ def test_bad_arguments_raise_one_error(kwargs, message):
     arguments = {"labels": case.labels, **kwargs}
     with pytest.raises(FimvarError, match=message):
         fimvar.audit(case.model, case.x, "categorical", **arguments)
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian", "bernoulli", "poisson"])
+def test_ewc_extremes_against_autograd(family):
+    """B = N: EWC is the squared gradient of the whole data set's mean loss (no shuffle noise);
+    B = 1: it is the empirical Fisher. The loss is the oracle's log-likelihood (torch.distributions)."""
+    from oracle import log_likelihood
+
+    case = make_case("mlp-tanh", family, inputs=6, seed=3)
+    model, x, y = case.model, case.x, case.labels
+    model.zero_grad()
+    h = model(x)
+    loss = -torch.stack([log_likelihood(family, h[i], y[i]) for i in range(6)]).mean()
+    loss.backward()
+    full = gradient(model) ** 2
+    squares = []
+    for i in range(6):
+        model.zero_grad()
+        (-log_likelihood(family, model(x[i:i + 1])[0], y[i])).backward()
+        squares.append(gradient(model) ** 2)
+    whole = fimvar.audit(model, x, family, labels=y, estimator=["ewc", "gnb"], batch_size=6)
+    single = fimvar.audit(model, x, family, labels=y, estimator=["ewc", "empirical"], batch_size=1)
+    assert_close(flat(whole["ewc"].mean), full, "audit ewc B=N (full gradient squared)", rtol=1e-10)
+    assert_close(flat(whole["ewc"].variance), torch.zeros_like(full), "audit ewc B=N variance", rtol=0,
+                 floor=1e-12 * float(full.max() ** 2))
+    assert_close(flat(single["ewc"].mean), torch.stack(squares).mean(0), "audit ewc B=1 = EF", rtol=1e-10)
+    assert_close(flat(single["ewc"].mean), flat(single["empirical"].mean), "audit ewc B=1 = empirical",
+                 rtol=1e-12)
+    assert_close(flat(whole["gnb"].mean), flat(whole.fisher), "audit gnb mean = Fisher", rtol=1e-14)
+
+
+def test_sequence_outputs_are_refused():
+    case = make_case("sequence-tagger", "categorical", inputs=4, seed=0)
+    with pytest.raises(FimvarError, match="per-position"):
+        fimvar.audit(case.model, case.x, "categorical", labels=case.labels, batch_size=2)
