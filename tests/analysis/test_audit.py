@@ -372,3 +372,20 @@ def test_sequence_outputs_are_refused():
     case = make_case("sequence-tagger", "categorical", inputs=4, seed=0)
     with pytest.raises(FimvarError, match="per-position"):
         fimvar.audit(case.model, case.x, "categorical", labels=case.labels, batch_size=2)
+
+
+def test_a_resumed_audit_equals_an_uninterrupted_one(tmp_path):
+    case = make_case("mlp-tanh", "categorical", inputs=12, seed=0)
+    arguments = {"labels": case.labels, "estimator": ["ewc", "gnb", "empirical"], "batch_size": 4}
+    whole = fimvar.audit(case.model, case.x, "categorical", **arguments, block_size=5)
+    path = tmp_path / "audit.ckpt"
+    first = fimvar.audit(case.model, case.x, "categorical", **arguments, block_size=5, checkpoint=path,
+                         checkpoint_interval=0)
+    resumed = fimvar.audit(case.model, case.x, "categorical", **arguments, block_size=5, checkpoint=path)
+    for result in (first, resumed):
+        for name in arguments["estimator"]:
+            for q in ("mean", "variance", "bias"):
+                assert torch.equal(flat(getattr(result[name], q)), flat(getattr(whole[name], q)))
+    with pytest.raises(FimvarError):
+        fimvar.audit(case.model, case.x, "categorical", **{**arguments, "batch_size": 6}, block_size=5,
+                     checkpoint=path)

@@ -11,6 +11,7 @@ and the centred sum of squares of ``g_i²``, merged across chunks without cancel
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -317,6 +318,10 @@ def audit(
     engine: str = "auto",
     parameters: Iterable[str] | None = None,
     memory_budget: int | str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_interval: float = 60.0,
+    block_size: int | None = None,
+    progress: bool = False,
 ) -> AuditResult:
     """Audit the estimators people call "the Fisher" on a model and data (docs/theory.md §15).
 
@@ -356,6 +361,9 @@ def audit(
             ``≥ 1 − delta`` (default 0.05) of each layer's diagonal Fisher in the Euclidean norm.
         cost: the :class:`~fimvar.CostModel` (backward passes per input).
         engine, parameters, memory_budget: as in :func:`fimvar.analyze`.
+        checkpoint, checkpoint_interval, progress: as in :func:`fimvar.analyze` (resumable).
+        block_size: inputs per block when checkpointing or showing progress (``analyze``'s
+            ``batch_size``; here ``batch_size`` is the audited estimators' batch size).
 
     Returns:
         An :class:`~fimvar.AuditResult`; with one estimator, ``result.mean[name]``,
@@ -365,5 +373,6 @@ def audit(
                        AUDIT_TARGET.delta if delta is None else delta)
     analysis = AuditAnalysis(model, family, estimator, batch_size, samples, seed, engine,
                              parameters=parameters, target=target, cost=cost, memory_budget=memory_budget)
-    analysis.run(x, labels)
+    analysis.run(x, labels, batch_size=block_size, checkpoint=checkpoint,
+                 checkpoint_interval=checkpoint_interval, progress=progress)
     return analysis.result()

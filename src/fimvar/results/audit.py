@@ -195,6 +195,22 @@ class AuditResult:
         return min(options, key=lambda r: (r.cost[method], r.inputs[method])).estimator
 
     # ------------------------------------------------------------------ presentation
+    def to_dict(self) -> dict:
+        """JSON-ready form: the design, the target, per estimator its description and what its
+        variance is over, and per layer and estimator the row of :meth:`layers` (``None`` for an
+        unreachable sample size), with the recommendation per method."""
+        return {
+            "family": self.family, "inputs": self.num_inputs, "batch_size": self.batch_size,
+            "samples": self.samples, "target": {"rho": self.target.rho, "delta": self.target.delta},
+            "estimators": {k: {"description": e.description, "randomness": e.randomness,
+                               "cost_per_input": e.cost_per_input} for k, e in self.entries.items()},
+            "layers": [{"group": r.group, "estimator": r.estimator, "relative_bias": r.relative_bias,
+                        "relative_std": r.relative_std if math.isfinite(r.relative_std) else None,
+                        "inputs": r.inputs, "cost": r.cost} for r in self.layers()],
+            "recommended": {m: self.recommended(method=m) for m in METHODS},
+            "notes": list(self.notes),
+        }
+
     def summary(self) -> str:
         """A per-layer text table: per estimator the relative bias, the relative standard
         deviation at the audited design, the inputs needed for the target (normal approximation
