@@ -389,3 +389,12 @@ def test_a_resumed_audit_equals_an_uninterrupted_one(tmp_path):
     with pytest.raises(FimvarError):
         fimvar.audit(case.model, case.x, "categorical", **{**arguments, "batch_size": 6}, block_size=5,
                      checkpoint=path)
+
+
+def test_one_input_audits_without_nan():
+    case = make_case("conv1d", "categorical", inputs=1, seed=0)
+    a = fimvar.audit(case.model, case.x, "categorical", labels=case.labels, batch_size=1)
+    for e in a.entries.values():
+        for q in ("mean", "bias", "variance", "variance_given_inputs", "unit_variance"):
+            assert torch.isfinite(flat(getattr(e, q))).all()
+    assert "1 inputs" in str(a) or "only 1" in str(a)

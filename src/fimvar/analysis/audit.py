@@ -275,8 +275,9 @@ def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size
                     f"over the {n} inputs as a sample of the data (no label noise)",
                     cost.per_input("exact", 0))
     if estimator == "empirical":
-        spread = {k: moments.sample_variance(n, v) for k, v in summed("empirical_m2").items()}
-        return make(dict(base.empirical), {k: v / n for k, v in spread.items()}, zero,
+        variance = {k: formulas.empirical_variance(v, n) for k, v in summed("empirical_m2").items()}
+        spread = {k: v * n for k, v in variance.items()}
+        return make(dict(base.empirical), variance, zero,
                     {k: base.empirical[k] - fisher[k] for k in names}, spread,
                     f"over the {n} inputs as a sample of the data (the data labels fixed with them)",
                     cost.forward + cost.backward)

@@ -32,6 +32,7 @@ import torch
 
 from fimvar.errors import FimvarError
 from fimvar.estimators.design import Target, confidence_factor
+from fimvar.estimators.moments import sample_variance
 
 Number = torch.Tensor | float
 
@@ -175,6 +176,14 @@ def gnb_variance_independent(fisher_sum: Number, fisher_sq_sum: Number, v1_sum: 
     fourth = (v1_sum + fisher_sq_sum) / inputs
     value = (fourth / b + (2 - 3 / b) * mean * mean) / batches
     return value.clamp_min(0.0) if isinstance(value, torch.Tensor) else max(value, 0.0)
+
+
+# ---------------------------------------------------------------------------------- empirical
+def empirical_variance(squares_m2: Number, inputs: int) -> Number:
+    """Variance of the empirical Fisher ``(1/N) Σ g_i²`` (Kunstner et al. 2019; [B] §6) over the
+    N inputs as a sample of the data: ``(1/N) Var_i(g_i²)``, with the unbiased variance
+    ``Σ (g_i² − EF)² / (N − 1)`` (0 for one input; docs/theory.md §15.4)."""
+    return sample_variance(inputs, squares_m2) / inputs
 
 
 # ---------------------------------------------------------------------------------- sample size
