@@ -11,6 +11,7 @@ The package is layered (docs/architecture in the README): ``families`` (output d
 """
 
 from fimvar import report as _report  # registers the presentation of every result type
+from fimvar.analysis.audit import audit
 from fimvar.analysis.diagonal import Analysis, analyze
 from fimvar.analysis.fisher import fisher_diagonal
 from fimvar.analysis.full import analyze_full
@@ -21,6 +22,7 @@ from fimvar.estimators.design import CostModel, Target
 from fimvar.estimators.labels import sample_labels
 from fimvar.families import Bernoulli, Categorical, ExponentialFamily, Gaussian, Poisson
 from fimvar.report import load
+from fimvar.results.audit import AuditResult, EstimatorAudit
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.full import FullResult
 from fimvar.results.hidden import HiddenFisher, HiddenResult
@@ -31,11 +33,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analysis",
+    "AuditResult",
     "Bernoulli",
     "Bound",
     "Categorical",
     "CostModel",
     "DiagonalResult",
+    "EstimatorAudit",
     "ExponentialFamily",
     "FimvarError",
     "FullResult",
@@ -50,6 +54,7 @@ __all__ = [
     "WeightNormResult",
     "analyze",
     "analyze_full",
+    "audit",
     "fisher_diagonal",
     "hidden_fisher",
     "load",

@@ -1,4 +1,4 @@
-"""The ``fimvar`` command: ``analyze``, ``demo``, ``plan`` and ``reproduce``.
+"""The ``fimvar`` command: ``analyze``, ``demo``, ``plan``, ``audit`` and ``reproduce``.
 
 Every error the user can cause is a :class:`~fimvar.errors.FimvarError`, printed as
 ``fimvar: error: <message>`` on stderr with exit status 2 (never a traceback).
@@ -139,6 +139,43 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--hessian-cost", type=float, default=2.0, metavar="H",
                       help="cost of a Hessian-diagonal pass, in backward passes (default: 2)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    audit = commands.add_parser(
+        "audit", help="bias, variance and needed sample size of EWC, GNB, the empirical Fisher, Î1, Î2…",
+        description="Per layer, every estimator people call the Fisher (EWC's squared batch-mean "
+                    "gradient, Sophia's GNB, the empirical Fisher, Monte Carlo Fisher = Î1, Î2, their "
+                    "combination, the exact Fisher): its bias against the diagonal Fisher, its "
+                    "relative standard deviation at the design, the inputs it needs for the target "
+                    "and their cost, and the cheapest estimator that meets it (docs/theory.md §15).",
+        epilog="Model and data SPECs as in `fimvar analyze --help`. EWC and the empirical Fisher need "
+               "--labels; EWC and GNB need --batch-size dividing the number of inputs.",
+    )
+    what = audit.add_argument_group("model and data")
+    what.add_argument("--model", "-m", required=True, metavar="SPEC", help="the model")
+    what.add_argument("--weights", "-w", metavar="FILE", help="state dict to load")
+    what.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="keyword argument of the model factory (repeatable)")
+    what.add_argument("--data", "-d", required=True, metavar="SPEC", help="the data")
+    what.add_argument("--family", "-f", required=True, metavar="NAME", help="output distribution")
+    what.add_argument("--labels", action="store_true", help="use the data's labels (EWC, empirical)")
+    what.add_argument("--split", default="all", choices=("all", "train", "test"))
+    what.add_argument("--normalize", default="none", choices=("none", "standard", "minmax"))
+    what.add_argument("--input-shape", metavar="SHAPE", help="reshape each input, e.g. 1,8,8")
+    what.add_argument("--inputs", "-N", type=int, default=None, metavar="N", help="the first N inputs")
+    how = audit.add_argument_group("estimators")
+    how.add_argument("--estimator", "-e", action="append", default=None, metavar="NAME",
+                     help="exact, i1, mc, i2, combined, gnb, empirical or ewc (repeatable; default: all)")
+    how.add_argument("--batch-size", "-B", type=int, default=None, metavar="B",
+                     help="batch size of EWC and GNB")
+    how.add_argument("--samples", "-M", type=int, default=1, metavar="M",
+                     help="label draws per input of Î1, Î2, the combination and MC (default: 1)")
+    how.add_argument("--seed", type=int, default=0, help="seed of the label draws (default: 0)")
+    how.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff"))
+    how.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
+    how.add_argument("--rho", type=float, default=0.05, help="target relative error (default: 0.05)")
+    how.add_argument("--delta", type=float, default=0.05,
+                     help="failure probability: confidence 1−δ (default: 0.05)")
+    how.add_argument("--json", action="store_true", help="print the audit as JSON")
 
     commands.add_parser(
         "reproduce", add_help=False, help="reproduce the papers' experiments (fimvar reproduce --help)",
@@ -369,6 +406,32 @@ def cmd_plan(args) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args) -> int:
+    from fimvar.analysis.audit import audit
+    from fimvar.data import load_data, parse_shape
+    from fimvar.models import load_model, parse_model_args
+
+    if args.inputs is not None and args.inputs < 1:
+        raise FimvarError(f"--inputs must be ≥ 1, got {args.inputs}")
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    data = load_data(args.data, split=args.split, normalize=args.normalize, inputs=args.inputs,
+                     input_shape=shape)
+    if args.labels and data.y is None:
+        raise FimvarError(f"--labels needs labels but {data.name} has none; drop --labels")
+    model = load_model(args.model, weights=args.weights, kwargs=parse_model_args(args.model_arg),
+                       example=data.x[:2])
+    reference = next((t for t in model.parameters() if t.is_floating_point()), None)
+    x = data.x.to(reference.dtype) if reference is not None else data.x
+    result = audit(model, x, args.family, labels=data.y if args.labels else None,
+                   estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
+                   samples=args.samples, rho=args.rho, delta=args.delta, engine=args.engine)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(result.summary())
+    return EXIT_OK
+
+
 def cmd_reproduce(argv: list[str]) -> int:
     import importlib
 
@@ -402,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command is None:
                 parser.print_help()
                 return EXIT_USAGE
-            command = {"analyze": cmd_analyze, "demo": cmd_demo, "plan": cmd_plan}[args.command]
+            command = {"analyze": cmd_analyze, "demo": cmd_demo, "plan": cmd_plan,
+                       "audit": cmd_audit}[args.command]
             threads = getattr(args, "threads", None)
             if threads is None:
                 return command(args)
