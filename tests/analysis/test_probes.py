@@ -174,3 +174,14 @@ def test_auto_estimates_beyond_the_exact_limit(monkeypatch):
     with pytest.warns(UserWarning, match="autodiff"):
         result = fimvar.analyze(case.model, case.x, samples=2)
     assert result.engine == "autodiff" and not any(result.estimated.values())
+
+
+def test_the_audit_uses_the_probes_too():
+    """fimvar.audit on the graph engine: the variance of Î2 it reports is the one of analyze with
+    the same draws and probes (itself checked against the exact values above)."""
+    case = make_case("encoder-attention", "categorical", inputs=3)
+    audited = fimvar.audit(case.model, case.x, estimator="i2", samples=3, engine="graph")
+    analysed = fimvar.analyze(case.model, case.x, samples=3, engine="graph", bounds=False)
+    for name, value in analysed.variance("i2").items():
+        assert_close(audited.variance[name], value, "audit Var(Î2) with probes", rtol=1e-12, floor=1e-300)
+    assert any(float(e.max()) > 0 for e in analysed.standard_errors["v2"].values())  # estimated

@@ -20,7 +20,7 @@ from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter
-from fimvar.analysis.diagonal import diagonal_result
+from fimvar.analysis.diagonal import add_block_sums, diagonal_result, with_probes
 from fimvar.analysis.driver import StreamingAnalysis
 from fimvar.analysis.groups import resolve_groups
 from fimvar.analysis.inputs import (
@@ -125,6 +125,9 @@ class AuditAnalysis(StreamingAnalysis):
         family.check_outputs(h)
         n = h.shape[0]
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        probed = self.engine.estimates_second
+        if probed:  # v2, c12 from probes (docs/theory.md §14.1)
+            blocks = with_probes(self.engine, x, blocks, draws, None, self.seed, self.count, family)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -134,12 +137,7 @@ class AuditAnalysis(StreamingAnalysis):
         for block in blocks:
             sums = block_sums(family, h, block, draws, residual, None, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
-            name = block.name
-            for quantity, value in sums.quantities.items():
-                if quantity not in ("fisher", "fisher_m2", "empirical"):
-                    acc.add(parameter(name, quantity), value)
-            acc.add_moments(parameter(name, "fisher"), parameter(name, "fisher_m2"), n,
-                            sums.quantities["fisher"], sums.quantities["fisher_m2"])
+            add_block_sums(acc, block.name, sums.quantities, n, probed, skip=("empirical",))
             if residual is not None:
                 self._add_gradients(block, residual, n)
 

@@ -108,11 +108,7 @@ class Analysis(StreamingAnalysis):
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
         probed = self.engine.estimates_second
         if probed:  # second-order quantities from probes (docs/theory.md §14.1)
-            signs = rademacher(self.seed, torch.arange(self.count, self.count + n), 2 * self.samples,
-                               sum(b.shape.numel() for b in blocks), blocks[0].first.dtype, h.device)
-            kept = draws if mask is None else draws * mask.repeat_interleave(
-                h.shape[1] // family.positions, dim=1)[:, None, :].to(draws.dtype)
-            blocks = self.engine.curvature_probes(x, blocks, kept, signs)
+            blocks = with_probes(self.engine, x, blocks, draws, mask, self.seed, self.count, family)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -129,14 +125,8 @@ class Analysis(StreamingAnalysis):
         for block in blocks:
             sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
+            add_block_sums(self.accumulator, block.name, sums.quantities, n, probed)
             name = block.name
-            streamed = {"fisher": "fisher_m2"} | ({q: f"{q}_m2" for q in PROBE_SPREAD} if probed else {})
-            for quantity, value in sums.quantities.items():
-                if quantity not in streamed and quantity not in streamed.values() and quantity != "fisher_sq":
-                    self.accumulator.add(parameter(name, quantity), value)
-            for quantity, m2 in streamed.items():  # centred sums over inputs, merged (Chan et al.)
-                self.accumulator.add_moments(parameter(name, quantity), parameter(name, m2), n,
-                                             sums.quantities[quantity], sums.quantities[m2])
             for term, value in sums.bounds.items():
                 self.accumulator.add(parameter_bound(name, term.name), value)
         if output_moments is not None:
@@ -197,6 +187,34 @@ class Analysis(StreamingAnalysis):
         if notes:
             result.metadata["notes"] = notes
         return result
+
+
+def with_probes(engine, x: torch.Tensor, blocks: list, draws: torch.Tensor, mask: torch.Tensor | None,
+                seed: int, start: int, family: ExponentialFamily) -> list:
+    """The blocks with their Hutchinson probes (docs/theory.md §14.1): random signs seeded by
+    ``seed`` and the global input indices from ``start``, at the label draws (left-out positions
+    zeroed)."""
+    n = draws.shape[0]
+    signs = rademacher(seed, torch.arange(start, start + n), 2 * draws.shape[1],
+                       sum(b.shape.numel() for b in blocks), blocks[0].first.dtype, draws.device)
+    if mask is not None:
+        rows = mask.repeat_interleave(draws.shape[2] // family.positions, dim=1)
+        draws = draws * rows[:, None, :].to(draws.dtype)
+    return engine.curvature_probes(x, blocks, draws, signs)
+
+
+def add_block_sums(accumulator: Accumulator, name: str, quantities: dict[str, torch.Tensor], n: int,
+                   probed: bool, skip: tuple[str, ...] = ("fisher_sq",)) -> None:
+    """Add one parameter tensor's chunk sums (:func:`~fimvar.estimators.diagonal.block_sums`):
+    plain sums, and the centred sums over inputs (the Fisher's; with probes, those of the
+    estimates of v2 and c12) merged with Chan et al.'s update; ``skip``: quantities left out."""
+    streamed = {"fisher": "fisher_m2"} | ({q: f"{q}_m2" for q in PROBE_SPREAD} if probed else {})
+    for quantity, value in quantities.items():
+        if quantity not in streamed and quantity not in streamed.values() and quantity not in skip:
+            accumulator.add(parameter(name, quantity), value)
+    for quantity, m2 in streamed.items():
+        accumulator.add_moments(parameter(name, quantity), parameter(name, m2), n, quantities[quantity],
+                                quantities[m2])
 
 
 def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engine: str,
