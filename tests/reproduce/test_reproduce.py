@@ -132,3 +132,17 @@ def test_read_only_output_folder_is_refused_before_running(tmp_path, capsys, mon
         assert not ran
     finally:
         locked.chmod(0o700)
+
+
+def test_estimators(quick_runs):
+    """The estimator table's identities, from formulas written separately in fimvar.audit: EWC
+    at B = 1 is the empirical Fisher (same bias; one pass at B = 1 does not depend on the shuffle,
+    variance 0), GNB is unbiased at every batch size, and the empirical Fisher's bias makes 5 %
+    unreachable."""
+    for rows in quick_runs["estimators"][0]["numbers"].values():
+        by = {(r["key"], r["design"]): r for r in rows}
+        assert abs(by["ewc", "B = 1"]["relative_bias"] - by["empirical", ""]["relative_bias"]) < 1e-9
+        assert by["ewc", "B = 1"]["relative_std"] < 1e-6
+        assert all(by["gnb", f"B = {b}"]["relative_bias"] < 1e-9 for b in (1, 32, 128))
+        assert by["empirical", ""]["inputs_needed"] is None
+        assert by["exact", ""]["relative_bias"] < 1e-9 and by["mc", ""]["relative_bias"] < 1e-9

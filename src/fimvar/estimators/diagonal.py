@@ -83,21 +83,26 @@ def unit_statistics(
     ``i12`` draw moments are then left out (they would include the probes' variance).
     """
     n, width, columns = u.shape
-    both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
-    both[..., :columns] = u
-    both[..., columns:] = w
-    u, w = both[..., :columns], both[..., columns:]
-    fisher, fourth, quadratic_w, third = family.contractions(h, u, w)
-    per_unit = {
-        "fisher": fisher,
-        "fisher_sq": fisher**2,
-        "v1": fourth,
-        "v2": quadratic_w,
-        "c12": -third,
-    }
+    probed = curvature is not None
+    if probed:  # no w: the terms with w come from the probes below
+        both = u.to(torch.float64)
+        fisher, fourth = family.first_order(h, both)
+        per_unit = {"fisher": fisher, "fisher_sq": fisher**2, "v1": fourth}
+    else:
+        both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
+        both[..., :columns] = u
+        both[..., columns:] = w
+        u, w = both[..., :columns], both[..., columns:]
+        fisher, fourth, quadratic_w, third = family.contractions(h, u, w)
+        per_unit = {
+            "fisher": fisher,
+            "fisher_sq": fisher**2,
+            "v1": fourth,
+            "v2": quadratic_w,
+            "c12": -third,
+        }
     samples = draws.shape[1]
     within = samples >= 2
-    probed = curvature is not None
     deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
     deviation2 = torch.zeros_like(fisher)  # Σ_m (−w·ε_m)
     if within:
@@ -106,7 +111,7 @@ def unit_statistics(
         estimates = {"v2": [], "c12": []}  # per-draw estimates, (n, m', K) each
     for start in range(0, samples, draw_chunk):
         eps = draws[:, start : start + draw_chunk]
-        projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε
+        projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε (u·ε alone with probes)
         score = projected[..., :columns] ** 2
         score_dev = score - fisher[:, None, :]
         if probed:  # E[g g'] = (w·ε)², E[(g + g')/2] = w·ε

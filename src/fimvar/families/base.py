@@ -155,6 +155,11 @@ class ExponentialFamily(ABC):
         return (self.quadratic(h, u), self.fourth_variance(h, u), self.quadratic(h, w),
                 self.third_moment(h, u, w))
 
+    def first_order(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(uᵀIu, Var[(u·ε)²])``, each ``(n, K)``: the part of :meth:`contractions` without ``w``
+        (second-order quantities from probes, docs/theory.md §14.1)."""
+        return self.quadratic(h, u), self.fourth_variance(h, u)
+
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``Var[(a_i·ε)(b_j·ε)]`` for all column pairs: ``(n,T,P), (n,T,Q) → (n, P, Q)``.
 

@@ -121,6 +121,12 @@ class Categorical(ExponentialFamily):
         return (quadratic, self._fourth(p, centred_sq, quadratic), (p * centred_w**2).sum(1),
                 (weighted_sq * centred_w).sum(1))
 
+    def first_order(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self._weights(h)
+        centred_sq = self._centred(p, u) ** 2
+        quadratic = (p * centred_sq).sum(1)
+        return quadratic, self._fourth(p, centred_sq, quadratic)
+
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Var[(a·ε)(b·ε)] = Σ_c p_c (ã_c b̃_c − ãᵀ diag(p) b̃)², formed entry by entry (centered)
         p = self._weights(h)

@@ -12,6 +12,8 @@ Experiments:
 - ``mnist``: [B] Fig. 2, per-layer Fisher, estimator std and Thm 4.1 bounds on MNIST over training.
 - ``mnist-logsigmoid``: [B] App. F, the same with a 5-layer log-sigmoid MLP and several seeds.
 - ``frobenius``: [A], Frobenius bounds of Cov(Î1), Cov(Î2) and the weight-norm bound vs weight decay.
+- ``estimators``: what EWC, Sophia's GNB, the MC and empirical Fishers estimate on two MLPs
+  (bias and error against the Fisher; docs/estimators.md).
 """
 
 from __future__ import annotations
@@ -52,12 +54,19 @@ def _frobenius(out: Path, quick: bool, seeds: int | None, log) -> Outcome:
     return frobenius.run(out, quick=quick, seeds=seeds, log=log)
 
 
+def _estimators(out: Path, quick: bool, seeds: int | None, log) -> Outcome:
+    from fimvar.reproduce import estimators
+
+    return estimators.run(out, quick=quick, seeds=seeds, log=log)
+
+
 #: experiment name → runner ``(out, quick, seeds, log) -> Outcome``
 EXPERIMENTS: dict[str, Callable[..., Outcome]] = {
     "natural-gradient": _natural_gradient,
     "mnist": _mnist,
     "mnist-logsigmoid": _mnist_logsigmoid,
     "frobenius": _frobenius,
+    "estimators": _estimators,
 }
 
 
