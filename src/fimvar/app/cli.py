@@ -37,7 +37,7 @@ def _add_analysis_options(parser: argparse.ArgumentParser, *, demo: bool = False
     group.add_argument("--inputs", "-N", type=int, default=None, metavar="N",
                        help="analyse the first N inputs (default: all" + (" test inputs)" if demo else ")"))
     group.add_argument("--seed", type=int, default=0, help="seed of the label draws (default: 0)")
-    group.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff"),
+    group.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff", "graph"),
                        help="derivative engine: auto (structured where every layer is supported, "
                             "else autodiff), structured (fast) or autodiff (any model, slow)")
     group.add_argument("--device", default="auto",
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--samples", "-M", type=int, default=1, metavar="M",
                      help="label draws per input of Î1, Î2, the combination and MC (default: 1)")
     how.add_argument("--seed", type=int, default=0, help="seed of the label draws (default: 0)")
-    how.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff"))
+    how.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff", "graph"))
     how.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
     how.add_argument("--rho", type=float, default=0.05, help="target relative error (default: 0.05)")
     how.add_argument("--delta", type=float, default=0.05,

@@ -132,7 +132,8 @@ def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
                  f"Î1 (squared score) and Î2 (negative Hessian), labels sampled from the model "
                  f"(Soen &amp; Sun, NeurIPS 2021 and 2024). fimvar {_e(summary['fimvar_version'])}, "
                  f"{_e(summary['created'])}, summary schema v{summary['schema_version']}.</p>")
-    meta_rows = [[_e(k), _num(v) if isinstance(v, (bool, float)) else _e(v)] for k, v in run.items()
+    meta_rows = [[_e(k), _num(v) if isinstance(v, (bool, float)) else
+                  "<br>".join(_e(n) for n in v) if isinstance(v, list) else _e(v)] for k, v in run.items()
                  if v is not None]
     parts.append("<h2 id=\"run\">Run</h2>"
                  + _table(["setting", "value"], meta_rows, left=2, css="run"))
