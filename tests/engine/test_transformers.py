@@ -56,3 +56,31 @@ def test_transformers_models_match_the_oracle(build):
         scale = float(truth[quantity].abs().max())
         for name, value in expected.items():
             torch.testing.assert_close(getattr(result, quantity)[name], value, rtol=1e-9, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("build", [bert, gpt2])
+def test_graph_engine_on_transformers_models(build):
+    """The graph engine's exact Fisher (hooks on BERT's Linear/LayerNorm/Embedding and GPT-2's
+    ``Conv1D`` projections; BERT's batch-shared position embeddings by autodiff) against the
+    oracle's."""
+    torch.manual_seed(0)
+    model, batch = build()
+    model = model.double().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = fimvar.fisher_diagonal(model, batch, engine="graph")
+        packing = Packing.of(batch)
+        with packed_forward(model, packing):
+            oracle = Oracle(model, "categorical")
+            truth = oracle.analysis(packing.pack(batch))
+    expected = oracle.split(truth["fisher"])
+    scale = float(truth["fisher"].abs().max())
+    for name, value in expected.items():
+        torch.testing.assert_close(found[name], value, rtol=1e-9, atol=1e-9 * scale)
+    if build is gpt2:
+        from fimvar.engine.graph import GraphEngine
+
+        engine = GraphEngine(model, [n for n, _ in model.named_parameters()], 2**30)
+        with packed_forward(model, packing):
+            engine.chunk_size(packing.pack(batch), 15, 0)
+        assert "transformer.h.0.attn.c_attn" in engine.layers  # Conv1D by its hook rule

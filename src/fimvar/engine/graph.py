@@ -8,7 +8,8 @@ interact (fimvar analyses in eval mode). A layer's parameter derivatives follow 
 ``a`` in closed form:
 
 - ``Linear``: ``∂h_t/∂W = Σ_p δ_{t,p} a_pᵀ`` over the positions p of a sequence input (a factored
-  ``δ ⊗ a`` when there is one position), ``∂h_t/∂b = Σ_p δ_{t,p}``;
+  ``δ ⊗ a`` when there is one position), ``∂h_t/∂b = Σ_p δ_{t,p}``; ``transformers``' ``Conv1D``
+  (GPT-2's ``x @ W + b``, ``W`` of shape (in, out)) the same, transposed;
 - ``Conv1d``/``Conv2d`` (``groups = 1``): the same with the unfolded input patches;
 - ``Embedding``: ``δ`` scattered into the rows of the looked-up tokens;
 - ``LayerNorm``, ``BatchNorm`` (eval), ``GroupNorm``: ``∂h_t/∂γ = Σ δ_t ⊙ â``, ``∂h_t/∂β = Σ δ_t``
@@ -42,7 +43,17 @@ from fimvar.errors import FimvarError
 NORMALISATIONS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
+def _is_transposed_linear(module: nn.Module) -> bool:
+    """``transformers``' ``Conv1D`` (GPT-2's projections): ``x @ W + b`` with ``W`` of shape
+    ``(in, out)``, recognised by name and shape (no import of transformers)."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
+            and getattr(module, "nf", None) == weight.shape[1])
+
+
 def _supported(module: nn.Module) -> bool:
+    if _is_transposed_linear(module):
+        return True
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
     if isinstance(module, nn.LayerNorm):
@@ -233,7 +244,13 @@ class GraphEngine(Engine):
             return p is not None and any(p is q for q in selected)
 
         a = a.to(delta.dtype) if a.is_floating_point() else a
-        if isinstance(module, nn.Linear):
+        if _is_transposed_linear(module):  # ∂h_t/∂W[i, o] = Σ_p a_{p,i} δ_{t,p,o}
+            d, x = delta.reshape(n, width, -1, delta.shape[-1]), a.reshape(n, -1, a.shape[-1])
+            if wanted(module.weight):
+                yield self._block(module.weight, torch.einsum("npi,ntpo->ntio", x, d).reshape(n, width, -1))
+            if wanted(getattr(module, "bias", None)):
+                yield self._block(module.bias, d.sum(2))
+        elif isinstance(module, nn.Linear):
             if a.dim() == 2 and wanted(module.weight):  # one position: factored δ ⊗ a
                 yield self._block(module.weight, delta, a)
             elif wanted(module.weight):
