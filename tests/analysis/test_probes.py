@@ -185,3 +185,14 @@ def test_the_audit_uses_the_probes_too():
     for name, value in analysed.variance("i2").items():
         assert_close(audited.variance[name], value, "audit Var(Î2) with probes", rtol=1e-12, floor=1e-300)
     assert any(float(e.max()) > 0 for e in analysed.standard_errors["v2"].values())  # estimated
+
+
+def test_float32_model_with_data_labels():
+    """Probes on a float32 model with data labels: the empirical Fisher (from u and the data
+    residuals) is the autodiff engine's, to float32 rounding."""
+    case = make_case("residual", "categorical", inputs=3, dtype=torch.float32)
+    exact = _quiet(fimvar.analyze, case.model, case.x, samples=2, labels=case.labels, engine="autodiff")
+    probed = fimvar.analyze(case.model, case.x, samples=2, labels=case.labels, engine="graph")
+    for name, value in exact.empirical.items():
+        assert_close(probed.empirical[name], value, "float32 empirical Fisher with probes", rtol=1e-5,
+                     floor=1e-7 * float(value.abs().max()))

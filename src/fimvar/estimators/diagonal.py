@@ -85,7 +85,7 @@ def unit_statistics(
     n, width, columns = u.shape
     probed = curvature is not None
     if probed:  # no w: the terms with w come from the probes below
-        both = u.to(torch.float64)
+        both = u = u.to(torch.float64)
         fisher, fourth = family.first_order(h, both)
         per_unit = {"fisher": fisher, "fisher_sq": fisher**2, "v1": fourth}
     else:
