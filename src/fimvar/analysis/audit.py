@@ -125,9 +125,8 @@ class AuditAnalysis(StreamingAnalysis):
         family.check_outputs(h)
         n = h.shape[0]
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
-        probed = self.engine.estimates_second
-        if probed:  # v2, c12 from probes (docs/theory.md §14.1)
-            blocks = with_probes(self.engine, x, blocks, draws, None, self.seed, self.count, family)
+        if self.engine.estimates_second:  # v2, c12 from probes (docs/theory.md §14.1)
+            blocks = with_probes(self.engine, x, blocks, draws, self.seed, self.count)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -137,7 +136,7 @@ class AuditAnalysis(StreamingAnalysis):
         for block in blocks:
             sums = block_sums(family, h, block, draws, residual, None, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
-            add_block_sums(acc, block.name, sums.quantities, n, probed, skip=("empirical",))
+            add_block_sums(acc, block.name, sums.quantities, n, skip=("empirical",))
             if residual is not None:
                 self._add_gradients(block, residual, n)
 

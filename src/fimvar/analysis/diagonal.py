@@ -22,7 +22,7 @@ from fimvar.analysis.inputs import (
     trainable_parameters,
     warn_piecewise_linear,
 )
-from fimvar.analysis.masking import masked_derivatives, position_mask, unmasked_labels
+from fimvar.analysis.masking import masked_derivatives, masked_residuals, position_mask, unmasked_labels
 from fimvar.engine import make_engine
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
@@ -108,7 +108,8 @@ class Analysis(StreamingAnalysis):
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
         probed = self.engine.estimates_second
         if probed:  # second-order quantities from probes (docs/theory.md §14.1)
-            blocks = with_probes(self.engine, x, blocks, draws, mask, self.seed, self.count, family)
+            kept = draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
+            blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.count)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -125,7 +126,7 @@ class Analysis(StreamingAnalysis):
         for block in blocks:
             sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
-            add_block_sums(self.accumulator, block.name, sums.quantities, n, probed)
+            add_block_sums(self.accumulator, block.name, sums.quantities, n)
             name = block.name
             for term, value in sums.bounds.items():
                 self.accumulator.add(parameter_bound(name, term.name), value)
@@ -189,26 +190,22 @@ class Analysis(StreamingAnalysis):
         return result
 
 
-def with_probes(engine, x: torch.Tensor, blocks: list, draws: torch.Tensor, mask: torch.Tensor | None,
-                seed: int, start: int, family: ExponentialFamily) -> list:
-    """The blocks with their Hutchinson probes (docs/theory.md §14.1): random signs seeded by
-    ``seed`` and the global input indices from ``start``, at the label draws (left-out positions
-    zeroed)."""
+def with_probes(engine, x: torch.Tensor, blocks: list, draws: torch.Tensor, seed: int, start: int) -> list:
+    """The blocks with their Hutchinson probes (docs/theory.md §14.1) at the label draws ``draws``
+    (left-out positions already zeroed): random signs seeded by ``seed`` and the global input
+    indices from ``start``."""
     n = draws.shape[0]
     signs = rademacher(seed, torch.arange(start, start + n), 2 * draws.shape[1],
                        sum(b.shape.numel() for b in blocks), blocks[0].first.dtype, draws.device)
-    if mask is not None:
-        rows = mask.repeat_interleave(draws.shape[2] // family.positions, dim=1)
-        draws = draws * rows[:, None, :].to(draws.dtype)
     return engine.curvature_probes(x, blocks, draws, signs)
 
 
 def add_block_sums(accumulator: Accumulator, name: str, quantities: dict[str, torch.Tensor], n: int,
-                   probed: bool, skip: tuple[str, ...] = ("fisher_sq",)) -> None:
+                   skip: tuple[str, ...] = ("fisher_sq",)) -> None:
     """Add one parameter tensor's chunk sums (:func:`~fimvar.estimators.diagonal.block_sums`):
-    plain sums, and the centred sums over inputs (the Fisher's; with probes, those of the
-    estimates of v2 and c12) merged with Chan et al.'s update; ``skip``: quantities left out."""
-    streamed = {"fisher": "fisher_m2"} | ({q: f"{q}_m2" for q in PROBE_SPREAD} if probed else {})
+    plain sums, and the centred sums over inputs ``<q>_m2`` (the Fisher's; with probes, those of
+    the estimates of v2 and c12) merged with Chan et al.'s update; ``skip``: quantities left out."""
+    streamed = {q: f"{q}_m2" for q in ("fisher", *PROBE_SPREAD) if f"{q}_m2" in quantities}
     for quantity, value in quantities.items():
         if quantity not in streamed and quantity not in streamed.values() and quantity not in skip:
             accumulator.add(parameter(name, quantity), value)

@@ -46,11 +46,16 @@ def position_mask(family: ExponentialFamily, packing: Packing | None, x: torch.T
     return mask
 
 
+def _output_rows(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """``(n, L)`` positions → ``(n, L·T)`` float64 weights of the output columns (0 or 1)."""
+    return mask.to(torch.float64).repeat_interleave(width, dim=1)
+
+
 def masked_derivatives(blocks: list[ParameterDerivatives], mask: torch.Tensor, width: int
                        ) -> list[ParameterDerivatives]:
     """The blocks with the derivative rows of left-out positions set to zero (blocks that share
     their tensors keep sharing them)."""
-    rows = mask.to(torch.float64).repeat_interleave(width, dim=1)[:, :, None]  # (n, L·T, 1)
+    rows = _output_rows(mask, width)[:, :, None]  # (n, L·T, 1)
     done: dict[int, torch.Tensor] = {}
 
     def masked(tensor: torch.Tensor) -> torch.Tensor:
@@ -60,6 +65,12 @@ def masked_derivatives(blocks: list[ParameterDerivatives], mask: torch.Tensor, w
 
     return [dataclasses.replace(block, first=masked(block.first), second=masked(block.second))
             for block in blocks]
+
+
+def masked_residuals(draws: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Label residuals ``(n, M, L·T)`` with those of left-out positions set to zero (where the
+    probes contract them with the outputs, docs/theory.md §14.1)."""
+    return draws * _output_rows(mask, width)[:, None, :].to(draws.dtype)
 
 
 def unmasked_labels(labels: torch.Tensor | None) -> torch.Tensor | None:

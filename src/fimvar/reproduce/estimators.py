@@ -142,9 +142,8 @@ def run(out: Path, quick: bool = False, seeds: int | None = None, log=print) -> 
               "relative std over one pass: " + ", ".join(f"{n} {fmt(v)}" for n, v in gnb_std.items()),
               all(v > 0.05 for v in gnb_std.values())),
     ]
-    numbers = {name: rows for name, rows in tables.items()}
     return Outcome("estimators", "What EWC, Sophia, MC and empirical Fishers estimate", quick,
-                   asdict(settings), numbers, claims, [figure])
+                   asdict(settings), tables, claims, [figure])
 
 
 def table(rows: list[dict]) -> str:
