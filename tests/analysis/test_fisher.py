@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 from cases import ORACLE_CASES, STRUCTURED_MODELS, make_case
 from checks import assert_close
 from oracle import Oracle
@@ -36,3 +37,11 @@ def test_fisher_diagonal_resumes_from_its_checkpoint(tmp_path):
     assert all(first[k].equal(again[k]) for k in first)
     with pytest.raises(fimvar.FimvarError, match="different family"):
         fimvar.fisher_diagonal(case.model, case.x, "bernoulli", checkpoint=path, batch_size=4)
+
+
+def test_fisher_diagonal_refuses_labels_it_would_not_use():
+    """Data labels only mask the -100 positions of a language model; elsewhere they are refused."""
+    case = make_case("mlp-tanh", "categorical")
+    with pytest.raises(fimvar.FimvarError, match="takes its labels from the model"):
+        labels = torch.zeros(case.x.shape[0], dtype=torch.long)
+        fimvar.fisher_diagonal(case.model, case.x, "categorical", labels=labels)

@@ -73,9 +73,12 @@ def test_ignored_labels_leave_their_positions_out():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = fimvar.analyze(model.lm, ids, "categorical", samples=1, labels=labels)
+        fisher = fimvar.fisher_diagonal(model.lm, ids, "categorical", labels=labels)
     expected = one_by_one(model, ids, labels)
     for (quantity, name), value in expected.items():
         torch.testing.assert_close(getattr(result, quantity)[name], value, rtol=1e-10, atol=1e-14)
+        if quantity == "fisher":
+            torch.testing.assert_close(fisher[name], value, rtol=1e-10, atol=1e-14)
 
 
 def test_a_mask_of_other_positions_is_refused():

@@ -14,7 +14,7 @@ from checks import assert_close
 import fimvar
 from fimvar.engine.graph import GraphEngine
 
-FAMILIES = ("categorical", "gaussian", "bernoulli")
+FAMILIES = ("categorical", "gaussian", "bernoulli", "poisson")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

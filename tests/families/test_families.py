@@ -36,6 +36,22 @@ def test_closed_forms_equal_generic_moment_tensor_forms(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_fisher_factor_is_a_square_root(name):
+    """``S Sᵀ = I(h)`` (docs/theory.md §14.2) for the closed form and the generic eigendecomposition,
+    finite for outputs confident to the edge of float64 (a softmax at ±40 logits)."""
+    family = get_family(name)
+    h = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    h[0] = torch.tensor([40.0, -40.0, 0.0], dtype=torch.float64)
+    if name == "poisson":
+        h = h.clamp(-20, 5)
+    fisher = family.fisher(h)
+    for root in (family.fisher_factor(h), ExponentialFamily.fisher_factor(family, h)):
+        assert torch.isfinite(root).all()
+        torch.testing.assert_close(root @ root.transpose(1, 2), fisher, rtol=1e-10,
+                                   atol=1e-14 * float(fisher.abs().max()))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_sampler_moments(name):
     """Sampled ε has mean 0 and covariance I(h), within 5 standard errors."""
     family = get_family(name)

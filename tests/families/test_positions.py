@@ -62,6 +62,8 @@ def test_product_family_equals_the_enumerated_product(name):
         torch.testing.assert_close(family.fourth_moment(h)[n], fourth_moment)
         third_cumulant = torch.einsum("s,sa,sb,sc->abc", p, *[eps] * 3)
         torch.testing.assert_close(family.third_cumulant(h)[n], third_cumulant)
+        root = family.fisher_factor(h)[n]  # I = S Sᵀ (docs/theory.md §14.2)
+        torch.testing.assert_close(root @ root.T, torch.einsum("s,sa,sb->ab", p, eps, eps))
 
 
 @pytest.mark.parametrize("name", ["categorical", "bernoulli"])

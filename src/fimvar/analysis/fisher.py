@@ -23,18 +23,20 @@ from fimvar.analysis.inputs import (
     output_family,
     trainable_parameters,
 )
-from fimvar.analysis.masking import masked_derivatives, position_mask
+from fimvar.analysis.masking import masked_derivatives, masked_rows, position_mask
 from fimvar.engine import make_engine
+from fimvar.engine.graph import GraphEngine
 from fimvar.errors import FimvarError
 from fimvar.estimators.diagonal import fisher_sum
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import with_positions
+from fimvar.families.positions import Positions, with_positions
 
 
 class FisherAnalysis(StreamingAnalysis):
     """A resumable computation of the exact diagonal Fisher (see :func:`fisher_diagonal`)."""
 
     kind = "fisher"
+    takes_labels = True  # only for the -100 positions of a language model
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  engine: str = "auto", *, parameters: Iterable[str] | None = None,
@@ -52,20 +54,38 @@ class FisherAnalysis(StreamingAnalysis):
             self.width = outputs.shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:
+        if isinstance(self.engine, GraphEngine):
+            return self.engine.chunk_size(x, self.width, 0, factored=True)
         return self.engine.chunk_size(x, self.width, 0)
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        h, blocks = self.engine.derivatives(x, second=False)
-        self.family.check_outputs(h)
+        masks_positions = isinstance(self.family, Positions) and self.family.base.name == "categorical"
+        if labels is not None and not (masks_positions and not labels.is_floating_point()):
+            raise FimvarError("the exact Fisher takes its labels from the model: fisher_diagonal uses "
+                              "data labels only to leave out the positions of a per-position "
+                              "categorical model labelled -100; drop them")
         mask = position_mask(self.family, self.packing, x, labels)
+        sums: dict[str, torch.Tensor] = {}
+        if isinstance(self.engine, GraphEngine):  # a square root of I(h) backpropagated (§14.2)
+            def factor(h: torch.Tensor) -> torch.Tensor:
+                self.family.check_outputs(h)
+                roots = self.family.fisher_factor(h)
+                if mask is None:
+                    return roots
+                return masked_rows(roots, mask, h.shape[1] // self.family.positions)
+
+            h, sums, blocks = self.engine.fisher_sums(x, factor)
+        else:
+            h, blocks = self.engine.derivatives(x, second=False)
+            self.family.check_outputs(h)
         if mask is not None:
             blocks = masked_derivatives(blocks, mask, h.shape[1] // self.family.positions)
-        for block in blocks:
-            value = fisher_sum(self.family, h, block)
+        sums.update({block.name: fisher_sum(self.family, h, block) for block in blocks})
+        for name, value in sums.items():
             if not torch.isfinite(value).all():
-                raise FimvarError(f"the derivatives of parameter {block.name!r} are NaN or Inf for some "
+                raise FimvarError(f"the derivatives of parameter {name!r} are NaN or Inf for some "
                                   "inputs; check the weights and inputs for overflow")
-            self.accumulator.add(parameter(block.name, "fisher"), value)
+            self.accumulator.add(parameter(name, "fisher"), value)
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "family": self.family.name, "engine": self.engine.name,
@@ -92,6 +112,7 @@ def fisher_diagonal(
     family: str | ExponentialFamily = "categorical",
     engine: str = "auto",
     *,
+    labels: torch.Tensor | None = None,
     parameters: Iterable[str] | None = None,
     memory_budget: int | str | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -101,8 +122,14 @@ def fisher_diagonal(
 ) -> dict[str, torch.Tensor]:
     """The exact diagonal Fisher ``E_x I(θ_i|x)``, float64, keyed by parameter name with the
     parameters' shapes — the ``fisher`` of :func:`fimvar.analyze` without its error bars, at the
-    cost of the first derivatives only. Arguments as in :func:`fimvar.analyze`."""
+    cost of the first derivatives only. Arguments as in :func:`fimvar.analyze`; ``labels`` only
+    leave out the positions of a per-position model labelled ``-100`` (the Fisher itself takes
+    its labels from the model).
+
+    On the graph engine it backpropagates a square root ``S`` of ``I(h)`` (``I = S Sᵀ``) and sums
+    the squared per-input gradients, ``Σ_k (J_θᵀ S_k)²`` (docs/theory.md §14.2): one backward
+    pass per column of ``S``, like BackPACK's ``DiagGGNExact``."""
     analysis = FisherAnalysis(model, family, engine, parameters=parameters, memory_budget=memory_budget)
-    analysis.run(x, batch_size=batch_size, checkpoint=checkpoint,
+    analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)
     return analysis.result()

@@ -67,6 +67,13 @@ def masked_derivatives(blocks: list[ParameterDerivatives], mask: torch.Tensor, w
             for block in blocks]
 
 
+def masked_rows(values: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
+    """``(n, L·T, …)`` with the rows of left-out positions set to zero (a square root of the
+    Fisher, whose columns of those positions then vanish and are skipped)."""
+    rows = _output_rows(mask, width).to(values.dtype)
+    return values * rows.reshape(*rows.shape, *([1] * (values.dim() - 2)))
+
+
 def masked_residuals(draws: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
     """Label residuals ``(n, M, L·T)`` with those of left-out positions set to zero (where the
     probes contract them with the outputs, docs/theory.md §14.1)."""

@@ -18,7 +18,10 @@ interact (fimvar analyses in eval mode). A layer's parameter derivatives follow 
 A parameter used by several layers (tied weights) gets the sum of its uses. Parameters outside
 these layers (e.g. a ``MultiheadAttention``'s projections, a bare ``nn.Parameter``) are
 differentiated by the autodiff engine, restricted to them. The cost is one forward and T
-backward passes of the chunk, like BackPACK's exact GGN diagonal, plus the per-input products.
+backward passes of the chunk plus the per-input products. For the exact Fisher alone,
+:meth:`GraphEngine.fisher_sums` backpropagates the columns of a square root of ``I(h)`` instead
+of the unit columns and sums the squared per-input gradients as they come, like BackPACK's
+exact GGN diagonal (docs/theory.md §14.2).
 
 Second derivatives ``w`` are not computed: built with ``second=True``, the engine estimates the
 second-order quantities without bias from Hutchinson probes instead (:meth:`GraphEngine.curvature_probes`,
@@ -122,15 +125,17 @@ class GraphEngine(Engine):
         self._discovered = True
 
     def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,
-                   input_bytes: int = 0) -> int:
+                   input_bytes: int = 0, factored: bool = False) -> int:
+        """Inputs per chunk within the memory budget; ``factored``: for :meth:`fisher_sums`, which
+        holds one column's per-input gradients (and their float64 squares) at a time."""
         self._discover(x)
         params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
         activations = self._activation_elements
         # per input: the derivatives (T·P, float64, with room for the per-layer products), the
         # recorded layer inputs/outputs and one output column's gradients
         itemsize = next(self.model.parameters()).element_size()
-        per_input = (itemsize * 3 * width * params + 8 * 4 * activations + column_bytes * params
-                     + input_bytes)
+        derivatives = (itemsize + 8) * params if factored else itemsize * 3 * width * params
+        per_input = derivatives + 8 * 4 * activations + column_bytes * params + input_bytes
         if self.estimates_second:  # the plain layout and 2M probes (signs, estimates, their
             # float64 products); the double backward runs one input at a time
             probes = 2 * max(draws, 1)
@@ -146,37 +151,20 @@ class GraphEngine(Engine):
             raise FimvarError("this graph engine was built for first derivatives only; build it with "
                               "second=True (second-order quantities estimated by probes) or use "
                               "engine='autodiff' for exact ones")
-        self._discover(x)
-        records: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
-
-        def record(name):
-            def hook(module, inputs, output):
-                if output.shape[0] != x.shape[0]:  # _discover leaves such layers to autodiff
-                    raise FimvarError(f"layer {name!r} returned {tuple(output.shape)} for a chunk of "
-                                      f"{x.shape[0]} inputs; analyse it with engine='autodiff'")
-                records.append((name, module, inputs[0].detach().clone(), output))
-                return output.clone()  # later in-place operations must not touch the recorded z
-            return hook
-
         with contextlib.ExitStack() as stack, torch.enable_grad():
-            stack.enter_context(buffers_kept(self.model))
-            hooks = [m.register_forward_hook(record(name)) for name, m in self.layers.items()]
-            for hook in hooks:
-                stack.callback(hook.remove)
-            outputs = output_tensor(self.model(x))
-            outputs = outputs.reshape(outputs.shape[0], -1)
+            outputs, records = self._recorded_forward(x, stack)
             width = outputs.shape[1]
             gradients = [[] for _ in records]
             for t in range(width):
                 cotangent = torch.zeros_like(outputs)
                 cotangent[:, t] = 1
-                found = torch.autograd.grad(outputs, [z for _, _, _, z in records], cotangent,
+                found = torch.autograd.grad(outputs, [z for _, _, z in records], cotangent,
                                             retain_graph=t < width - 1, allow_unused=True)
-                for store, (_, _, _, z), g in zip(gradients, records, found, strict=True):
+                for store, (_, _, z), g in zip(gradients, records, found, strict=True):
                     store.append(torch.zeros_like(z) if g is None else g)
         n = x.shape[0]
         parts: dict[str, list[ParameterDerivatives]] = {}
-        for (_, module, a, _), store in zip(records, gradients, strict=True):
+        for (module, a, _), store in zip(records, gradients, strict=True):
             delta = torch.stack(store, 1)  # (n, T, *z), in the model's dtype like its derivatives
             for part in self._layer_derivatives(module, a, delta):
                 parts.setdefault(part.name, []).append(part)
@@ -187,6 +175,76 @@ class GraphEngine(Engine):
         order = {name: i for i, name in enumerate(self.parameter_names)}
         blocks.sort(key=lambda b: order[b.name])
         return outputs.detach().to(torch.float64), blocks
+
+    def _recorded_forward(self, x: torch.Tensor, stack: contextlib.ExitStack
+                          ) -> tuple[torch.Tensor, list[tuple[nn.Module, torch.Tensor, torch.Tensor]]]:
+        """One forward of the chunk (under the caller's ``enable_grad``) recording, at every hooked
+        layer, its input ``a`` and output ``z``; the outputs flattened to ``(n, T)``. The model's
+        buffers are restored when the caller's ``stack`` closes, after its backward passes."""
+        self._discover(x)
+        records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+        def record(name):
+            def hook(module, inputs, output):
+                if output.shape[0] != x.shape[0]:  # _discover leaves such layers to autodiff
+                    raise FimvarError(f"layer {name!r} returned {tuple(output.shape)} for a chunk of "
+                                      f"{x.shape[0]} inputs; analyse it with engine='autodiff'")
+                records.append((module, inputs[0].detach().clone(), output))
+                return output.clone()  # later in-place operations must not touch the recorded z
+            return hook
+
+        stack.enter_context(buffers_kept(self.model))
+        with contextlib.ExitStack() as hooks:
+            for name, module in self.layers.items():
+                hooks.callback(module.register_forward_hook(record(name)).remove)
+            outputs = output_tensor(self.model(x))
+        return outputs.reshape(outputs.shape[0], -1), records
+
+    def fisher_sums(self, x: torch.Tensor, factor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[ParameterDerivatives]]:
+        """The exact diagonal Fisher summed over the chunk, from a square root of ``I(h)``
+        (docs/theory.md §14.2): ``Σ_x I(θ|x) = Σ_x Σ_k (J_θᵀ S_k)²`` with ``S = factor(h)``
+        (``(n, T, K)``, float64): one backward pass of the chunk per column ``k`` with the
+        cotangent ``S_k``, the per-input gradients of every hooked layer squared and summed as
+        they come (no per-input ``T × P`` derivative tensor, no contraction with ``I(h)``).
+        Columns that are zero for every input of the chunk (masked positions, probabilities that
+        underflow) are skipped. Returns ``h`` (float64), the sums of the hooked
+        parameters and the derivative blocks of the others (the autodiff fallback)."""
+        sums: dict[str, torch.Tensor] = {}
+        with contextlib.ExitStack() as stack, torch.enable_grad():
+            outputs, records = self._recorded_forward(x, stack)
+            h = outputs.detach().to(torch.float64)
+            roots = factor(h)
+            columns = roots.ne(0).any(1).any(0).nonzero()[:, 0].tolist()
+            cotangents = roots.to(outputs.dtype)
+            square_precision = torch.promote_types(outputs.dtype, torch.float32)
+            contexts: list[dict] = [{} for _ in records]  # per layer: unfolded patches, â
+            for i, k in enumerate(columns):
+                found = torch.autograd.grad(outputs, [z for _, _, z in records], cotangents[:, :, k],
+                                            retain_graph=i < len(columns) - 1, allow_unused=True)
+                parts: dict[str, list[ParameterDerivatives]] = {}
+                for (module, a, _), g, context in zip(records, found, contexts, strict=True):
+                    if g is not None:
+                        for part in self._layer_derivatives(module, a, g[:, None], context):
+                            parts.setdefault(part.name, []).append(part)
+                for name, used in parts.items():
+                    block = self._combine(used, x.shape[0], 1)
+                    # the chunk's squares are summed over its inputs in (at least) float32 when
+                    # the model is: all terms are positive, so the relative error stays below
+                    # log₂(n)·2⁻²⁴ (pairwise summation); over columns and chunks in float64
+                    first = block.first[:, 0]
+                    if block.inputs is None:
+                        first = first.to(square_precision)
+                        square = torch.einsum("nj,nj->j", first, first).to(torch.float64).reshape(block.shape)
+                    else:
+                        square = block.reduce(first.to(torch.float64) ** 2, 2)
+                    sums[name] = sums[name] + square if name in sums else square
+        for module in self.layers.values():  # a hooked parameter no output depends on
+            for p in module.parameters(recurse=False):
+                if id(p) in self.names and self.names[id(p)] not in sums:
+                    sums[self.names[id(p)]] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+        others = self.fallback.derivatives(x, second=False)[1] if self.fallback is not None else []
+        return h, sums, others
 
     def curvature_probes(self, x: torch.Tensor, blocks: list[ParameterDerivatives], draws: torch.Tensor,
                          signs: torch.Tensor) -> list[ParameterDerivatives]:
@@ -236,8 +294,12 @@ class GraphEngine(Engine):
         zero = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
         return ParameterDerivatives(self.names[id(parameter)], parameter.shape, first, zero, inputs)
 
-    def _layer_derivatives(self, module: nn.Module, a: torch.Tensor, delta: torch.Tensor):
+    def _layer_derivatives(self, module: nn.Module, a: torch.Tensor, delta: torch.Tensor,
+                           context: dict | None = None):
+        """The layer's parameter blocks from its input ``a`` and ``δ`` (``(n, T, *z)``);
+        ``context`` keeps what depends on ``a`` alone between calls for the same ``a``."""
         n, width = delta.shape[:2]
+        context = {} if context is None else context
         selected = [p for p in module.parameters(recurse=False) if id(p) in self.names]
 
         def wanted(p):
@@ -267,7 +329,10 @@ class GraphEngine(Engine):
             else:
                 kernel, stride = module.kernel_size, module.stride
                 padding, dilation = module.padding, module.dilation
-            patches = nn.functional.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
+            if "patches" not in context:
+                context["patches"] = nn.functional.unfold(a, kernel, dilation=dilation, padding=padding,
+                                                          stride=stride)
+            patches = context["patches"]
             d = delta.reshape(n, width, delta.shape[2], -1)  # (n, T, C_out, L)
             if wanted(module.weight):
                 products = torch.einsum("ntcl,nkl->ntck", d, patches)
@@ -283,7 +348,9 @@ class GraphEngine(Engine):
                     rows[i].index_add_(1, ids[i], d[i])
                 yield self._block(module.weight, rows.reshape(n, width, -1))
         else:  # normalisations: γ ⊙ â + β
-            normalised = self._normalised(module, a).to(delta.dtype)
+            if "normalised" not in context:
+                context["normalised"] = self._normalised(module, a).to(delta.dtype)
+            normalised = context["normalised"]
             if wanted(module.weight):
                 scaled = delta * normalised[:, None]
                 yield self._block(module.weight, self._affine_sum(module, scaled, n, width))

@@ -105,6 +105,14 @@ class ExponentialFamily(ABC):
     def fisher(self, h: torch.Tensor) -> torch.Tensor:
         """``I(h) = Cov ε``, shape ``(n, T, T)``."""
 
+    def fisher_factor(self, h: torch.Tensor) -> torch.Tensor:
+        """A square root ``S`` of the Fisher, ``I(h) = S Sᵀ``, shape ``(n, T, K)`` (docs/theory.md
+        §14.2): the diagonal Fisher of a parameter is then ``Σ_k (J_θᵀ S_k)²``, one backward pass
+        per column. Generic form ``V √Λ`` from the eigendecomposition of ``I``; subclasses give
+        closed forms."""
+        eigenvalues, vectors = torch.linalg.eigh(self.fisher(h))
+        return vectors * eigenvalues.clamp_min(0.0).sqrt()[:, None, :]
+
     def third_cumulant(self, h: torch.Tensor) -> torch.Tensor:
         """``κ3_abc = E[ε_a ε_b ε_c]``, shape ``(n, T, T, T)``."""
         raise NotImplementedError(f"family '{self.name}' does not provide its third cumulant")

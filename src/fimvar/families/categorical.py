@@ -70,6 +70,12 @@ class Categorical(ExponentialFamily):
         return (-p[:, :, None] * p[:, None, :]).diagonal_scatter(
             p * exclusive_sum(p, dim=-1), dim1=1, dim2=2)
 
+    def fisher_factor(self, h: torch.Tensor) -> torch.Tensor:
+        """``S_{ty} = √p_y (δ_ty − p_t)``: ``I = Σ_y p_y ε_y ε_yᵀ`` with ``ε_y = e_y − p``, one column
+        per class (BackPACK's factor of the cross-entropy Hessian; docs/theory.md §14.2)."""
+        eps, p = self.support_residuals(h)  # (n, y, t)
+        return (eps * p.sqrt()[:, :, None]).transpose(1, 2)
+
     def third_cumulant(self, h: torch.Tensor) -> torch.Tensor:
         # E[ε_a ε_b ε_c] = Σ_y p_y ε_ya ε_yb ε_yc with ε_y = e_y − p
         p = self.probabilities(h)

@@ -32,6 +32,9 @@ class IndependentFamily(ExponentialFamily):
     def fisher(self, h: torch.Tensor) -> torch.Tensor:
         return torch.diag_embed(self.component_moments(h)[0])
 
+    def fisher_factor(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.diag_embed(self.component_moments(h)[0].clamp_min(0.0).sqrt())
+
     def third_cumulant(self, h: torch.Tensor) -> torch.Tensor:
         _, third, _ = self.component_moments(h)
         n, width = h.shape

@@ -121,6 +121,11 @@ class Positions(ExponentialFamily):
     def fisher(self, h: torch.Tensor) -> torch.Tensor:
         return self._block_diagonal(self.base.fisher(self.split(h)), h.shape[0])
 
+    def fisher_factor(self, h: torch.Tensor) -> torch.Tensor:
+        # I is block diagonal over positions, so is its square root: column (t, k) of S is the
+        # base factor's column k at position t, zero at the other positions
+        return self._block_diagonal(self.base.fisher_factor(self.split(h)), h.shape[0])
+
     def third_cumulant(self, h: torch.Tensor) -> torch.Tensor:
         return self._embed(self.base.third_cumulant(self.split(h)), h.shape[0], 3)
 
