@@ -40,3 +40,20 @@ def test_audit_errors_are_one_line(capsys):
     assert err.startswith("fimvar: error:") and "divisible" in err and "Traceback" not in err
     assert main(BASE + ["-e", "ewc", "--batch-size", "8"]) == 2
     assert "labels" in capsys.readouterr().err
+
+
+def test_audit_writes_a_report_folder(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(BASE + ["--labels", "--batch-size", "8", "-e", "ewc", "-e", "i1", "--out", str(out)]) == 0
+    assert f"to {out}/" in capsys.readouterr().out
+    document = json.loads((out / "audit.json").read_text())
+    assert set(document["estimators"]) == {"ewc", "i1"} and document["run"]["data"].startswith("digits")
+    assert (out / "figures" / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "fimvar estimator audit" in page and page.count("data:image/png;base64,") == 1
+    # again without the page: the stale report.html goes, the document stays
+    assert main(BASE + ["-e", "i1", "--out", str(out), "--no-html", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["estimators"].keys() == {"i1"}
+    assert not (out / "report.html").exists() and (out / "figures" / "audit.svg").exists()
+    assert main(BASE + ["-e", "i1", "--no-html"]) == 2
+    assert "--out" in capsys.readouterr().err

@@ -148,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "relative standard deviation at the design, the inputs it needs for the target "
                     "and their cost, and the cheapest estimator that meets it (docs/theory.md §15).",
         epilog="Model and data SPECs as in `fimvar analyze --help`. EWC and the empirical Fisher need "
-               "--labels; EWC and GNB need --batch-size dividing the number of inputs.",
+               "--labels; EWC and GNB need --batch-size dividing the number of inputs. Example: fimvar "
+               "audit --model fimvar.models:digits_mlp --data digits --family categorical --labels "
+               "--inputs 64 --batch-size 16 --out fimvar-audit",
     )
     what = audit.add_argument_group("model and data")
     what.add_argument("--model", "-m", required=True, metavar="SPEC", help="the model")
@@ -176,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--delta", type=float, default=0.05,
                      help="failure probability: confidence 1−δ (default: 0.05)")
     how.add_argument("--json", action="store_true", help="print the audit as JSON")
+    out = audit.add_argument_group("output")
+    out.add_argument("--out", "-o", default=None, metavar="DIR",
+                     help="also write audit.json, figures/audit.png|svg and report.html (the tables with "
+                          "the figure) to DIR")
+    out.add_argument("--no-figures", action="store_true", help="with --out: do not write the figure")
+    out.add_argument("--no-html", action="store_true", help="with --out: do not write report.html")
 
     commands.add_parser(
         "reproduce", add_help=False, help="reproduce the papers' experiments (fimvar reproduce --help)",
@@ -413,6 +421,12 @@ def cmd_audit(args) -> int:
 
     if args.inputs is not None and args.inputs < 1:
         raise FimvarError(f"--inputs must be ≥ 1, got {args.inputs}")
+    if args.out is not None:  # before any work
+        from fimvar.report.files import writable_directory
+
+        writable_directory(args.out)
+    elif args.no_figures or args.no_html:
+        raise FimvarError("--no-figures and --no-html apply to the report folder; give --out DIR")
     shape = parse_shape(args.input_shape) if args.input_shape else None
     data = load_data(args.data, split=args.split, normalize=args.normalize, inputs=args.inputs,
                      input_shape=shape)
@@ -429,6 +443,15 @@ def cmd_audit(args) -> int:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
         print(result.summary())
+    if args.out is not None:
+        from fimvar.report.files import save_audit
+
+        run = {"model": args.model + (f" (weights {args.weights})" if args.weights else ""),
+               "data": data.describe(), "command": "fimvar " + " ".join(shlex.quote(a) for a in args.argv)}
+        out = save_audit(result, args.out, run=run, figures=not args.no_figures, html=not args.no_html)
+        files = ["audit.json"] + (["figures/audit.png|svg"] if not args.no_figures else []) \
+            + (["report.html"] if not args.no_html else [])
+        print(f"wrote {', '.join(files)} to {out}/", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK
 
 

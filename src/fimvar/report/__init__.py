@@ -10,7 +10,9 @@ Files written by a diagonal result's ``save`` into a directory::
     report.html           one page with the tables and the figures (no external resource)
 
 Full-matrix and hidden-layer results write ``full.safetensors`` / ``hidden.safetensors`` with
-their ``summary.json`` and figures; weight-norm bounds write ``summary.json`` and a figure.
+their ``summary.json`` and figures; weight-norm bounds write ``summary.json`` and a figure; an
+estimator audit (:meth:`fimvar.AuditResult.save`, ``fimvar audit --out``) writes ``audit.json``,
+``figures/audit.png|svg`` and its own ``report.html``.
 
 Importing this package registers its functions as the results' ``save``, ``plot``, ``table``,
 ``summary`` (:mod:`fimvar.results.presentation`); the results never import it.

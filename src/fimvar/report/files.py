@@ -12,6 +12,7 @@ from fimvar.estimators.design import DEFAULT_TARGET, Target
 from fimvar.report import html as html_report
 from fimvar.report import plots, tensors
 from fimvar.report import summary as summaries
+from fimvar.results.audit import AuditResult
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.full import FullResult
 from fimvar.results.hidden import HiddenResult
@@ -24,6 +25,7 @@ TENSORS = "fisher.safetensors"
 FULL_TENSORS = "full.safetensors"
 HIDDEN_TENSORS = "hidden.safetensors"
 REPORT = "report.html"
+AUDIT = "audit.json"
 FIGURE_DIR = "figures"
 
 
@@ -123,6 +125,41 @@ def _save_other(result, directory, tensor_file: str | None, write_tensors, figur
             files["figures"] = [str(p.relative_to(directory)) for p in written]
         summaries.write(result.summary() | {"files": files}, directory / SUMMARY)
         _remove_stale(directory, written, drop_report=False)  # these results have no report.html
+    return directory
+
+
+@presents(AuditResult, "save")
+def save_audit(result: AuditResult, directory: str | os.PathLike, *, run: dict | None = None,
+               figures: bool = True, html: bool = True) -> Path:
+    """Write ``audit.json`` (:meth:`~fimvar.AuditResult.to_dict` with the run metadata, the
+    version and the time; non-finite numbers as ``null``), ``figures/audit.png|svg`` and
+    ``report.html`` (the audit's tables with the figure embedded).
+
+    Args:
+        result: an :class:`~fimvar.AuditResult`.
+        directory: output folder (created if needed).
+        run: run metadata shown in the report (model, data, command…).
+        figures: write the figure (needs matplotlib).
+        html: write ``report.html`` (with the figure embedded when ``figures``).
+
+    Returns:
+        The output folder.
+    """
+    directory = writable_directory(directory)
+    with _write_errors(directory):
+        files: dict = {"audit": AUDIT, "figures": []}
+        written: list[Path] = []
+        if figures:
+            written = plots.save_figures(result, directory / FIGURE_DIR)
+            files["figures"] = [str(p.relative_to(directory)) for p in written]
+        if html:
+            files["report"] = REPORT
+        document = summaries.audit_document(result, run=run, files=files)
+        summaries.write(document, directory / AUDIT)
+        if html:
+            html_report.write_audit(document, directory / REPORT, {p.stem: p for p in written
+                                                                  if p.suffix == ".png"})
+        _remove_stale(directory, written, drop_report=not html)
     return directory
 
 

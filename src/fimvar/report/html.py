@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from fimvar.estimators.design import ESTIMATORS, LABELS
+from fimvar.results.audit import LABELS as AUDIT_LABELS
 from fimvar.results.groups import MODEL_GROUP
 
 CAPTIONS = {
@@ -19,6 +20,12 @@ CAPTIONS = {
                     "sqrt(v)/I(θ_i).",
     "sample_size": "Inputs needed for relative error ρ of each layer's diagonal Fisher "
                    "(‖Î−I‖/‖I‖ ≤ ρ with probability 1−δ): solid normal approximation, dashed Chebyshev.",
+    "audit": "Per layer (in model order; rightmost, behind the grey line: the whole model) and estimator: "
+             "(a) relative bias "
+             "‖E[Î] − I‖₂/‖I‖₂, (b) relative standard deviation √(Σ Var Î)/‖I‖₂ of one run of this design, "
+             "(c) inputs needed for the target (normal approximation), on log scales. Hollow markers: "
+             "exactly 0 (bottom edge of (a): unbiased) or unreachable (top edge of (c): the bias alone "
+             "exceeds the target, or the layer's Fisher is 0).",
 }
 
 CSS = """
@@ -51,8 +58,10 @@ def _num(value, digits: int = 3) -> str:
         return "—"
     if value == 0:
         return "0"
-    if 1e-3 <= abs(value) < 1e4:
+    if 1e-3 <= abs(value) < 1e3:
         return f"{value:.{digits}g}"
+    if 1e3 <= abs(value) < 1e4:  # .3g would write 2e+03
+        return f"{round(value):,}"
     return f"{value:.{digits - 1}e}"
 
 
@@ -220,11 +229,7 @@ def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
 
     if figures:
         parts.append("<h2 id=\"figures\">Figures</h2>")
-        for name, path in figures.items():
-            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            parts.append(f"<figure id=\"fig-{_e(name)}\"><img alt=\"{_e(CAPTIONS.get(name, name))}\" "
-                         f"src=\"data:image/png;base64,{data}\"><figcaption>{_e(CAPTIONS.get(name, name))}"
-                         f"</figcaption></figure>")
+        parts += _figures(figures)
     files = summary.get("files") or {}
     if files:
         listed = [files.get("summary", "summary.json"), files.get("tensors")] + list(files.get("figures", []))
@@ -248,3 +253,112 @@ def _design(d: dict | None) -> str:
 
 def write(summary: dict, path: str | Path, figures: dict[str, Path] | None = None) -> None:
     Path(path).write_text(render(summary, figures), encoding="utf-8")
+
+
+def _figures(figures: dict[str, Path] | None) -> list[str]:
+    parts = []
+    for name, path in (figures or {}).items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(f"<figure id=\"fig-{_e(name)}\"><img alt=\"{_e(CAPTIONS.get(name, name))}\" "
+                     f"src=\"data:image/png;base64,{data}\"><figcaption>{_e(CAPTIONS.get(name, name))}"
+                     f"</figcaption></figure>")
+    return parts
+
+
+def _audit_findings(document: dict) -> list[str]:
+    target = document["target"]
+    rho, confidence = target["rho"], 1 - target["delta"]
+    whole = [r for r in document["layers"] if r["group"] == MODEL_GROUP]
+    out = []
+    best = document["recommended"].get("normal")
+    if best:
+        row = next(r for r in whole if r["estimator"] == best)
+        out.append(f"Cheapest estimator that meets relative error ≤ {rho:g} with probability ≥ "
+                   f"{confidence:g} over the whole model (normal approximation): "
+                   f"<b>{_e(AUDIT_LABELS[best])}</b>, with {_num(row['inputs']['normal'])} inputs "
+                   f"(cost ≈ {_num(row['cost']['normal'])} backward passes).")
+    else:
+        out.append(f"No audited estimator meets relative error ≤ {rho:g} with probability ≥ {confidence:g} "
+                   "over the whole model at a known cost.")
+    biased = [r for r in whole if r["relative_bias"] is None or r["relative_bias"] >= rho]
+    if biased:
+        out.append("<span class=\"bad\">Biased beyond the target</span> (no number of inputs helps): "
+                   + ", ".join(f"{_e(AUDIT_LABELS[r['estimator']])} ({_pct(r['relative_bias'])})"
+                               for r in biased) + ".")
+    n = document["inputs"]
+    enough = [_e(AUDIT_LABELS[r["estimator"]]) for r in whole
+              if r["inputs"]["normal"] is not None and r["inputs"]["normal"] <= n]
+    out.append(f"With this design's N = {n:,} inputs, "
+               + (", ".join(enough) + " meet" if enough else "no audited estimator meets")
+               + " the target over the whole model.")
+    return out
+
+
+def render_audit(document: dict, figures: dict[str, Path] | None = None) -> str:
+    """The HTML page of an audit document (:meth:`fimvar.AuditResult.to_dict` with ``run``,
+    ``fimvar_version``, ``created`` and ``files``); ``figures`` maps figure names to PNG files."""
+    run = document.get("run") or {}
+    target = document["target"]
+    rho, confidence = target["rho"], 1 - target["delta"]
+    title = run.get("model", document["family"])
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+             f"<title>fimvar estimator audit: {_e(title)}</title><style>{CSS}</style></head><body>"]
+    parts.append("<h1>fimvar estimator audit</h1>")
+    parts.append("<p class=\"muted\">What the estimators people call “the Fisher” (EWC, Sophia’s GNB, "
+                 "the empirical Fisher, Monte Carlo Fisher, Î1, Î2, their combination, the exact Fisher) "
+                 "compute: their bias against the diagonal Fisher, their relative standard deviation at this "
+                 f"design and the inputs they need for the target (docs/theory.md §15). fimvar "
+                 f"{_e(document.get('fimvar_version', ''))}, {_e(document.get('created', ''))}.</p>")
+    setting = {"family": document["family"], "inputs N": document["inputs"],
+               "batch size (EWC, GNB)": document["batch_size"], "label draws per input": document["samples"],
+               "target": f"relative error ≤ {rho:g} with probability ≥ {confidence:g}"} | run
+    meta_rows = [[_e(k), _num(v) if isinstance(v, (bool, int, float)) else _e(v)]
+                 for k, v in setting.items() if v is not None]
+    parts.append("<h2 id=\"run\">Run</h2>" + _table(["setting", "value"], meta_rows, left=2, css="run"))
+    parts.append("<h2 id=\"findings\">Findings</h2><ul>"
+                 + "".join(f"<li>{f}</li>" for f in _audit_findings(document)) + "</ul>")
+
+    erows = [[_e(AUDIT_LABELS[k]), _e(e["description"]), _e(e["randomness"]), _num(e["cost_per_input"])]
+             for k, e in document["estimators"].items()]
+    parts.append("<h2 id=\"estimators\">Audited estimators</h2>"
+                 + _table(["estimator", "what it computes", "variance over", "cost per input"], erows, left=3,
+                          css="run"))
+
+    best = document.get("recommended_per_group", {})
+    rows, classes = [], []
+    for r in document["layers"]:
+        star = best.get(r["group"], {}).get("normal") == r["estimator"]
+        rows.append([_e(r["group"]), _e(AUDIT_LABELS[r["estimator"]]) + (" ★" if star else ""),
+                     _num(r["relative_bias"]), _num(r["relative_std"]), _num(r["inputs"]["normal"]),
+                     _num(r["cost"]["normal"]), _num(r["inputs"]["chebyshev"]), _num(r["cost"]["chebyshev"])])
+        classes.append("model" if r["group"] == MODEL_GROUP else "")
+    threshold = document.get("std_threshold", {}).get("normal")
+    parts.append("<h2 id=\"audit\">Per layer and estimator</h2>"
+                 + _table(["layer", "estimator", "rel. bias", "rel. std", "normal: inputs", "cost",
+                           "Chebyshev: inputs", "cost"], rows, left=2, classes=classes)
+                 + "<p class=\"muted\">rel. bias: ‖E[Î] − I‖₂/‖I‖₂ over the layer’s parameters (a "
+                   "systematic error no number of inputs removes). rel. std: √(Σ Var Î)/‖I‖₂ of one run "
+                   "of this design: over the shuffle (and the labels) of these inputs for EWC and GNB, over "
+                   "the inputs as a sample of the data (and the labels) for the others"
+                   + (f"; at or below {_num(threshold)} an unbiased estimator meets the target"
+                      if threshold else "")
+                   + f". inputs: how many inputs drawn independently from the data (batch estimators: "
+                   f"independent batches) give ‖Î − I‖₂ ≤ {rho:g}·‖I‖₂ with probability ≥ {confidence:g}; "
+                   f"— where the bias alone exceeds the target. cost: backward passes. ★ cheapest that "
+                   f"meets the target in that layer (normal approximation).</p>"
+                 + "".join(f"<p class=\"muted\">Note: {_e(n)}</p>" for n in document.get("notes", [])))
+    if figures:
+        parts.append("<h2 id=\"figures\">Figure</h2>")
+        parts += _figures(figures)
+    files = document.get("files") or {}
+    if files:
+        listed = [files.get("audit"), *files.get("figures", [])]
+        parts.append("<h2 id=\"files\">Files</h2><ul>"
+                     + "".join(f"<li><code>{_e(f)}</code></li>" for f in listed if f) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_audit(document: dict, path: str | Path, figures: dict[str, Path] | None = None) -> None:
+    Path(path).write_text(render_audit(document, figures), encoding="utf-8")

@@ -8,7 +8,8 @@
 
 Full-matrix results get ``matrices`` (the Fisher and the per-entry std of Î1 as heat maps),
 hidden-layer results ``hidden_units`` (per unit, the Fisher and the estimate's std), weight-norm
-results ``weight_norms`` (each exact norm next to its bound of [A]).
+results ``weight_norms`` (each exact norm next to its bound of [A]), estimator audits ``audit``
+(per layer and estimator: relative bias, relative std at the audited design, inputs for the target).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 
 from fimvar.errors import FimvarError
 from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Target, required_inputs
+from fimvar.results.audit import LABELS as AUDIT_LABELS
+from fimvar.results.audit import AuditResult
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.full import FullResult
 from fimvar.results.hidden import HiddenResult
@@ -31,17 +34,22 @@ from fimvar.results.weight_norms import WeightNormResult
 FIGURES = ("fisher_std", "bound_tightness", "relative_std", "sample_size")
 FORMATS = ("png", "svg")
 COLORS = {"fisher": "#222222", "i1": "#1f77b4", "i2": "#d95f02", "combined": "#1b9e77",
-          "exact": "#7570b3", "input": "#999999"}
+          "exact": "#7570b3", "input": "#999999", "mc": "#17becf", "gnb": "#e7298a",
+          "empirical": "#8c564b", "ewc": "#d62728"}
+#: one marker per estimator of the audit figure (with :data:`COLORS`)
+MARKERS = {"exact": "D", "i1": "^", "mc": "<", "i2": "v", "combined": "o", "gnb": "s",
+           "empirical": "P", "ewc": "X"}
 _STYLE = {"svg.hashsalt": "fimvar", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}
 
 
-def _new(width: float = 7.0, height: float = 4.0, ncols: int = 1, right: float = 0.97, top: float = 0.91):
+def _new(width: float = 7.0, height: float = 4.0, ncols: int = 1, right: float = 0.97, top: float = 0.91,
+         bottom: float = 0.13):
     """A figure with fixed margins (a tight or constrained layout would cost a full extra draw)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(1, ncols)
-    fig.subplots_adjust(left=0.1 if ncols == 1 else 0.08, right=right, bottom=0.13, top=top, wspace=0.28)
+    fig.subplots_adjust(left=0.1 if ncols == 1 else 0.08, right=right, bottom=bottom, top=top, wspace=0.28)
     return fig, axes
 
 
@@ -252,6 +260,133 @@ def weight_norms(result: WeightNormResult, target: Target = DEFAULT_TARGET):
     return fig
 
 
+def _design(result: AuditResult) -> str:
+    design = f"N = {result.num_inputs} inputs"
+    if result.batch_size:
+        design += f", batches of {result.batch_size}"
+    return design + f", {result.samples} label draw{'s' if result.samples != 1 else ''} per input"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.3g} %"
+
+
+def _audit_layout(groups: list[str]):
+    """Three panels side by side for a few short layer names, else stacked (sharing the layer
+    axis, labelled once at the bottom) with room for the rotated names; margins in inches."""
+    from matplotlib.figure import Figure
+
+    longest = max(len(g) for g in groups)
+    stacked = len(groups) > 5 or longest > 12
+    names = 0.15 + (0.033 * longest if len(groups) > 6 else 0.0)  # rotated names need height
+    bottom, top = 0.5 + 0.5 + names, 1.45  # x label, legend; title and note
+    if stacked:
+        width, panel, gap = min(20.0, max(13.0, 0.5 * len(groups) + 6.0)), 2.3, 0.75
+        height = top + 3 * panel + 2 * gap + bottom
+        fig = Figure(figsize=(width, height))
+        axes = fig.subplots(3, 1, sharex=True)
+        fig.subplots_adjust(left=0.9 / width, right=1 - 0.25 / width, top=1 - top / height,
+                            bottom=bottom / height, hspace=gap / panel)
+    else:
+        width, height = 13.0, top + 3.2 + bottom
+        fig = Figure(figsize=(width, height))
+        axes = fig.subplots(1, 3)
+        fig.subplots_adjust(left=0.07, right=0.985, top=1 - top / height, bottom=bottom / height, wspace=0.32)
+    return fig, list(axes), stacked
+
+
+def audit_figure(result: AuditResult, target: Target | None = None):
+    """Per layer (model order, then the whole model) and audited estimator: (a) the relative
+    bias ``‖E Î − I‖₂/‖I‖₂``, (b) the relative standard deviation ``√ΣVar/‖I‖₂`` of one run of
+    the audited design, (c) the inputs needed for the audit's target (normal approximation), all
+    from :meth:`AuditResult.layers` on log scales. A bias of exactly 0 sits on the bottom edge of
+    (a) as a hollow marker ("unbiased"), an unreachable sample size on the top edge of (c).
+
+    Args:
+        result: an :class:`~fimvar.AuditResult`.
+        target: must be ``None`` or the audit's own target (its numbers are made for that one).
+    """
+    if target is not None and target != result.target:
+        raise FimvarError(f"this audit was made for relative error {result.target.rho:g} with probability "
+                          f"{1 - result.target.delta:g}; audit again with rho={target.rho:g}, "
+                          f"delta={target.delta:g} for another target")
+    rows = result.layers()
+    groups = list(dict.fromkeys(r.group for r in rows))
+    estimators = list(result.entries)
+    by = {(r.group, r.estimator): r for r in rows}
+    rho, confidence = result.target.rho, 1 - result.target.delta
+    threshold = result.std_threshold("normal")
+    fig, axes, stacked = _audit_layout(groups)
+    x = np.arange(len(groups))
+    width = min(0.8 / max(1, len(estimators)), 0.12)
+    offsets = {e: (j - (len(estimators) - 1) / 2) * width for j, e in enumerate(estimators)}
+    panels = (
+        ("relative_bias", "(a) relative bias", "‖E[Î] − I‖₂ / ‖I‖₂ (log)", rho,
+         f"target ρ = {_pct(rho)}: above it, no N helps", "0 (unbiased)"),
+        ("relative_std", "(b) relative std at this design", "√(Σ Var Î) / ‖I‖₂ (log)", threshold,
+         f"ρ/z = {_pct(threshold)}: below it, meets ρ if unbiased", "0"),
+        ("inputs", f"(c) inputs for {_pct(rho)} with prob. {confidence:g}", "inputs N (log)",
+         float(result.num_inputs), f"this design's N = {result.num_inputs}: below it, N suffices", None),
+    )
+    for ax, (key, title, ylabel, reference, reference_label, zero_label) in zip(axes, panels, strict=True):
+        def value(row, key=key) -> float:
+            if key == "inputs":
+                return math.inf if row.inputs["normal"] is None else float(row.inputs["normal"])
+            return getattr(row, key)
+
+        values = [value(r) for r in rows]
+        shown = [v for v in values if v > 0 and math.isfinite(v)] + [reference]
+        low, high = min(shown), max(shown)
+        zeros, infinite = any(v == 0 for v in values), any(not math.isfinite(v) for v in values)
+        floor, ceiling = low / 10 ** (0.9 if zeros else 0.3), high * 10 ** (0.9 if infinite else 0.3)
+        for e in estimators:
+            points = [(x[i] + offsets[e], value(by[(g, e)])) for i, g in enumerate(groups)]
+            regular = [(px, v) for px, v in points if v > 0 and math.isfinite(v)]
+            ax.plot([p for p, _ in regular], [v for _, v in regular], marker=MARKERS[e], linestyle="none",
+                    color=COLORS[e], markersize=6, label=AUDIT_LABELS[e], gid=f"audit:{e}")
+            for edge, special in ((floor, [p for p, v in points if v == 0]),
+                                  (ceiling, [p for p, v in points if not math.isfinite(v)])):
+                if special:
+                    ax.plot(special, [edge] * len(special), marker=MARKERS[e], linestyle="none",
+                            color=COLORS[e], markerfacecolor="white", markersize=6, gid=f"edge:{e}")
+        style = "--" if key != "inputs" else ":"
+        ax.axhline(reference, color="black", linewidth=0.9, linestyle=style)
+        edge = {"xycoords": ax.get_yaxis_transform(), "textcoords": "offset points", "ha": "left",
+                "fontsize": 7.5, "color": "#555555"}
+        if zeros:  # just above the row of hollow markers on the bottom edge
+            ax.annotate(zero_label or "0", (0.01, floor), xytext=(2, 5), va="bottom", **edge)
+        if infinite:  # just below the row on the top edge
+            label = "unreachable: bias ≥ ρ or ‖I‖ = 0" if key == "inputs" else "∞ (‖I‖ = 0)"
+            ax.annotate(label, (0.01, ceiling), xytext=(2, -5), va="top", **edge)
+        ax.set_yscale("log")
+        ax.set_ylim(floor / 10 ** (0.25 if zeros else 0), ceiling * 10 ** (0.25 if infinite else 0))
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        if len(groups) > 1:
+            ax.axvline(len(groups) - 1.5, color="#bbbbbb", linewidth=0.8)
+        _layer_ticks(ax, x, groups)
+        if not stacked or ax is axes[-1]:
+            ax.set_xlabel("layer (parameter group); last: whole model")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}\n{'– – ' if style == '--' else '····· '}{reference_label}", fontsize=9)
+        ax.grid(True, which="major", axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    height = fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 0.03 / height),
+               frameon=False, title="estimator")
+    fig.suptitle(f"Estimator audit per layer against the diagonal Fisher I ({result.family}; "
+                 f"{_design(result)})", y=1 - 0.09 / height)
+    fig.text(0.5, 1 - 0.38 / height,
+             f"(a) a bias above the dashed line (ρ = {_pct(rho)}) cannot be averaged away.   "
+             f"(b) below the dashed line (ρ/z = {_pct(threshold)}), an unbiased estimator meets {_pct(rho)} "
+             f"with probability {confidence:g} at this design (normal approximation).\n"
+             "(c) below the dotted line, this design's N inputs suffice.   Hollow markers: exactly 0 "
+             "(bottom edge) or unreachable (top edge).\n"
+             "std of EWC and GNB: over the shuffle (and the labels) of these inputs; of the others: over "
+             "the inputs as a sample of the data (and the labels).", ha="center", va="top", fontsize=8,
+             color="#333333", linespacing=1.4)
+    return fig
+
+
 #: figure builders of each result type
 BUILDERS = {
     DiagonalResult: {"fisher_std": fisher_std, "bound_tightness": bound_tightness,
@@ -259,6 +394,7 @@ BUILDERS = {
     FullResult: {"matrices": matrices},
     HiddenResult: {"hidden_units": hidden_units},
     WeightNormResult: {"weight_norms": weight_norms},
+    AuditResult: {"audit": audit_figure},
 }
 FIGURES = tuple(BUILDERS[DiagonalResult])
 
@@ -267,18 +403,19 @@ def _builders(result) -> dict:
     return BUILDERS[type(result)]
 
 
-def figure(result, which: str, target: Target = DEFAULT_TARGET):
-    """The matplotlib ``Figure`` ``which`` of a result."""
+def figure(result, which: str, target: Target | None = None):
+    """The matplotlib ``Figure`` ``which`` of a result (``target`` ``None``: the builder's default,
+    an audit's own target)."""
     import matplotlib
 
     builders = _builders(result)
     if which not in builders:
         raise FimvarError(f"unknown figure {which!r}; use one of {', '.join(builders)} or 'all'")
     with matplotlib.rc_context(_STYLE):
-        return builders[which](result, target)
+        return builders[which](result) if target is None else builders[which](result, target)
 
 
-def save_figures(result, directory: str | Path, target: Target = DEFAULT_TARGET, *,
+def save_figures(result, directory: str | Path, target: Target | None = None, *,
                  formats: tuple[str, ...] = FORMATS, which: tuple[str, ...] | None = None) -> list[Path]:
     """Write each figure as ``directory/<name>.<format>``; returns the paths written."""
     import matplotlib
@@ -297,7 +434,7 @@ def save_figures(result, directory: str | Path, target: Target = DEFAULT_TARGET,
     return paths
 
 
-def plot(result, which: str = "all", path=None, target: Target = DEFAULT_TARGET):
+def plot(result, which: str = "all", path=None, target: Target | None = None):
     """``result.plot``: one figure (saved to ``path`` if given), or with ``all`` a dict of every
     figure of the result (saved into the folder ``path`` as PNG and SVG if given)."""
     if which == "all":

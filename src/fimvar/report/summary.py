@@ -33,6 +33,7 @@ import torch
 
 from fimvar.errors import FimvarError
 from fimvar.estimators.design import DEFAULT_TARGET, METHODS, Design, Target
+from fimvar.results.audit import AuditResult
 from fimvar.results.diagonal import DiagonalResult, bound_violated
 from fimvar.results.full import FullResult
 from fimvar.results.groups import with_model_group
@@ -253,6 +254,16 @@ def read(path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise FimvarError(f"cannot read {path} as a fimvar summary.json: {error}") from error
+
+
+def audit_document(result: AuditResult, *, run: dict | None = None, files: dict | None = None) -> dict:
+    """The ``audit.json`` document: the fimvar version and the time, ``kind: "audit"``, the run
+    metadata, :meth:`~fimvar.AuditResult.to_dict` and the files written (strict JSON: non-finite
+    numbers as ``null``)."""
+    header = _header(SCHEMA_VERSION)
+    document = {"fimvar_version": header["fimvar_version"], "created": header["created"], "kind": "audit",
+                "run": dict(run or {})}
+    return clean(document | result.to_dict() | {"files": dict(files or {})})
 
 
 def write(document: dict, path: str | Path) -> None:

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import torch
 
 from fimvar.errors import FimvarError
-from fimvar.estimators.design import METHODS, CostModel, Target
+from fimvar.estimators.design import METHODS, CostModel, Target, confidence_factor
 from fimvar.estimators.practical import required_inputs
 from fimvar.results.groups import with_model_group
+from fimvar.results.presentation import present
 
 Tensors = dict[str, torch.Tensor]
 
@@ -194,6 +195,15 @@ class AuditResult:
             return None
         return min(options, key=lambda r: (r.cost[method], r.inputs[method])).estimator
 
+    def std_threshold(self, method: str = "normal") -> float:
+        """The relative standard deviation ``ρ/√k`` at or below which an unbiased estimator meets
+        the target (``k = z²_{1−δ/2}`` or ``1/δ``, docs/theory.md §15.5): ``std ≤ ρ/√k`` is
+        :func:`~fimvar.estimators.practical.required_inputs`' condition ``n ≥ k a/(ρ‖I‖)²`` with
+        ``std² = a/(n‖I‖²)``; a bias ``b`` shrinks the allowance to ``(ρ − ‖b‖/‖I‖)/√k``."""
+        if method not in METHODS:
+            raise FimvarError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        return self.target.rho / math.sqrt(confidence_factor(self.target.delta, method))
+
     # ------------------------------------------------------------------ presentation
     def to_dict(self) -> dict:
         """JSON-ready form: the design, the target, per estimator its description and what its
@@ -208,8 +218,23 @@ class AuditResult:
                         "relative_std": r.relative_std if math.isfinite(r.relative_std) else None,
                         "inputs": r.inputs, "cost": r.cost} for r in self.layers()],
             "recommended": {m: self.recommended(method=m) for m in METHODS},
+            "recommended_per_group": {g: {m: self.recommended(g, m) for m in METHODS}
+                                      for g in with_model_group(self.groups)},
+            "std_threshold": {m: self.std_threshold(m) for m in METHODS},
             "notes": list(self.notes),
         }
+
+    def plot(self, which: str = "audit", path=None):
+        """The matplotlib figure of the audit (``which="audit"``, the only one): per layer and
+        estimator, (a) the relative bias, (b) the relative standard deviation at the audited
+        design and (c) the inputs needed for the target, on log scales (:mod:`fimvar.report.plots`).
+        With ``path``, also save it there (``"all"``: a dict, saved into the folder ``path``)."""
+        return present(self, "plot", which, path, None)
+
+    def save(self, directory, *, figures: bool = True, html: bool = True, run: dict | None = None):
+        """Write ``audit.json`` (:meth:`to_dict` with the run metadata), ``figures/audit.png|svg``
+        and ``report.html`` (the tables and the figure) into ``directory``. Returns the folder."""
+        return present(self, "save", directory, figures=figures, html=html, run=run)
 
     def summary(self) -> str:
         """A per-layer text table: per estimator the relative bias, the relative standard
