@@ -13,7 +13,7 @@ TESTS = Path(__file__).resolve().parent
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 
 #: the layers, lowest first; a module may import its own layer and the layers below it
-LAYERS = ["errors", "families", "engine", "estimators", "results", "analysis", "report",
+LAYERS = ["errors", "families", "engine", "estimators", "results", "analysis", "recipes", "report",
           "data", "models", "app", "reproduce"]
 
 

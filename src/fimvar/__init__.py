@@ -6,8 +6,8 @@ Implements Soen & Sun, *On the Variance of the Fisher Information for Deep Learn
 
 The package is layered (docs/architecture in the README): ``families`` (output distributions)
 → ``engine`` (derivatives) → ``estimators`` (the mathematics, with ``bounds``) → ``results``
-→ ``analysis`` (the driver of every mode) → ``report`` (tables, files, figures) → ``app``
-(the command line).
+→ ``analysis`` (the driver of every mode) → ``recipes`` (EWC, merging, Laplace) → ``report``
+(tables, files, figures) → ``app`` (the command line).
 """
 
 from fimvar import report as _report  # registers the presentation of every result type
@@ -21,6 +21,7 @@ from fimvar.errors import FimvarError
 from fimvar.estimators.design import CostModel, Target
 from fimvar.estimators.labels import sample_labels
 from fimvar.families import Bernoulli, Categorical, ExponentialFamily, Gaussian, Poisson
+from fimvar.recipes import EWCPenalty, FisherMerge, ewc_penalty, fisher_merge
 from fimvar.report import load
 from fimvar.results.audit import AuditResult, EstimatorAudit
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
@@ -39,9 +40,11 @@ __all__ = [
     "Categorical",
     "CostModel",
     "DiagonalResult",
+    "EWCPenalty",
     "EstimatorAudit",
     "ExponentialFamily",
     "FimvarError",
+    "FisherMerge",
     "FullResult",
     "Gaussian",
     "GroupBound",
@@ -55,7 +58,9 @@ __all__ = [
     "analyze",
     "analyze_full",
     "audit",
+    "ewc_penalty",
     "fisher_diagonal",
+    "fisher_merge",
     "hidden_fisher",
     "load",
     "plan",

@@ -1,4 +1,4 @@
-"""Every example of README.md and docs/usage.md runs.
+"""Every example of README.md, docs/usage.md and docs/recipes.md runs.
 
 - Each ```python block runs, in document order, in one namespace per file, in a fresh working
   folder per file.
@@ -23,7 +23,7 @@ import pytest
 from fimvar.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = ("README.md", "docs/usage.md")
+DOCUMENTS = ("README.md", "docs/usage.md", "docs/recipes.md")
 FENCE = re.compile(r"^```(\w*)\s*$")
 
 
