@@ -1,12 +1,15 @@
 """The estimator audit (docs/theory.md §15): the expectation, bias and variance of the estimators
 people call "the Fisher" — EWC, Sophia's GNB, the empirical Fisher, Monte Carlo Fisher with k
-samples, Î1, Î2, their combination, the exact Fisher — from one streaming pass over the inputs.
+samples, Î1, Î2, their combination, Hutchinson's Hessian diagonal at sampled labels, the exact
+Fisher — from one streaming pass over the inputs.
 
 One chunk adds the per-parameter sums of the diagonal analysis
 (:func:`~fimvar.estimators.diagonal.block_sums`: ``ΣF``, ``ΣF²``, ``Σv1``, …) and, with data
 labels, the centred power sums (up to the fourth) of the per-input data-label gradients ``g_i``
 and the centred sum of squares of ``g_i²``, merged across chunks without cancellation
-(:mod:`fimvar.estimators.practical`).
+(:mod:`fimvar.estimators.practical`). With ``"hutchinson"`` a chunk also adds the probe term
+``Σ_x Q_i(x)`` of docs/theory.md §15.7, from the exact per-input Jacobians and output Hessians of
+:class:`~fimvar.engine.full.FullDerivatives` (small models: ``T·P²`` numbers per input).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fimvar.analysis.groups import resolve_groups
 from fimvar.analysis.inputs import (
     check_derivatives_finite,
     check_parameters_finite,
+    check_probes,
     check_result_finite,
     check_samples,
     output_family,
@@ -33,6 +37,7 @@ from fimvar.analysis.inputs import (
 )
 from fimvar.engine import make_engine
 from fimvar.engine.base import ParameterDerivatives
+from fimvar.engine.full import FullDerivatives
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators import practical as formulas
@@ -52,6 +57,13 @@ NEED_BATCHES = ("ewc", "gnb")
 GRADIENT_MOMENTS = ("gradient", "gradient_p2", "gradient_p3", "gradient_p4")
 #: elements of one tile of per-input gradient values
 TILE_ELEMENTS = 1 << 22
+#: estimators audited only when asked for: Hutchinson's probe term needs per-input Hessians
+ON_REQUEST = ("mc", "hutchinson")
+#: the accumulated probe term of Hutchinson's estimate (docs/theory.md §15.7)
+PROBE_TERM = "hutchinson_probe"
+#: bytes of the per-input Hessians per output and squared parameter count (float64, the
+#: contractions' intermediates: a safety factor of 4, as in FullDerivatives.chunk_size)
+HESSIAN_BYTES = 4 * 8
 
 
 def gradient_values(block: ParameterDerivatives, residual: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
@@ -86,7 +98,8 @@ class AuditAnalysis(StreamingAnalysis):
                  estimator: str | Iterable[str] | None = None, batch_size: int | None = None,
                  samples: int = 1, seed: int = 0, engine: str = "auto", *,
                  parameters: Iterable[str] | None = None, target: Target | None = None,
-                 cost: CostModel | None = None, memory_budget: int | str | None = None) -> None:
+                 cost: CostModel | None = None, memory_budget: int | str | None = None,
+                 probes: int = 1) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
         self.estimators = check_estimators(estimator)
@@ -98,6 +111,7 @@ class AuditAnalysis(StreamingAnalysis):
                               "estimator needs batch_size (the batch size of its one pass)")
         self.batch_size = batch_size
         self.samples = check_samples(samples)
+        self.probes = check_probes(probes)
         self.seed = check_seed(seed)
         self.target = target or AUDIT_TARGET
         self.cost = cost
@@ -106,6 +120,9 @@ class AuditAnalysis(StreamingAnalysis):
         self.groups = resolve_groups(self.parameter_names, None)
         self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
         self.width: int | None = None
+        self.hessians: FullDerivatives | None = None
+        if "hutchinson" in self.estimators:
+            self.hessians = FullDerivatives(model, self.parameter_names, self.memory_budget)
 
     # ------------------------------------------------------------------ one chunk
     def prepare(self, x: torch.Tensor) -> None:
@@ -115,9 +132,24 @@ class AuditAnalysis(StreamingAnalysis):
                 raise FimvarError("the audit takes one output distribution per input, (n, T) outputs; "
                                   "per-position (sequence) outputs are not audited yet")
             self.family, self.width = family, outputs.shape[1]
+        if self.hessians is not None:
+            size = self.hessians.size
+            needed = HESSIAN_BYTES * self.width * (size * size + size)
+            if needed > self.memory_budget:
+                raise FimvarError(
+                    f"the Hutchinson audit forms the exact per-input Hessians of the {self.width} outputs "
+                    f"in the {size} analysed parameters ({self.width}×{size}² numbers, about "
+                    f"{needed / 1e9:.3g} GB with its contractions) for its probe variance "
+                    f"(docs/theory.md §15.7), beyond memory_budget = {self.memory_budget / 1e9:.3g} GB; "
+                    "restrict parameters= to fewer parameters, or raise memory_budget")
 
     def chunk_size(self, x: torch.Tensor) -> int:
-        return self.engine.chunk_size(x, self.width, self.samples, column_bytes=8 * 8)
+        chunk = self.engine.chunk_size(x, self.width, self.samples, column_bytes=8 * 8)
+        if self.hessians is not None:
+            size = self.hessians.size
+            per_input = HESSIAN_BYTES * self.width * (size * size + size)
+            chunk = min(chunk, max(1, self.memory_budget // per_input))
+        return chunk
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
@@ -139,6 +171,20 @@ class AuditAnalysis(StreamingAnalysis):
             add_block_sums(acc, block.name, sums.quantities, n, skip=("empirical",))
             if residual is not None:
                 self._add_gradients(block, residual, n)
+        if self.hessians is not None:
+            self._add_probe_terms(x, family)
+
+    def _add_probe_terms(self, x: torch.Tensor, family: ExponentialFamily) -> None:
+        """Add the chunk's ``Σ_x Q_i(x)``, the probe term of Hutchinson's variance
+        (:func:`~fimvar.estimators.practical.hutchinson_probe_terms`), per parameter tensor."""
+        h, jacobian, hessians = self.hessians.derivatives(x)
+        probe = formulas.hutchinson_probe_terms(jacobian, hessians, family.fisher(h)).sum(0)
+        for name, columns in self.hessians.slices.items():
+            value = probe[columns].reshape(self.hessians.shapes[name])
+            if not torch.isfinite(value).all():
+                raise FimvarError(f"the second derivatives of parameter {name!r} are NaN or Inf for some "
+                                  "inputs; check the weights and inputs for overflow")
+            self.accumulator.add(parameter(name, PROBE_TERM), value)
 
     def _add_gradients(self, block: ParameterDerivatives, residual: torch.Tensor, n: int) -> None:
         """Merge the chunk's centred power sums of ``g_i`` and the centred sum of squares of
@@ -167,7 +213,8 @@ class AuditAnalysis(StreamingAnalysis):
         family = {k: v for k, v in vars(self.family).items()
                   if isinstance(v, (str, int, float, bool, type(None)))}
         return {"family": {"name": self.family.name, **family}, "estimators": list(self.estimators),
-                "batch_size": self.batch_size, "samples": self.samples, "seed": self.seed,
+                "batch_size": self.batch_size, "samples": self.samples, "probes": self.probes,
+                "seed": self.seed,
                 "engine": self.engine.name, "parameters": list(self.parameter_names),
                 "model": checkpoints.model_hash(self.model)}
 
@@ -201,7 +248,7 @@ class AuditAnalysis(StreamingAnalysis):
         elif any(e in NEED_BATCHES for e in chosen):
             formulas.check_partition(n, self.batch_size)
         cost = self.cost or CostModel(outputs=self.width)
-        entries = {e: entry(e, base, self.accumulator, cost, self.batch_size) for e in chosen}
+        entries = {e: entry(e, base, self.accumulator, cost, self.batch_size, self.probes) for e in chosen}
         if n < 30:
             notes.append(f"only {n} inputs: the input-noise terms and the sample sizes are rough")
         check_result_finite({f"{q} of {e}": getattr(a, q) for e, a in entries.items()
@@ -213,9 +260,11 @@ class AuditAnalysis(StreamingAnalysis):
 
 
 def check_estimators(estimator: str | Iterable[str] | None) -> tuple[str, ...]:
-    """The audited estimators: one name, several, or ``None``/``"all"`` for every one."""
+    """The audited estimators: one name, several, or ``None``/``"all"`` for every one but those of
+    :data:`ON_REQUEST` (MC Fisher with k samples is Î1 with M = k; Hutchinson needs per-input
+    Hessians, so it is audited only when named)."""
     if estimator is None or estimator == "all":
-        return tuple(e for e in ESTIMATORS if e != "mc")  # MC Fisher with k samples is Î1 with M = k
+        return tuple(e for e in ESTIMATORS if e not in ON_REQUEST)
     names = [estimator] if isinstance(estimator, str) else list(estimator)
     unknown = [e for e in names if e not in ESTIMATORS]
     if unknown or not names:
@@ -231,6 +280,9 @@ DESCRIPTIONS = {
           "FIM_MonteCarlo, laplace-torch stochastic=True): Î1 with M = k",
     "i2": "Î2: negative Hessian diagonal at labels sampled from the model ([B] §2)",
     "combined": "α*Î1 + (1−α*)Î2, α* per parameter (docs/theory.md §8.1)",
+    "hutchinson": "Hutchinson's Hessian diagonal z ⊙ (H z) of the per-input loss, Rademacher z, at labels "
+                  "sampled from the model (AdaHessian, Sophia-H, curvlinops hutchinson_diag; Hutchinson "
+                  "1989; docs/theory.md §15.7)",
     "gnb": "Sophia's Gauss–Newton–Bartlett: B·(batch-mean gradient, one sampled label per input)², "
            "averaged over one pass (Liu et al. 2023)",
     "empirical": "empirical Fisher: per-input squared gradient with the data labels (Kunstner et al. "
@@ -240,8 +292,8 @@ DESCRIPTIONS = {
 }
 
 
-def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size: int | None
-          ) -> EstimatorAudit:
+def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size: int | None,
+          probes: int = 1) -> EstimatorAudit:
     """The :class:`EstimatorAudit` of one estimator from the accumulated sums (docs/theory.md §15)."""
     n, m = base.num_inputs, base.samples
     names = list(base.fisher)
@@ -252,10 +304,10 @@ def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size
         return {k: acc.sums[parameter(k, quantity)] for k in names}
 
     def make(mean, variance, given, bias_independent, unit, randomness, per_input, draws=None,
-             batch=None) -> EstimatorAudit:
+             batch=None, **extra) -> EstimatorAudit:
         return EstimatorAudit(estimator, DESCRIPTIONS[estimator], randomness, mean,
                               {k: mean[k] - fisher[k] for k in names}, variance, given,
-                              bias_independent, unit, per_input, batch, draws)
+                              bias_independent, unit, per_input, batch, draws, **extra)
 
     over_inputs = f"over the {n} inputs as a sample of the data and the label draws ({m} per input)"
     if estimator in ("i1", "mc", "i2", "combined"):
@@ -267,6 +319,18 @@ def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size
         unit = {k: joint_variance(base.input_var[k], label[k], 1, m) for k in names}
         return make(fisher, base.variance(kind), given, zero, unit, over_inputs,
                     cost.per_input(kind, m), draws=m)
+    if estimator == "hutchinson":  # docs/theory.md §15.7
+        probe = {k: acc.sums[parameter(k, PROBE_TERM)] / n for k in names}
+        label = {k: formulas.hutchinson_label_variance(base.v2[k], probe[k], probes) for k in names}
+        given = {k: joint_variance(0.0, label[k], n, m) for k in names}
+        unit = {k: joint_variance(base.input_var[k], label[k], 1, m) for k in names}
+        variance = {k: joint_variance(base.input_var[k], label[k], n, m) for k in names}
+        probed = any(base.estimated.values())
+        estimated = ["v2 (Hutchinson probes of the engine, docs/theory.md §14.1)"] if probed else []
+        return make(fisher, variance, given, zero, unit,
+                    f"over the {n} inputs as a sample of the data, the label draws ({m} per input) and "
+                    f"the Rademacher probes ({probes} per draw)", cost.hutchinson(m, probes), draws=m,
+                    probes=probes, estimated=estimated)
     if estimator == "exact":
         return make(fisher, base.variance("exact"), zero, zero, dict(base.input_var),
                     f"over the {n} inputs as a sample of the data (no label noise)",
@@ -310,6 +374,7 @@ def audit(
     seed: int = 0,
     samples: int = 1,
     *,
+    probes: int = 1,
     rho: float | None = None,
     delta: float | None = None,
     cost: CostModel | None = None,
@@ -345,6 +410,14 @@ def audit(
     - ``"mc"``: Monte Carlo Fisher with ``k = samples`` labels per input (BackPACK
       ``DiagGGNMC(mc_samples=k)``, NNGeometry ``FIM_MonteCarlo(trials=k)``, laplace-torch
       ``stochastic=True``): Î1 with M = k.
+    - ``"hutchinson"`` (only when named): Hutchinson's estimate of the Hessian diagonal of each
+      input's loss, ``(1/k) Σ_r z_r ⊙ (H(y) z_r)`` with ``k = probes`` Rademacher vectors over all
+      analysed parameters and ``samples`` labels per input sampled from the model, averaged
+      (AdaHessian, Yao et al. 2021; Sophia-H, Liu et al. 2023; curvlinops ``hutchinson_diag``;
+      Hutchinson 1989). Unbiased for the Fisher; variance ``(Var_x I + E_x[v2 + Q/k]/M)/N`` with
+      the probe term ``Q_i = E_y Σ_{j≠i} H_ij(y)²`` computed exactly from per-input Hessians of
+      the outputs (docs/theory.md §15.7): small models only (``T·P²`` numbers per input within
+      ``memory_budget``, else a :class:`~fimvar.errors.FimvarError`).
 
     Args:
         model: an ``nn.Module`` mapping a batch to ``(batch, T)`` natural parameters.
@@ -354,7 +427,8 @@ def audit(
         estimator: which estimator(s) to audit.
         batch_size: the batch size B of EWC and GNB (needed for them).
         seed: seed of the label draws behind ``i1``/``i2`` (they do not change the audit's values).
-        samples: label draws per input M of Î1, Î2, the combination and MC (``k``).
+        samples: label draws per input M of Î1, Î2, the combination, Hutchinson and MC (``k``).
+        probes: Rademacher probes per label draw of Hutchinson's estimate (default 1).
         rho, delta: the target, relative error ``rho`` (default 0.05) with probability
             ``≥ 1 − delta`` (default 0.05) of each layer's diagonal Fisher in the Euclidean norm.
         cost: the :class:`~fimvar.CostModel` (backward passes per input).
@@ -370,7 +444,8 @@ def audit(
     target = Target.of(AUDIT_TARGET.rho if rho is None else rho,
                        AUDIT_TARGET.delta if delta is None else delta)
     analysis = AuditAnalysis(model, family, estimator, batch_size, samples, seed, engine,
-                             parameters=parameters, target=target, cost=cost, memory_budget=memory_budget)
+                             parameters=parameters, target=target, cost=cost, memory_budget=memory_budget,
+                             probes=probes)
     analysis.run(x, labels, batch_size=block_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)
     return analysis.result()

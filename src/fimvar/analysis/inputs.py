@@ -278,6 +278,13 @@ def check_samples(samples: int) -> int:
     return int(samples)
 
 
+def check_probes(probes: int) -> int:
+    """The number of Rademacher probes per label draw of Hutchinson's estimate: an integer ≥ 1."""
+    if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < 1:
+        raise FimvarError(f"probes (Rademacher probes per label draw) must be an integer ≥ 1, got {probes!r}")
+    return int(probes)
+
+
 def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run the model on a batch and return its outputs as ``(n, T)``, with clear errors."""
     try:

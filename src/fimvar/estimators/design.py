@@ -132,6 +132,13 @@ class CostModel:
             return None if self.outputs is None else self.forward + self.outputs * self.backward
         return self.forward + draws * self.per_draw(estimator)
 
+    def hutchinson(self, draws: int, probes: int) -> float:
+        """Cost of one input of Hutchinson's Hessian-diagonal estimate with ``draws`` sampled labels
+        and ``probes`` Rademacher probes per label: ``F + M k H``, one Hessian-vector product
+        (``H``, about two backward passes: the gradient with its graph, then the backward through
+        it) per probe (docs/theory.md §15.7)."""
+        return self.forward + draws * probes * self.hessian
+
 
 def confidence_factor(delta: float, method: str) -> float:
     """``k`` of ``N ≥ k v / (ρ² I²)``: ``1/δ`` (Chebyshev) or ``z²_{1−δ/2}`` (normal)."""

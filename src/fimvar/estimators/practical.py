@@ -204,3 +204,43 @@ def required_inputs(unit_variance: float, bias_norm: float, fisher_norm: float, 
         return 0.0
     value = confidence_factor(target.delta, method) * unit_variance / (margin * margin)
     return value if math.isfinite(value) else math.inf
+
+
+# ---------------------------------------------------------------------------------- Hutchinson
+def hutchinson_probe_terms(jacobian: torch.Tensor, hessians: torch.Tensor, fisher: torch.Tensor
+                           ) -> torch.Tensor:
+    """Per input and parameter, the probe term of Hutchinson's estimate of the Hessian diagonal
+    of the loss at a label sampled from the model (docs/theory.md §15.7)::
+
+        Q_i(x) = E_y Σ_{j≠i} H_ij(y)² = Σ_{j≠i} [ G_ij² + (∂²_ij h)ᵀ I (∂²_ij h) ],    G = Jᵀ I J,
+
+    with ``H(y) = ∇²_θ(−log p(y|x)) = G − Σ_t ε_t ∇²_θ h_t`` (the cross term vanishes, ``E ε = 0``)
+    and ``j`` over every analysed parameter (the probe's support). One Rademacher probe ``z`` gives
+    ``Var(z_i (H z)_i | y) = Σ_{j≠i} H_ij²`` (Hutchinson 1989).
+
+    Args:
+        jacobian: ``J = ∂h/∂θ`` per input, ``(n, T, P)``.
+        hessians: ``∇²_θ h_t`` per input and output, ``(n, T, P, P)``.
+        fisher: ``I(h)`` per input, ``(n, T, T)``.
+
+    Returns:
+        ``Q`` of shape ``(n, P)``, float64, never negative (each term a square or a quadratic form
+        in the positive semi-definite ``I``; the diagonal ``j = i`` is excluded, not subtracted).
+    """
+    jacobian, hessians, fisher = (t.to(torch.float64) for t in (jacobian, hessians, fisher))
+    gauss_newton = torch.einsum("nai,nab,nbj->nij", jacobian, fisher, jacobian)
+    curvature = torch.einsum("naij,nab,nbij->nij", hessians, fisher, hessians).clamp_min(0.0)
+    total = gauss_newton * gauss_newton + curvature
+    total.diagonal(dim1=1, dim2=2).zero_()
+    return total.sum(-1)
+
+
+def hutchinson_label_variance(v2: Number, probe: Number, probes: int) -> Number:
+    """Variance of one label's Hutchinson estimate ``(1/k) Σ_r z_r ⊙ H(y) z_r`` (``k`` Rademacher
+    probes, ``y`` sampled from the model) given the input (docs/theory.md §15.7)::
+
+        Var(ĥ_i | x) = Var_y H_ii(y) + E_y Σ_{j≠i} H_ij(y)² / k = v2_i + Q_i / k,
+
+    ``v2 = wᵀ I w`` (docs/theory.md §3.1) and ``Q`` of :func:`hutchinson_probe_terms` (averaged
+    over the inputs, it enters docs/theory.md §3.3 as the label variance of M labels per input)."""
+    return v2 + probe / probes

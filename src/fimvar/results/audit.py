@@ -19,10 +19,10 @@ from fimvar.results.presentation import present
 Tensors = dict[str, torch.Tensor]
 
 #: every estimator an audit knows, in the order of its tables
-ESTIMATORS = ("exact", "i1", "mc", "i2", "combined", "gnb", "empirical", "ewc")
+ESTIMATORS = ("exact", "i1", "mc", "i2", "combined", "hutchinson", "gnb", "empirical", "ewc")
 #: display names
 LABELS = {"exact": "exact", "i1": "Î1", "mc": "MC Fisher", "i2": "Î2", "combined": "combined",
-          "gnb": "GNB", "empirical": "empirical", "ewc": "EWC"}
+          "hutchinson": "Hutchinson", "gnb": "GNB", "empirical": "empirical", "ewc": "EWC"}
 #: the target of an audit unless the user gives one: 5 % relative error with probability 95 %
 AUDIT_TARGET = Target(0.05, 0.05)
 
@@ -33,7 +33,7 @@ class EstimatorAudit:
 
     Attributes:
         estimator: its key (``"ewc"``, ``"gnb"``, ``"empirical"``, ``"i1"``, ``"mc"``, ``"i2"``,
-            ``"combined"``, ``"exact"``).
+            ``"combined"``, ``"hutchinson"``, ``"exact"``).
         description: what it computes and where it comes from.
         randomness: what :attr:`variance` is over (the shuffle, the sampled labels, the inputs).
         mean: its exact expectation.
@@ -48,7 +48,9 @@ class EstimatorAudit:
             planned from, ``Var = unit_variance / n``.
         cost_per_input: backward passes per input (:class:`~fimvar.CostModel`), ``None`` if unknown.
         batch_size: ``B`` of a batch estimator (else ``None``); its sample sizes are multiples of B.
-        draws: label draws per input (Î1, MC, Î2, combined, GNB), else ``None``.
+        draws: label draws per input (Î1, MC, Î2, combined, Hutchinson, GNB), else ``None``.
+        probes: Rademacher probes per label draw (Hutchinson), else ``None``.
+        estimated: what in :attr:`variance` is estimated rather than exact (empty: all exact).
     """
 
     estimator: str
@@ -63,6 +65,8 @@ class EstimatorAudit:
     cost_per_input: float | None
     batch_size: int | None = None
     draws: int | None = None
+    probes: int | None = None
+    estimated: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -213,7 +217,10 @@ class AuditResult:
             "family": self.family, "inputs": self.num_inputs, "batch_size": self.batch_size,
             "samples": self.samples, "target": {"rho": self.target.rho, "delta": self.target.delta},
             "estimators": {k: {"description": e.description, "randomness": e.randomness,
-                               "cost_per_input": e.cost_per_input} for k, e in self.entries.items()},
+                               "cost_per_input": e.cost_per_input,
+                               **({"probes": e.probes} if e.probes is not None else {}),
+                               **({"estimated": list(e.estimated)} if e.estimated else {})}
+                           for k, e in self.entries.items()},
             "layers": [{"group": r.group, "estimator": r.estimator, "relative_bias": r.relative_bias,
                         "relative_std": r.relative_std if math.isfinite(r.relative_std) else None,
                         "inputs": r.inputs, "cost": r.cost} for r in self.layers()],
