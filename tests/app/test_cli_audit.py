@@ -57,3 +57,18 @@ def test_audit_writes_a_report_folder(tmp_path, capsys):
     assert not (out / "report.html").exists() and (out / "figures" / "audit.svg").exists()
     assert main(BASE + ["-e", "i1", "--no-html"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_audit_hutchinson_from_the_command_line(capsys):
+    """``-e hutchinson -k 2``: the estimator with its probes and cost ``F + M k H`` in the document."""
+    arguments = ["audit", "--model", "fimvar.models:digits_mlp", "--data", "digits", "--family",
+                 "categorical", "--inputs", "2", "--threads", "1"]
+    assert main(arguments + ["-e", "hutchinson", "-k", "2", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    entry = document["estimators"]["hutchinson"]
+    costs = fimvar.CostModel()
+    assert set(document["estimators"]) == {"hutchinson"} and entry["probes"] == 2
+    assert entry["cost_per_input"] == costs.forward + 2 * costs.hessian
+    assert all(r["relative_bias"] == 0 for r in document["layers"])
+    assert main(arguments + ["-e", "hutchinson", "-k", "0"]) == 2
+    assert "probes" in capsys.readouterr().err

@@ -246,3 +246,28 @@ def test_many_layers_stack_the_panels(tmp_path):
     assert all(t.get_visible() for t in bottom.get_xticklabels())
     for ax in fig.axes:
         assert {k for k, lines in series(ax).items() for kind, _ in lines if kind == "audit"} == {"i1", "gnb"}
+
+
+def test_every_estimator_has_a_style_and_hutchinson_is_drawn(tmp_path):
+    """Every estimator of the catalogue has its colour and marker; an audit with all of them,
+    Hutchinson and MC included, draws and saves without a warning, one series each."""
+    from fimvar.results.audit import ESTIMATORS
+
+    assert set(ESTIMATORS) <= set(plots.COLORS) and set(ESTIMATORS) <= set(plots.MARKERS)
+    assert len({plots.MARKERS[e] for e in ESTIMATORS}) == len(ESTIMATORS)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x = torch.randn(12, 4, dtype=torch.float64)
+    labels = torch.randint(0, 3, (12,))
+    result = fimvar.audit(model, x, "categorical", labels=labels, estimator=list(ESTIMATORS), batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = result.plot()
+        result.save(tmp_path / "all", run={"model": "mlp", "data": "random"})
+    for ax in fig.axes:
+        found = series(ax)
+        assert set(found) == set(ESTIMATORS)
+        main = [line for kind, line in found["hutchinson"] if kind == "audit"]
+        assert main[0].get_marker() == plots.MARKERS["hutchinson"]
+    page = (tmp_path / "all" / "report.html").read_text(encoding="utf-8")
+    assert "Hutchinson" in page

@@ -144,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "audit", help="bias, variance and needed sample size of EWC, GNB, the empirical Fisher, Î1, Î2…",
         description="Per layer, every estimator people call the Fisher (EWC's squared batch-mean "
                     "gradient, Sophia's GNB, the empirical Fisher, Monte Carlo Fisher = Î1, Î2, their "
-                    "combination, the exact Fisher): its bias against the diagonal Fisher, its "
-                    "relative standard deviation at the design, the inputs it needs for the target "
+                    "combination, Hutchinson's Hessian diagonal (on request), the exact Fisher): its "
+                    "bias against the diagonal Fisher, its relative standard deviation at the design, "
+                    "the inputs it needs for the target "
                     "and their cost, and the cheapest estimator that meets it (docs/theory.md §15).",
         epilog="Model and data SPECs as in `fimvar analyze --help`. EWC and the empirical Fisher need "
                "--labels; EWC and GNB need --batch-size dividing the number of inputs. Example: fimvar "
@@ -166,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--inputs", "-N", type=int, default=None, metavar="N", help="the first N inputs")
     how = audit.add_argument_group("estimators")
     how.add_argument("--estimator", "-e", action="append", default=None, metavar="NAME",
-                     help="exact, i1, mc, i2, combined, gnb, empirical or ewc (repeatable; default: all)")
+                     help="exact, i1, mc, i2, combined, hutchinson, gnb, empirical or ewc (repeatable; "
+                          "default: all but mc and hutchinson)")
     how.add_argument("--batch-size", "-B", type=int, default=None, metavar="B",
                      help="batch size of EWC and GNB")
     how.add_argument("--samples", "-M", type=int, default=1, metavar="M",
-                     help="label draws per input of Î1, Î2, the combination and MC (default: 1)")
+                     help="label draws per input of Î1, Î2, the combination, MC and Hutchinson (default: 1)")
+    how.add_argument("--probes", "-k", type=int, default=1, metavar="K",
+                     help="Rademacher probes per label draw of Hutchinson's estimate (default: 1)")
     how.add_argument("--seed", type=int, default=0, help="seed of the label draws (default: 0)")
     how.add_argument("--engine", default="auto", choices=("auto", "structured", "autodiff", "graph"))
     how.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
@@ -438,7 +442,8 @@ def cmd_audit(args) -> int:
     x = data.x.to(reference.dtype) if reference is not None else data.x
     result = audit(model, x, args.family, labels=data.y if args.labels else None,
                    estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
-                   samples=args.samples, rho=args.rho, delta=args.delta, engine=args.engine)
+                   samples=args.samples, probes=args.probes, rho=args.rho, delta=args.delta,
+                   engine=args.engine)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
