@@ -170,6 +170,12 @@ def test_hutchinson_is_audited_on_request_and_refused_beyond_memory():
     # one probe adds the probe term to Î2's label variance: never below Î2
     assert (flat(both["hutchinson"].variance) >= flat(both["i2"].variance)).all()
     assert both.to_dict()["estimators"]["hutchinson"]["probes"] == 1
+    # inputs in chunks of 2 (a budget of two inputs' Hessians) and in uneven batches: the same audit
+    chunked = fimvar.audit(case.model, [case.x[:3], case.x[3:]], "categorical",
+                           estimator=["i2", "hutchinson"], memory_budget=200_000)
+    for q in ("mean", "variance", "variance_given_inputs", "unit_variance"):
+        assert_close(flat(getattr(chunked["hutchinson"], q)), flat(getattr(both["hutchinson"], q)),
+                     f"Hutchinson chunked {q}", rtol=1e-12)
     with pytest.raises(FimvarError, match="per-input Hessians"):
         fimvar.audit(case.model, case.x, "categorical", estimator="hutchinson", memory_budget=10_000)
     for probes in (0, 1.5, True):

@@ -213,8 +213,8 @@ class AuditAnalysis(StreamingAnalysis):
         family = {k: v for k, v in vars(self.family).items()
                   if isinstance(v, (str, int, float, bool, type(None)))}
         return {"family": {"name": self.family.name, **family}, "estimators": list(self.estimators),
-                "batch_size": self.batch_size, "samples": self.samples, "probes": self.probes,
-                "seed": self.seed,
+                "batch_size": self.batch_size, "samples": self.samples, "seed": self.seed,
+                **({"probes": self.probes} if self.hessians is not None else {}),
                 "engine": self.engine.name, "parameters": list(self.parameter_names),
                 "model": checkpoints.model_hash(self.model)}
 

@@ -272,7 +272,8 @@ class AuditResult:
         lines.append("recommended (whole model, normal approximation): "
                      + (LABELS[best] if best else "none meets the target"))
         lines.append("rel.std: at this design, over the shuffle (and the labels) of these inputs for EWC "
-                     "and GNB, over the inputs as a sample of the data (and the labels) for the others; "
+                     "and GNB, over the inputs as a sample of the data (and the labels, and Hutchinson's "
+                     "probes) for the others; "
                      "inputs: drawn independently from the data (batch estimators: independent batches), "
                      "— where the bias alone exceeds the target; cost: backward passes")
         lines += [f"note: {n}" for n in self.notes]
