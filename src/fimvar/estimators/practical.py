@@ -1,6 +1,8 @@
 """Expectations and variances of the "Fisher" estimators people use in practice
 (docs/theory.md §15): EWC's squared batch-mean gradient, Sophia's Gauss–Newton–Bartlett (GNB)
-estimator, the empirical Fisher, and the sample sizes any of them needs for a target.
+estimator, the empirical Fisher, Hutchinson's Hessian diagonal at sampled labels (whose probe
+term takes the per-input Jacobians and output Hessians, :func:`hutchinson_probe_terms`), and the
+sample sizes any of them needs for a target.
 
 Every function takes per-parameter sums over the ``N`` analysed inputs (tensors, elementwise, or
 floats) — the per-sample quantities the engines already produce:
