@@ -136,3 +136,46 @@ def test_language_model_sampled_fisher_as_users_write_it():
         spread = batches.std(0) / math.sqrt(100)
         assert ((squares.var(0) - v1).abs() <= 5 * spread + 1e-10 * v1.max()).all()
     assert result.metadata["outputs"] == 3 * 3
+
+
+def test_language_model_per_token_squares_as_users_write_them(tmp_path):
+    """The per-token squares of ASDL and LLM pruning codes, ``Σ_t (∂ log p(y_t|h_t)/∂θ)²`` with one
+    label per position sampled from the model (10⁴ label sequences, per-token gradients by
+    ``torch.func``): their mean is the exact Fisher and their variance ``v1_token``
+    (docs/theory.md §13.1), each within 5 of its own standard error; ``v1_token`` is below the
+    per-sequence ``v1`` and ``token_variance`` combines it with the input noise."""
+    case = make_case("causal-lm", "categorical", inputs=2)
+    model, x = case.model, case.x
+    draws = 10_000
+    params = dict(model.named_parameters())
+    names = list(params)
+
+    def per_token(t):  # the gradient of position t's loss, for every draw of the labels
+        def token_loss(p, ids, y):
+            logits = torch.func.functional_call(model, p, (ids[None],))[0]
+            return -torch.log_softmax(logits[t], -1).gather(-1, y[t:t + 1]).sum()
+        return torch.func.vmap(torch.func.grad(token_loss), in_dims=(None, None, 0))
+    for n in range(len(x)):
+        with torch.no_grad():
+            probs = torch.softmax(model(x[n:n + 1])[0], -1)
+        y = torch.multinomial(probs, draws, replacement=True, generator=torch.Generator().manual_seed(n)).T
+        length = probs.shape[0]
+        squares = 0
+        for t in range(length):  # over positions: the per-token gradients of every draw
+            grads = per_token(t)(params, x[n], y)
+            squares = squares + torch.cat([g.reshape(draws, -1) for g in grads.values()], 1) ** 2
+        single = fimvar.analyze(model, x[n:n + 1], "categorical", samples=1, bounds=False)
+        fisher = torch.cat([single.fisher[k].reshape(-1) for k in names])
+        token = torch.cat([single.v1_token[k].reshape(-1) for k in names])
+        sequence = torch.cat([single.v1[k].reshape(-1) for k in names])
+        assert ((squares.mean(0) - fisher).abs() <= 5 * (token / draws).sqrt() + 1e-12).all()
+        batches = squares.reshape(100, 100, -1).var(1)
+        spread = batches.std(0) / math.sqrt(100)
+        assert ((squares.var(0) - token).abs() <= 5 * spread + 1e-10 * token.max()).all()
+        assert (token <= sequence * (1 + 1e-12)).all() and (token < sequence).any()
+        variance = single.token_variance(draws=4)
+        for k in names:  # one input: no input noise, the label part alone over 4 draws
+            torch.testing.assert_close(variance[k], single.v1_token[k] / 4, rtol=1e-12, atol=0)
+    single.save(tmp_path, figures=False, html=False)  # kept by the saved result
+    loaded = fimvar.load(tmp_path)
+    assert all(torch.equal(loaded.v1_token[k], single.v1_token[k]) for k in names)

@@ -233,6 +233,7 @@ def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engi
         family=family, samples=samples, num_inputs=n, engine=engine, shapes=shapes,
         groups=groups, fisher=fisher, i1=mean("i1", samples), i2=mean("i2", samples),
         v1=mean("v1"), v2=mean("v2"), c12=mean("c12"), input_var=input_var,
+        v1_token=mean("v1_token") if accumulator.has(parameter(names[0], "v1_token")) else None,
         empirical=empirical,
         empirical_bias={k: empirical[k] - fisher[k] for k in names} if has_labels else None,
         draw_moments={q: {k: accumulator.sums[parameter(k, q)] for k in names}

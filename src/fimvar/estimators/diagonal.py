@@ -30,6 +30,7 @@ from fimvar.engine.base import ParameterDerivatives
 from fimvar.estimators.bounds.spectrum import NORM_DEGREES, BoundTerm, bound_norms
 from fimvar.estimators.tiling import tiles
 from fimvar.families import ExponentialFamily
+from fimvar.families.positions import Positions
 
 #: per-parameter sums accumulated over inputs, with their degree in the layer input a;
 #: the ``*_within`` sums (label draws around their per-input mean) need M ≥ 2 draws
@@ -45,6 +46,7 @@ SUM_DEGREES: dict[str, int] = {
     "i2_within": 4,
     "i12_within": 4,
     "empirical": 2,
+    "v1_token": 4,  # per-position outputs only: the label variance of per-token squares
     # probe estimates (block.curvature; plain layout only): Σ_m (e_m − ē)² per input
     "v2_probe_within": 8,
     "c12_probe_within": 8,
@@ -69,7 +71,8 @@ def unit_statistics(
     ``(n, T, K)`` (any floating type; computed in float64), each ``(n, K)`` (before the sum over
     inputs; keys of :data:`SUM_DEGREES`).
 
-    ``I = uᵀIu``, ``v1 = Var[(u·ε)²]``, ``v2 = wᵀIw``, ``c12 = −E[(u·ε)²(w·ε)]`` ([B] Lemma 3.1,
+    ``I = uᵀIu``, ``v1 = Var[(u·ε)²]`` (and, for per-position outputs, ``v1_token``, that of the
+    per-token squares, docs/theory.md §13.1), ``v2 = wᵀIw``, ``c12 = −E[(u·ε)²(w·ε)]`` ([B] Lemma 3.1,
     docs/theory.md §3) and, over the draws ``ε_m``, the sums of ``(u·ε_m)²`` (Î1) and ``uᵀIu − w·ε_m``
     (Î2) (docs/theory.md §2). With M ≥ 2 draws also the within-input sums of squares and products of
     the draws around their per-input mean (``*_within``), the Monte Carlo counterparts of
@@ -101,6 +104,8 @@ def unit_statistics(
             "v2": quadratic_w,
             "c12": -third,
         }
+    if isinstance(family, Positions):
+        per_unit["v1_token"] = family.token_fourth_variance(h, u)
     samples = draws.shape[1]
     within = samples >= 2
     deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)

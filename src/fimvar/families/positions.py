@@ -150,6 +150,13 @@ class Positions(ExponentialFamily):
         own = self._per_input(self.base.fourth_variance(hp, up), n)
         return own.sum(1) + 4 * _pairs(q)
 
+    def token_fourth_variance(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``Var[Σ_t (u_t·ε_t)²] = Σ_t Var[(u_t·ε_t)²]`` per column: the label variance of the
+        per-token squared scores (docs/theory.md §13.1), without the cross-position terms
+        ``4 Σ_{s<t} q_s q_t`` of the per-sequence square (:meth:`fourth_variance`)."""
+        own = self.base.fourth_variance(self.split(h), self._columns(u))
+        return self._per_input(own, h.shape[0]).sum(1)
+
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         values = self.base.third_moment(self.split(h), self._columns(u), self._columns(w))
         return self._per_input(values, h.shape[0]).sum(1)

@@ -14,6 +14,7 @@ Keys are ``"<parameter>/<quantity>"`` (float64, the parameter's shape). Stored q
                             ``i2_within``, ``i12_within``
 ``error:<quantity>``,       where v2, c12 were estimated by probes: their standard errors and
 ``v2_unbiased``             the unbiased estimate of v2 (``v2`` is ``max(v2_unbiased, 0)``)
+``v1_token``                per-position outputs only: label variance of the per-token squares
 ``variance_i1``, ...        derived, for convenience: total variance of Î1, Î2, the combination
 ``variance_combined``,      and the exact estimator with this run's design, ``covariance``
 ``variance_exact``,         ``Cov(Î1, Î2)``, ``alpha_star`` and the ``combined`` estimate
@@ -62,6 +63,8 @@ def tensors_of(result: DiagonalResult) -> dict[str, torch.Tensor]:
         quantities[f"error:{estimated}"] = values
     if result.v2_unbiased is not None:
         quantities["v2_unbiased"] = result.v2_unbiased
+    if result.v1_token is not None:
+        quantities["v1_token"] = result.v1_token
     quantities.update({
         "variance_i1": result.variance("i1"), "variance_i2": result.variance("i2"),
         "variance_combined": result.variance("combined"), "variance_exact": result.variance("exact"),
@@ -127,6 +130,7 @@ def _diagonal_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dic
         estimated={name: tuple(q) for name, q in (meta.get("estimated") or {}).items()},
         standard_errors={q: quantity(f"error:{q}") for q in meta.get("standard_errors") or ()},
         v2_unbiased=quantity("v2_unbiased") if meta.get("standard_errors") else None,
+        v1_token=quantity("v1_token") if f"{next(iter(shapes))}/v1_token" in tensors else None,
     )
     exact_of = {"fisher": result.fisher, "v1": result.v1, "v2": result.v2, "input_var": result.input_var}
     for name, info in meta["bounds"].items():

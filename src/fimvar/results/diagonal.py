@@ -113,6 +113,10 @@ class DiagonalResult:
             (or absent) where every quantity is exact.
         standard_errors: per estimated quantity (``v2``, ``c12``), the standard error of its
             estimate per parameter (:meth:`variance_error` carries it into the variances).
+        v1_token: for per-position outputs (a sequence model, docs/theory.md §13.1), the
+            single-draw label variance of the per-token squares ``Σ_t (u_t·ε_t)²`` (what ASDL and
+            many LLM codes compute), averaged over inputs; ``None`` otherwise. :attr:`v1` is that
+            of the per-sequence square ``(Σ_t u_t·ε_t)²``; both estimate the same Fisher.
         v2_unbiased: where ``v2`` is estimated, the unbiased estimate itself, which can fall
             below 0; ``v2`` is then ``max(v2_unbiased, 0)``, never farther from the truth (≥ 0).
     """
@@ -141,6 +145,7 @@ class DiagonalResult:
     estimated: dict[str, tuple[str, ...]] = field(default_factory=dict)
     standard_errors: dict[str, Tensors] = field(default_factory=dict)
     v2_unbiased: Tensors | None = None
+    v1_token: Tensors | None = None
 
     # ------------------------------------------------------------------ variances
     def _design(self, inputs: int | None, draws: int | None) -> tuple[int, int]:
@@ -168,6 +173,18 @@ class DiagonalResult:
             return {k: formulas.combined_variance(v1[k], v2[k], cov[k]) for k in v1}
         label = {"i1": self.v1, "i2": self.v2, "exact": None}[estimator]
         return {k: formulas.joint_variance(v, 0.0 if label is None else label[k], inputs, draws)
+                for k, v in self.input_var.items()}
+
+    def token_variance(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
+        """Total variance of the per-token Monte Carlo Fisher of a sequence model — labels
+        sampled per position, ``(1/(N M)) Σ_x Σ_m Σ_t (u_t·ε_tm)²`` —, ``(Var_x I(θ|x) + E_x
+        v1_token / M) / N`` (docs/theory.md §13.1): never above :meth:`variance` ``("i1")``, the
+        per-sequence square's, by ``2 Σ_{s≠t} I_s I_t / (N M)``."""
+        inputs, draws = self._design(inputs, draws)
+        if self.v1_token is None:
+            raise FimvarError("the per-token estimator exists for per-position (sequence) outputs only; "
+                              "this model has one output distribution per input")
+        return {k: formulas.joint_variance(v, self.v1_token[k], inputs, draws)
                 for k, v in self.input_var.items()}
 
     def variance_error(self, estimator: str = "i2", inputs: int | None = None,
