@@ -17,7 +17,6 @@ import itertools
 import os
 import sys
 import time
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -38,7 +37,7 @@ from fimvar.analysis.inputs import (
 )
 from fimvar.analysis.packing import Packing, packed_forward, takes_arguments
 from fimvar.engine.functional import buffers_kept
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
 DEFAULT_BLOCK = 256
@@ -200,9 +199,8 @@ class StreamingAnalysis(ABC):
             except FimvarError as error:
                 if not failed:
                     reason = getattr(error.__cause__, "strerror", None) or error.__cause__ or error
-                    warnings.warn(f"could not save the checkpoint {checkpoint} ({reason}); the analysis "
-                                  "goes on and its result is kept, but it cannot be resumed from this "
-                                  "checkpoint", stacklevel=3)
+                    warn(f"could not save the checkpoint {checkpoint} ({reason}); the analysis "
+                         "goes on and its result is kept, but it cannot be resumed from this checkpoint")
                 failed = True
 
         from tqdm import tqdm

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 
@@ -14,7 +13,7 @@ from torch import nn
 
 from fimvar.engine.base import default_memory_budget
 from fimvar.engine.functional import output_tensor
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 from fimvar.families import ExponentialFamily
 from fimvar.families.positions import Positions
 
@@ -145,11 +144,10 @@ def warn_piecewise_linear(model: nn.Module) -> bool:
     """Warn when the model has ReLU-like activations; returns whether it has."""
     found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, PIECEWISE_LINEAR)})
     if found:
-        warnings.warn(
+        warn(
             f"the model uses piecewise-linear activations ({', '.join(found)}): their second "
             "derivative is 0 almost everywhere, so Î2's label variance is then 0 in every layer "
-            "except through smooth parts and Î2 equals the Gauss-Newton term ([A], docs/theory.md §2)",
-            stacklevel=3,
+            "except through smooth parts and Î2 equals the Gauss-Newton term ([A], docs/theory.md §2)"
         )
     return bool(found)
 
@@ -344,10 +342,9 @@ class _EvalMode:
     def __enter__(self):
         self.modes = {m: m.training for m in self.model.modules()}
         if any(m.training for m in self.model.modules() if isinstance(m, MODE_DEPENDENT)):
-            warnings.warn(
+            warn(
                 "the model is in training mode and has Dropout/BatchNorm; fimvar analyses it "
-                "in eval mode (deterministic outputs) and restores the mode afterwards",
-                stacklevel=3,
+                "in eval mode (deterministic outputs) and restores the mode afterwards"
             )
         self.model.eval()
         return self.model
