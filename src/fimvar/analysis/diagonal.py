@@ -54,6 +54,7 @@ class Analysis(StreamingAnalysis):
 
     kind = "diagonal"
     takes_labels = True
+    labels_use = "for the empirical Fisher and its bias"
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class Analysis(StreamingAnalysis):
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
+        self.stage(f"derivatives of {x.shape[0]} inputs")
         h, blocks = self.engine.derivatives(x)
         family.check_outputs(h)
         n = h.shape[0]
@@ -123,7 +125,8 @@ class Analysis(StreamingAnalysis):
                 coefficients = {term: c for term, c in coefficients.items() if term.quantity != "v2"}
         widest = max(b.first.shape[2] for b in blocks)
         draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
-        for block in blocks:
+        for done, block in enumerate(blocks):
+            self.stage(f"parameter {done + 1}/{len(blocks)} of {n} inputs")
             sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n)
@@ -171,10 +174,18 @@ class Analysis(StreamingAnalysis):
         shapes = {name: shapes[name] for name in self.parameter_names}
         result = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
                                  engine=self.engine.name, shapes=shapes, groups=self.groups)
-        result.metadata.update(seed=self.seed, outputs=self.width)
+        result.metadata.update(seed=self.seed, outputs=self.width, **self.run_metadata())
         if isinstance(self.family, Positions):
             result.metadata.update(positions=self.family.positions, masked_positions=self.masked_positions)
         notes = []
+        if self.labels_from == "batches":
+            notes.append("the batches carried data labels ((inputs, labels) pairs or a dict entry 'labels'): "
+                         "the empirical Fisher and its bias were computed with them; give batches of "
+                         "inputs only to leave them out")
+        if self.precision in ("float16", "bfloat16"):
+            notes.append(f"the model computes in {self.precision}: the derivatives, and so every value, "
+                         "carry that precision (summed in float64); analyse a float32 copy for accurate "
+                         "numbers")
         if self.engine.estimates_second:
             notes.append("v2, c12 and Î2 were estimated without bias by Hutchinson probes (two "
                          "per label draw; docs/theory.md §14.1), not computed exactly: their standard "
