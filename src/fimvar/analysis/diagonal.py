@@ -341,11 +341,23 @@ def analyze(
 
     Args:
         model: any ``nn.Module`` mapping a batch of inputs to ``(batch, T)`` natural parameters.
-        x: inputs (first dimension = samples), or an iterable of batches or ``(x, y)`` pairs.
+        x: inputs (first dimension = samples): a tensor, a NumPy array (moved to the model's device,
+            floating arrays converted to its dtype), a dict or tuple of the forward's arguments, or
+            an iterable of batches (e.g. a ``DataLoader``) of inputs, 1-tuples ``(inputs,)``,
+            ``(inputs, labels)`` pairs or argument dicts. Labels carried by the batches (pairs,
+            or a dict entry ``labels``/``label`` the forward does not take) are used as data
+            labels, with a warning, and recorded as ``result.metadata["data_labels"] ==
+            "batches"``.
         family: ``categorical``, ``gaussian``, ``bernoulli``, ``poisson`` or a family object.
         samples: label draws ``M ≥ 1`` per input for Î1 and Î2 (labels sampled from the model).
+            The draws of an input are seeded by its position in the data stream (input 0, 1, …
+            in the order the batches yield them; docs/theory.md §11): the batching does not
+            change the result, but the order does — with ``DataLoader(shuffle=True)`` Î1 and Î2
+            change from run to run (within their standard errors); iterate in a fixed order
+            for reproducible draws.
         seed: seed of the label draws.
-        labels: optional data labels; give them for the empirical Fisher and its bias.
+        labels: optional data labels for a tensor ``x``, for the empirical Fisher and its bias
+            (with an iterable, let its batches carry them: ``labels=`` is then refused).
         engine: ``auto``, ``autodiff`` or ``structured``.
         parameters: names of the parameters to analyse (default: all that require grad).
         groups: parameter groups for summaries (default: one per module).
@@ -358,10 +370,14 @@ def analyze(
         checkpoint_interval: seconds between two checkpoint saves (0: after every block).
         batch_size: inputs per block when checkpointing or showing progress (default 256);
             keep it fixed between a run and its resumption for a bit-identical result.
-        progress: show a progress bar (tqdm) on stderr.
+        progress: show a progress bar (tqdm) on stderr when it is a terminal (none in a log
+            file or a pipe), advanced chunk by chunk, with the step of the current chunk
+            (derivatives, parameter k of K) next to it.
 
     Returns:
-        A :class:`~fimvar.DiagonalResult`.
+        A :class:`~fimvar.DiagonalResult` of float64 tensors (``result.fisher_as(model)``: in the
+        parameters' dtype and device); ``result.metadata["precision"]`` names the dtype the model
+        computed in (float16 and bfloat16 models are analysed with a warning).
     """
     analysis = Analysis(model, family, samples, seed, engine, parameters=parameters,
                         groups=groups, bounds=bounds, memory_budget=memory_budget)
