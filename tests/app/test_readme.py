@@ -95,3 +95,17 @@ def test_examples_run(document, tmp_path, monkeypatch, capsys):
                 ran += 1
     assert ran or not blocks
     assert os.getcwd() == str(tmp_path)
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run runs the README's test command verbatim, and the command is self-contained: it
+    makes and activates its virtual environment before installing anything."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = next(line for language, code, _ in examples(readme) if language == "bash"
+                   for line in code.splitlines() if "pytest" in line)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert command.strip() in ci
+    steps = [step.strip() for step in command.split("&&")]
+    assert steps[0].startswith("python3 -m venv .venv") and steps[1] == ". .venv/bin/activate"
+    assert steps.index(". .venv/bin/activate") < min(i for i, s in enumerate(steps) if s.startswith("pip"))

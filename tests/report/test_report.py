@@ -169,7 +169,9 @@ def console_messages(log: str) -> list[str]:
     return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (CI installs the Debian package)")
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed: put chromium, chromium-browser "
+                    "or google-chrome on the PATH (Debian/Ubuntu: sudo apt-get install chromium; .ci/run "
+                    "installs it) to check that report.html renders")
 def test_report_renders_in_headless_chromium(saved, tmp_path):
     browser = chromium()
     # the check can see console errors: a page that logs one is caught

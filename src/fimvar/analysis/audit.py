@@ -93,6 +93,7 @@ class AuditAnalysis(StreamingAnalysis):
 
     kind = "audit"
     takes_labels = True
+    labels_use = "for the empirical Fisher and EWC"
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  estimator: str | Iterable[str] | None = None, batch_size: int | None = None,
@@ -237,7 +238,8 @@ class AuditAnalysis(StreamingAnalysis):
         if not self.has_labels:
             missing = [e for e in chosen if e in NEED_LABELS]
             if missing and self.explicit:
-                raise FimvarError(f"the {'/'.join(missing)} estimator uses the data labels; give labels=")
+                raise FimvarError(f"the {'/'.join(missing)} estimator uses the data labels; give labels= "
+                                  "(or batches of (inputs, labels) pairs)")
             if missing:
                 notes.append("no data labels: the empirical Fisher and EWC are not audited (give labels=)")
             chosen = [e for e in chosen if e not in NEED_LABELS]
@@ -251,6 +253,9 @@ class AuditAnalysis(StreamingAnalysis):
         entries = {e: entry(e, base, self.accumulator, cost, self.batch_size, self.probes) for e in chosen}
         if n < 30:
             notes.append(f"only {n} inputs: the input-noise terms and the sample sizes are rough")
+        if self.labels_from == "batches":
+            notes.append("the batches carried data labels ((inputs, labels) pairs or a dict entry 'labels'): "
+                         "the empirical Fisher and EWC were audited with them")
         check_result_finite({f"{q} of {e}": getattr(a, q) for e, a in entries.items()
                              for q in ("mean", "bias", "variance", "variance_given_inputs",
                                        "bias_independent", "unit_variance")})

@@ -54,6 +54,7 @@ class Analysis(StreamingAnalysis):
 
     kind = "diagonal"
     takes_labels = True
+    labels_use = "for the empirical Fisher and its bias"
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class Analysis(StreamingAnalysis):
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
+        self.stage(f"derivatives of {x.shape[0]} inputs")
         h, blocks = self.engine.derivatives(x)
         family.check_outputs(h)
         n = h.shape[0]
@@ -123,7 +125,8 @@ class Analysis(StreamingAnalysis):
                 coefficients = {term: c for term, c in coefficients.items() if term.quantity != "v2"}
         widest = max(b.first.shape[2] for b in blocks)
         draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
-        for block in blocks:
+        for done, block in enumerate(blocks):
+            self.stage(f"parameter {done + 1}/{len(blocks)} of {n} inputs")
             sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n)
@@ -171,10 +174,18 @@ class Analysis(StreamingAnalysis):
         shapes = {name: shapes[name] for name in self.parameter_names}
         result = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
                                  engine=self.engine.name, shapes=shapes, groups=self.groups)
-        result.metadata.update(seed=self.seed, outputs=self.width)
+        result.metadata.update(seed=self.seed, outputs=self.width, **self.run_metadata())
         if isinstance(self.family, Positions):
             result.metadata.update(positions=self.family.positions, masked_positions=self.masked_positions)
         notes = []
+        if self.labels_from == "batches":
+            notes.append("the batches carried data labels ((inputs, labels) pairs or a dict entry 'labels'): "
+                         "the empirical Fisher and its bias were computed with them; give batches of "
+                         "inputs only to leave them out")
+        if self.precision in ("float16", "bfloat16"):
+            notes.append(f"the model computes in {self.precision}: the derivatives, and so every value, "
+                         "carry that precision (summed in float64); analyse a float32 copy for accurate "
+                         "numbers")
         if self.engine.estimates_second:
             notes.append("v2, c12 and Î2 were estimated without bias by Hutchinson probes (two "
                          "per label draw; docs/theory.md §14.1), not computed exactly: their standard "
@@ -331,11 +342,23 @@ def analyze(
 
     Args:
         model: any ``nn.Module`` mapping a batch of inputs to ``(batch, T)`` natural parameters.
-        x: inputs (first dimension = samples), or an iterable of batches or ``(x, y)`` pairs.
+        x: inputs (first dimension = samples): a tensor, a NumPy array (moved to the model's device,
+            floating arrays converted to its dtype), a dict or tuple of the forward's arguments, or
+            an iterable of batches (e.g. a ``DataLoader``) of inputs, 1-tuples ``(inputs,)``,
+            ``(inputs, labels)`` pairs or argument dicts. Labels carried by the batches (pairs,
+            or a dict entry ``labels``/``label`` the forward does not take) are used as data
+            labels, with a warning, and recorded as ``result.metadata["data_labels"] ==
+            "batches"``.
         family: ``categorical``, ``gaussian``, ``bernoulli``, ``poisson`` or a family object.
         samples: label draws ``M ≥ 1`` per input for Î1 and Î2 (labels sampled from the model).
+            The draws of an input are seeded by its position in the data stream (input 0, 1, …
+            in the order the batches yield them; docs/theory.md §11): the batching does not
+            change the result, but the order does — with ``DataLoader(shuffle=True)`` Î1 and Î2
+            change from run to run (within their standard errors); iterate in a fixed order
+            for reproducible draws.
         seed: seed of the label draws.
-        labels: optional data labels; give them for the empirical Fisher and its bias.
+        labels: optional data labels for a tensor ``x``, for the empirical Fisher and its bias
+            (with an iterable, let its batches carry them: ``labels=`` is then refused).
         engine: ``auto``, ``autodiff`` or ``structured``.
         parameters: names of the parameters to analyse (default: all that require grad).
         groups: parameter groups for summaries (default: one per module).
@@ -348,10 +371,14 @@ def analyze(
         checkpoint_interval: seconds between two checkpoint saves (0: after every block).
         batch_size: inputs per block when checkpointing or showing progress (default 256);
             keep it fixed between a run and its resumption for a bit-identical result.
-        progress: show a progress bar (tqdm) on stderr.
+        progress: show a progress bar (tqdm) on stderr when it is a terminal (none in a log
+            file or a pipe), advanced chunk by chunk, with the step of the current chunk
+            (derivatives, parameter k of K) next to it.
 
     Returns:
-        A :class:`~fimvar.DiagonalResult`.
+        A :class:`~fimvar.DiagonalResult` of float64 tensors (``result.fisher_as(model)``: in the
+        parameters' dtype and device); ``result.metadata["precision"]`` names the dtype the model
+        computed in (float16 and bfloat16 models are analysed with a warning).
     """
     analysis = Analysis(model, family, samples, seed, engine, parameters=parameters,
                         groups=groups, bounds=bounds, memory_budget=memory_budget)

@@ -17,7 +17,6 @@ import itertools
 import os
 import sys
 import time
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -34,11 +33,21 @@ from fimvar.analysis.inputs import (
     check_memory_budget,
     check_model,
     model_mode_context,
+    model_precision,
     model_reference,
+    numpy_inputs,
+    numpy_labels,
 )
-from fimvar.analysis.packing import Packing, packed_forward, takes_arguments
+from fimvar.analysis.packing import (
+    Packing,
+    forward_keywords,
+    packed_forward,
+    positional_arity,
+    split_labels,
+    takes_arguments,
+)
 from fimvar.engine.functional import buffers_kept
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
 DEFAULT_BLOCK = 256
@@ -51,6 +60,8 @@ class StreamingAnalysis(ABC):
     kind: str = "analysis"
     #: whether the mode uses data labels (the empirical Fisher)
     takes_labels: bool = False
+    #: what the mode does with data labels, for the warning about labels carried by the batches
+    labels_use: str = "as data labels"
 
     def __init__(self, model: nn.Module, memory_budget: int | str | None = None) -> None:
         check_model(model)
@@ -61,6 +72,13 @@ class StreamingAnalysis(ABC):
         self.has_labels: bool | None = None
         #: how the current run packs argument dicts/tuples (fimvar.analysis.packing), or None
         self.packing = None
+        #: where the data labels of the last run came from: "labels=" (the argument) or "batches"
+        #: ((inputs, labels) pairs or a dict key 'labels' of the batches); None without labels
+        self.labels_from: str | None = None
+        #: the floating dtype the model computes in (warned about when float16/bfloat16)
+        self.precision = model_precision(model)
+        #: the progress bar of the current run (tqdm), or None
+        self.bar = None
 
     @property
     def count(self) -> int:
@@ -95,6 +113,12 @@ class StreamingAnalysis(ABC):
     def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore :meth:`extra_state`."""
 
+    def stage(self, text: str) -> None:
+        """Show what the current chunk is doing (e.g. ``parameter 3/12``) next to the progress bar,
+        so that a long chunk does not look frozen; nothing without a progress bar."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
     # ------------------------------------------------------------------ the loop
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Analyse one batch of inputs (and optional data labels), chunk by chunk.
@@ -119,8 +143,12 @@ class StreamingAnalysis(ABC):
                 for start in range(0, x.shape[0], chunk):
                     stop = min(x.shape[0], start + chunk)
                     sums = dict(self.accumulator.sums)
+                    if x.shape[0] > chunk:
+                        self.stage(f"chunk of inputs {self.count + 1}–{self.count + stop - start}")
                     self.update_chunk(x[start:stop], None if labels is None else labels[start:stop])
                     self.accumulator.finish_chunk(stop - start)
+                    if self.bar is not None:  # inputs done, chunk by chunk
+                        self.bar.update(stop - start)
         except Exception as error:
             self.accumulator.sums = sums
             if self.count == 0:
@@ -144,8 +172,11 @@ class StreamingAnalysis(ABC):
         checkpoint_interval: float = 60.0,
         progress: bool = False,
     ) -> StreamingAnalysis:
-        """Analyse every batch of ``data`` (a tensor, or an iterable of batches or of
-        ``(inputs, labels)`` pairs).
+        """Analyse every batch of ``data``: a tensor or NumPy array, or an iterable (e.g. a
+        ``DataLoader``) of batches, of 1-tuples ``(inputs,)``, of ``(inputs, labels)`` pairs or of
+        argument dicts (a dict entry ``labels`` that the forward does not take is the batch's
+        labels). ``labels`` goes with a tensor ``data``; labels carried by the batches are used as
+        data labels, with a warning, and recorded in the result (:meth:`run_metadata`).
 
         With ``checkpoint`` (or ``batch_size`` / ``progress``) the data is fed in blocks of
         ``batch_size`` inputs counted from input 0 (the batches of an iterable are cut and joined
@@ -162,14 +193,35 @@ class StreamingAnalysis(ABC):
         a hash of the inputs and labels consumed so far; a resumed run hashes the part it skips
         again and refuses data that differs there.
         """
-        data, packing = pack_arguments(self.model, data)
+        like = floating_reference(self.model)
+        given = labels is not None
+        data, labels = numpy_inputs(data, like), numpy_labels(labels, like)
+        data, packing, labels = pack_arguments(self.model, data, labels, like)
         self.packing = packing
         with packed_forward(self.model, packing):
-            return self._run(data, labels, batch_size, checkpoint, checkpoint_interval, progress)
+            self._run(data, labels, batch_size, checkpoint, checkpoint_interval, progress, like)
+        self.labels_from = None if not self.has_labels else ("labels=" if given else "batches")
+        if self.labels_from == "batches":
+            warn(f"the batches carry data labels ((inputs, labels) pairs, or a dict entry 'labels' that "
+                 f"the model's forward does not take); the {self.kind} analysis uses them {self.labels_use}; "
+                 "give batches of inputs only (e.g. DataLoader(TensorDataset(x))) to leave them out")
+        return self
 
-    def _run(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress) -> StreamingAnalysis:
+    def run_metadata(self) -> dict[str, Any]:
+        """What a result records about the run besides its numbers: ``precision`` (the model's
+        floating dtype) and, with data labels, ``data_labels`` (``"labels="``: given as the
+        argument; ``"batches"``: carried by the batches; ``"given"``: fed to :meth:`update`)."""
+        metadata: dict[str, Any] = {}
+        if self.precision is not None:
+            metadata["precision"] = self.precision
+        if self.has_labels:
+            metadata["data_labels"] = self.labels_from or "given"
+        return metadata
+
+    def _run(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress,
+             like: torch.Tensor | None) -> StreamingAnalysis:
         if checkpoint is None and batch_size is None and not progress:
-            for x, y in batches(data, labels):
+            for x, y in batches(data, labels, like):
                 self.update(x, y)
             return self
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
@@ -200,24 +252,25 @@ class StreamingAnalysis(ABC):
             except FimvarError as error:
                 if not failed:
                     reason = getattr(error.__cause__, "strerror", None) or error.__cause__ or error
-                    warnings.warn(f"could not save the checkpoint {checkpoint} ({reason}); the analysis "
-                                  "goes on and its result is kept, but it cannot be resumed from this "
-                                  "checkpoint", stacklevel=3)
+                    warn(f"could not save the checkpoint {checkpoint} ({reason}); the analysis "
+                         "goes on and its result is kept, but it cannot be resumed from this checkpoint")
                 failed = True
 
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=skip, unit="input", desc="fimvar", disable=not progress,
+        # disable=None: no bar when stderr is not a terminal (a log file, a pipe, a notebook's capture)
+        bar = tqdm(total=total, initial=skip, unit="input", desc="fimvar", disable=None if progress else True,
                    file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.bar = None if bar.disable else bar
         last_save = time.monotonic()
         try:
-            for x, y in data_blocks(data, labels, block, skip, consumed):
+            for x, y in data_blocks(data, labels, block, skip, consumed, like):
                 self.update(x, y)
-                bar.update(x.shape[0])
                 if checkpoint is not None and time.monotonic() - last_save >= checkpoint_interval:
                     save()
                     last_save = time.monotonic()
         finally:
+            self.bar = None
             bar.close()
         if consumed is not None:
             consumed.verify()  # when no block came after the skipped inputs
@@ -341,45 +394,81 @@ class ConsumedData:
 
 class PackedBatches:
     """An iterable of batches whose inputs are argument dicts/tuples, yielding them packed
-    (:mod:`fimvar.analysis.packing`); ``(arguments, labels)`` pairs keep their labels."""
+    (:mod:`fimvar.analysis.packing`); ``(arguments, labels)`` pairs keep their labels, and a dict's
+    entry ``labels`` that the forward does not take becomes the batch's labels
+    (:func:`~fimvar.analysis.packing.split_labels`)."""
 
-    def __init__(self, data, packing: Packing, model: nn.Module) -> None:
-        self.data, self.packing, self.model = data, packing, model
+    def __init__(self, data, packing: Packing, model: nn.Module, like: torch.Tensor | None = None) -> None:
+        self.data, self.packing, self.like = data, packing, like
         self.dataset = getattr(data, "dataset", None)
+        # read now: while fimvar runs, the model's forward takes the packed tensor
+        self.keywords, self.arity = forward_keywords(model), positional_arity(model)
 
     def __iter__(self):
         for item in self.data:
-            if takes_arguments(self.model, item):
-                yield self.packing.pack(item)
-            elif isinstance(item, (tuple, list)) and len(item) == 2 and takes_arguments(self.model, item[0]):
-                yield self.packing.pack(item[0]), item[1]
+            if takes_arguments(None, item, self.arity):
+                arguments, labels = arguments_and_labels(self.keywords, item, self.like)
+                packed = self.packing.pack(arguments)
+                yield packed if labels is None else (packed, labels)
+            elif (isinstance(item, (tuple, list)) and len(item) == 2
+                  and takes_arguments(None, item[0], self.arity)):
+                arguments, labels = arguments_and_labels(self.keywords, item[0], self.like)
+                if labels is not None:
+                    raise FimvarError("a batch is an (arguments, labels) pair whose dict has a 'labels' "
+                                      "entry too; give the labels once")
+                yield self.packing.pack(arguments), numpy_labels(item[1], self.like)
             else:
                 raise FimvarError("every batch must give the model's arguments in the same form "
                                   "(a dict of tensors, or the first batch's tuple)")
 
 
-def pack_arguments(model: nn.Module, data) -> tuple[Any, Packing | None]:
-    """``data`` with argument dicts/tuples packed into one tensor per batch, and the packing
-    (``None`` for tensor inputs). An iterable's first batch decides the layout."""
+def arguments_and_labels(keywords: list[str] | None, arguments, like: torch.Tensor | None = None):
+    """Argument dicts/tuples with NumPy arrays as tensors (:func:`numpy_inputs`), and the data
+    labels a dict carries (:func:`~fimvar.analysis.packing.split_labels` with the forward's
+    ``keywords``; ``None`` if none)."""
+    if isinstance(arguments, Mapping):
+        arguments, labels = split_labels(keywords, {k: numpy_inputs(v, like) for k, v in arguments.items()})
+        return arguments, numpy_labels(labels, like)
+    return type(arguments)(numpy_inputs(v, like) for v in arguments), None
+
+
+def pack_arguments(model: nn.Module, data, labels=None, like: torch.Tensor | None = None
+                   ) -> tuple[Any, Packing | None, Any]:
+    """``data`` with argument dicts/tuples packed into one tensor per batch, the packing
+    (``None`` for tensor inputs) and the labels (those of ``labels=``, or of a dict's ``labels``
+    entry). An iterable's first batch decides the layout."""
     if isinstance(data, torch.Tensor) or data is None:
-        return data, None
+        return data, None, labels
     if takes_arguments(model, data):
-        packing = Packing.of(data)
-        return packing.pack(data), packing
+        arguments, carried = arguments_and_labels(forward_keywords(model), data, like)
+        if carried is not None and labels is not None:
+            raise FimvarError("the inputs' dict has a 'labels' entry and labels= is given too; give the "
+                              "labels once")
+        packing = Packing.of(arguments)
+        return packing.pack(arguments), packing, labels if carried is None else carried
     if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
-        return data, None
+        return data, None, labels
     iterator = iter(data)
     try:
         item = next(iterator)
     except StopIteration:
-        return data, None
+        return data, None, labels
     if iterator is data:  # a one-pass iterator: put the item back in front
         data = itertools.chain([item], iterator)
     first = item[0] if (isinstance(item, (tuple, list)) and len(item) == 2
                         and takes_arguments(model, item[0])) else item
     if not takes_arguments(model, first):
-        return data, None
-    return PackedBatches(data, Packing.of(first), model), Packing.of(first)
+        return data, None, labels
+    packing = Packing.of(arguments_and_labels(forward_keywords(model), first, like)[0])
+    return PackedBatches(data, packing, model, like), packing, labels
+
+
+def floating_reference(model: nn.Module) -> torch.Tensor | None:
+    """The model's first floating parameter or buffer (its dtype and device), or ``None``."""
+    try:
+        return model_reference(model)
+    except FimvarError:
+        return None
 
 
 def data_length(data) -> int | None:
@@ -392,8 +481,8 @@ def data_length(data) -> int | None:
     return None
 
 
-def data_blocks(data, labels, block: int, skip: int,
-                consumed: ConsumedData | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def data_blocks(data, labels, block: int, skip: int, consumed: ConsumedData | None = None,
+                like: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Blocks of ``block`` inputs of ``data`` after its first ``skip`` inputs, counted from input 0
     (so a resumed run sees the same blocks).
 
@@ -404,7 +493,7 @@ def data_blocks(data, labels, block: int, skip: int,
     before the first block, and every block is hashed as it is handed out.
     """
     if isinstance(data, torch.Tensor):
-        x, y = next(batches(data, labels))  # validates labels
+        x, y = next(batches(data, labels, like))  # validates labels
         for start in range(skip, x.shape[0], block):
             yield x[start:start + block], (None if y is None else y[start:start + block])
         return
@@ -433,7 +522,7 @@ def data_blocks(data, labels, block: int, skip: int,
             consumed.add(x, y)
         return x, y
 
-    for x, y in batches(data, labels):
+    for x, y in batches(data, labels, like):
         check_batch(x, y)
         if x.shape[0] == 0:
             continue

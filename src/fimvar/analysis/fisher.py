@@ -37,6 +37,7 @@ class FisherAnalysis(StreamingAnalysis):
 
     kind = "fisher"
     takes_labels = True  # only for the -100 positions of a language model
+    labels_use = "only to leave out the positions labelled -100"
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical",
                  engine: str = "auto", *, parameters: Iterable[str] | None = None,
@@ -63,7 +64,9 @@ class FisherAnalysis(StreamingAnalysis):
         if labels is not None and not (masks_positions and not labels.is_floating_point()):
             raise FimvarError("the exact Fisher takes its labels from the model: fisher_diagonal uses "
                               "data labels only to leave out the positions of a per-position "
-                              "categorical model labelled -100; drop them")
+                              "categorical model labelled -100; drop them (labels=, or the labels of "
+                              "(inputs, labels) batches: give batches of inputs only, e.g. "
+                              "DataLoader(TensorDataset(x)))")
         mask = position_mask(self.family, self.packing, x, labels)
         sums: dict[str, torch.Tensor] = {}
         if isinstance(self.engine, GraphEngine):  # a square root of I(h) backpropagated (§14.2)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 
 import torch
 from torch import nn
 
+from fimvar.analysis.packing import is_array as is_numpy
 from fimvar.engine.base import default_memory_budget
 from fimvar.engine.functional import output_tensor
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 from fimvar.families import ExponentialFamily
 from fimvar.families.positions import Positions
 
@@ -145,13 +145,38 @@ def warn_piecewise_linear(model: nn.Module) -> bool:
     """Warn when the model has ReLU-like activations; returns whether it has."""
     found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, PIECEWISE_LINEAR)})
     if found:
-        warnings.warn(
+        warn(
             f"the model uses piecewise-linear activations ({', '.join(found)}): their second "
             "derivative is 0 almost everywhere, so Î2's label variance is then 0 in every layer "
-            "except through smooth parts and Î2 equals the Gauss-Newton term ([A], docs/theory.md §2)",
-            stacklevel=3,
+            "except through smooth parts and Î2 equals the Gauss-Newton term ([A], docs/theory.md §2)"
         )
     return bool(found)
+
+
+#: floating dtypes whose derivatives are too coarse for the variances (warned about)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def model_precision(model: nn.Module) -> str | None:
+    """The floating dtype the model computes in (``"float32"``, ``"bfloat16"``…; ``None`` when it
+    has no floating tensor), warning once per call when it is float16 or bfloat16."""
+    try:
+        dtype = model_reference(model).dtype
+    except FimvarError:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    if dtype in LOW_PRECISION:
+        warn(f"the model computes in {name} (about {_digits(dtype)} significant digits): its "
+             "derivatives, and so the Fisher, Î1, Î2 and their variances, carry that precision although "
+             "fimvar sums them in float64 (bfloat16 was 1.2 % off float32 on a small network); for "
+             "accurate numbers analyse a float32 copy, e.g. fimvar.analyze(copy.deepcopy(model).float(), "
+             "x.float(), ...), and convert the result with result.fisher_as(model)")
+    return name
+
+
+def _digits(dtype: torch.dtype) -> int:
+    """Decimal significant digits of a floating dtype (2 for bfloat16, 3 for float16)."""
+    return max(1, round(-math.log10(torch.finfo(dtype).eps)))
 
 
 def model_reference(model: nn.Module) -> torch.Tensor:
@@ -229,14 +254,56 @@ def _looks_like_pair(data) -> bool:
     return x.shape[0] == y.shape[0] and (x.shape[1:] != y.shape[1:] or x.dtype != y.dtype)
 
 
+def numpy_inputs(value, like: torch.Tensor | None):
+    """A NumPy array of inputs as a tensor on ``like``'s device, floating arrays in ``like``'s
+    dtype (the conversion a user would write: ``torch.as_tensor(x, dtype=model_dtype)``); other
+    values unchanged. Without ``like`` (a model with no floating tensor) only ``torch.as_tensor``."""
+    if not is_numpy(value):
+        return value
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, RuntimeError) as error:
+        raise FimvarError(f"cannot convert the NumPy inputs ({value.dtype}) to a tensor: {error}; give "
+                          "numbers (a float or integer array)") from error
+    if like is None:
+        return tensor
+    return tensor.to(device=like.device, dtype=like.dtype if tensor.is_floating_point() else None)
+
+
+def numpy_labels(value, like: torch.Tensor | None):
+    """NumPy labels as a tensor (their dtype kept) on ``like``'s device; other values unchanged."""
+    if not is_numpy(value):
+        return value
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, RuntimeError) as error:
+        raise FimvarError(f"cannot convert the NumPy labels ({value.dtype}) to a tensor: {error}; give "
+                          "class indices or numbers") from error
+    return tensor if like is None else tensor.to(like.device)
+
+
+#: how to give data labels with an iterable of batches
+ITERABLE_LABELS = ("with an iterable of batches (e.g. a DataLoader), the labels come with the batches: "
+                   "let it yield (inputs, labels) pairs, e.g. DataLoader(TensorDataset(x, y)), instead "
+                   "of passing labels=")
+
+
 def batches(
-    data: torch.Tensor | Iterable, labels: torch.Tensor | Iterable | None
+    data: torch.Tensor | Iterable, labels: torch.Tensor | Iterable | None,
+    like: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(x, y)`` batches from a tensor, an iterable of tensors, or an iterable of
-    ``(x, y)`` pairs (e.g. a ``DataLoader``)."""
+    """Yield ``(x, y)`` batches from a tensor, an iterable of tensors, of 1-tuples ``(x,)``
+    (a ``DataLoader`` of a ``TensorDataset(x)``), or of ``(x, y)`` pairs (e.g. a ``DataLoader`` of
+    a ``TensorDataset(x, y)``). NumPy arrays become tensors on ``like``'s device (floating inputs
+    in its dtype, :func:`numpy_inputs`).
+
+    ``labels`` goes with a tensor ``x``; with an iterable, it may only be an iterable of label
+    tensors, one per batch of inputs-only batches.
+    """
     if data is None:
         raise FimvarError("x (the inputs) is None; pass a tensor of inputs (first dimension = samples) "
                           "or an iterable of batches")
+    data, labels = numpy_inputs(data, like), numpy_labels(labels, like)
     if isinstance(data, torch.Tensor):
         if labels is not None and not isinstance(labels, torch.Tensor):
             raise FimvarError("when x is a tensor, labels must be a tensor too"
@@ -253,17 +320,29 @@ def batches(
     if _tensor_hint(data) or isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise FimvarError(f"x must be a tensor of inputs or an iterable of batches, got "
                           f"{type(data).__name__}{_tensor_hint(data)}")
+    if isinstance(labels, torch.Tensor):
+        raise FimvarError(f"labels= is a tensor but x is an iterable of batches; {ITERABLE_LABELS}")
     label_iter = iter(labels) if labels is not None else None
     for item in data:
         if isinstance(item, (tuple, list)):
-            if len(item) != 2:
-                raise FimvarError("batches given as tuples must be (inputs, labels) pairs")
-            x, y = item
+            if len(item) == 1:  # DataLoader(TensorDataset(x)): inputs only
+                x, y = item[0], None
+            elif len(item) == 2:
+                x, y = item
+            else:
+                raise FimvarError(
+                    f"a batch is a {type(item).__name__} of {len(item)} items; give batches of inputs, "
+                    "1-tuples (inputs,) or (inputs, labels) pairs (a model with several positional "
+                    "inputs takes a tuple of exactly that many tensors)")
         else:
             x, y = item, None
+        x, y = numpy_inputs(x, like), numpy_labels(y, like)
         if label_iter is not None:
+            if y is not None:
+                raise FimvarError("the batches are (inputs, labels) pairs and labels= is given too; drop "
+                                  "labels= (the labels of the batches are used)")
             try:
-                y = next(label_iter)
+                y = numpy_labels(next(label_iter), like)
             except StopIteration:
                 raise FimvarError("labels ran out before the inputs did") from None
         if y is not None and isinstance(x, torch.Tensor) and x.dim():
@@ -292,7 +371,7 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             out = model(x)
     except Exception as error:  # the model's own error, re-raised with context
         raise FimvarError(
-            f"the model failed on inputs of shape {tuple(x.shape)}: {error}"
+            f"the model failed on inputs of shape {tuple(x.shape)}: {error}{_shape_hint(model, x)}"
         ) from error
     out = output_tensor(out)
     if out.dim() == 1:
@@ -303,6 +382,33 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             "(batch, positions, outputs)"
         )
     return out
+
+
+#: convolutions, which take images (or sequences / volumes) rather than flat vectors
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _shape_hint(model: nn.Module, x: torch.Tensor) -> str:
+    """For flat ``(n, d)`` inputs to a model whose first layer with parameters is a convolution:
+    how to give each input its shape (with a guess for square images)."""
+    if x.dim() != 2:
+        return ""
+    first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    if not isinstance(first, CONVOLUTIONS):
+        return ""
+    spatial = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
+    channels, features = first.in_channels, x.shape[1]
+    side = round((features / channels) ** (1 / spatial)) if features % channels == 0 else 0
+    if side and channels * side**spatial == features:
+        shape = (channels,) + (side,) * spatial
+    else:
+        shape = (channels,) + ("…",) * spatial
+    text = ",".join(map(str, shape))
+    python = ", ".join(map(str, shape))
+    takes = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}[spatial]
+    return (f"; the inputs are flat vectors of {features} features but the model starts with a "
+            f"{type(first).__name__}, which takes inputs of shape {takes}: "
+            f"reshape each input (fimvar analyze: --input-shape {text}; Python: x.reshape(len(x), {python}))")
 
 
 def output_family(model: nn.Module, x: torch.Tensor, family: ExponentialFamily
@@ -331,8 +437,11 @@ def _checked_outputs(outputs: torch.Tensor, family) -> torch.Tensor:
     elif outputs.dim() > 2:
         raise FimvarError(
             f"the model returns shape {tuple(outputs.shape)}: one output per position; this mode "
-            "needs (batch, outputs) — flatten the output in the model, or use fimvar.analyze or "
-            "fimvar.fisher_diagonal, which treat the positions as independent outputs")
+            "needs (batch, outputs) and does not analyse per-position outputs: use fimvar.analyze or "
+            "fimvar.fisher_diagonal, which treat each position as an independent output (docs/theory.md "
+            "§13). Do not flatten the positions into the outputs: (batch, positions·outputs) would be "
+            "one distribution over all positions at once (one softmax over L·V classes), another model "
+            "with another Fisher")
     family.check_outputs(outputs)
     return outputs
 
@@ -351,10 +460,9 @@ class _EvalMode:
     def __enter__(self):
         self.modes = {m: m.training for m in self.model.modules()}
         if any(m.training for m in self.model.modules() if isinstance(m, MODE_DEPENDENT)):
-            warnings.warn(
+            warn(
                 "the model is in training mode and has Dropout/BatchNorm; fimvar analyses it "
-                "in eval mode (deterministic outputs) and restores the mode afterwards",
-                stacklevel=3,
+                "in eval mode (deterministic outputs) and restores the mode afterwards"
             )
         self.model.eval()
         return self.model

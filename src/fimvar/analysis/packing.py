@@ -99,13 +99,60 @@ def positional_arity(model: nn.Module) -> int:
     return sum(1 for p in signature.parameters.values() if p.kind in kinds and p.default is p.empty)
 
 
-def takes_arguments(model: nn.Module, x) -> bool:
+#: keys of a dict batch read as the data labels when the model's forward does not take them
+LABEL_KEYS = ("labels", "label")
+
+
+def forward_keywords(model: nn.Module) -> list[str] | None:
+    """The names the model's forward takes as keyword arguments (``None``: any, ``**kwargs``)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return [name for name, p in signature.parameters.items() if p.kind in kinds]
+
+
+def split_labels(accepted: list[str] | None, arguments: Mapping) -> tuple[Mapping, torch.Tensor | None]:
+    """A dict batch without the entry that holds its data labels, and those labels: the key
+    ``labels`` or ``label`` when the model's forward does not take it (``accepted``: the names
+    :func:`forward_keywords` gives; a forward that takes it, such as a ``transformers`` model's,
+    gets it as an argument, and no data labels are read). Any other key the forward does not take
+    is refused with the forward's arguments named."""
+    if accepted is None:
+        return arguments, None
+    extra = [key for key in arguments if key not in accepted]
+    found = [key for key in extra if key in LABEL_KEYS]
+    others = [key for key in extra if key not in LABEL_KEYS]
+    if others or len(found) > 1:
+        shown = ", ".join(repr(k) for k in (others or found))
+        raise FimvarError(
+            f"the dict batch has the keys {shown}, which the model's forward({', '.join(accepted)}) does "
+            "not take; fimvar passes each entry of a dict batch to forward as a keyword argument: rename "
+            "the entries after forward's arguments or drop them (one key 'labels' or 'label' that forward "
+            "does not take is read as the data labels)")
+    if not found:
+        return arguments, None
+    key = found[0]
+    return {k: v for k, v in arguments.items() if k != key}, arguments[key]
+
+
+def takes_arguments(model: nn.Module | None, x, arity: int | None = None) -> bool:
     """Whether ``x`` is a set of arguments to pack: a dict, or a tuple/list whose length is the
-    number of positional tensors the forward requires (≥ 2)."""
+    number of positional tensors the forward requires (≥ 2; ``arity``, or read from ``model``)."""
     if isinstance(x, Mapping):
         return True
-    return (isinstance(x, (tuple, list)) and len(x) >= 2 and all(isinstance(v, torch.Tensor) for v in x)
-            and positional_arity(model) == len(x))
+    if not (isinstance(x, (tuple, list)) and len(x) >= 2):
+        return False
+    arity = positional_arity(model) if arity is None else arity
+    return all(isinstance(v, torch.Tensor) or is_array(v) for v in x) and arity == len(x)
+
+
+def is_array(value) -> bool:
+    """Whether ``value`` is a NumPy array (without importing NumPy)."""
+    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
 
 
 @contextlib.contextmanager

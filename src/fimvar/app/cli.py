@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 from fimvar.estimators.design import DEFAULT_TARGET
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -354,7 +354,7 @@ def _check_width(model, x, family, data, labels: bool) -> None:
         if labels:
             raise FimvarError(f"{message}; with --labels the model needs one logit per class: change "
                               "its last layer or the data")
-        warnings.warn(f"{message}; check --model and --data", stacklevel=2)
+        warn(f"{message}; check --model and --data")
 
 
 def cmd_demo(args) -> int:

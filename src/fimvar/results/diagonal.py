@@ -377,6 +377,53 @@ class DiagonalResult:
         """Read a result written by :meth:`save` (its folder or its ``fisher.safetensors``)."""
         return load(path, cls)
 
+    def fisher_as(self, model, quantity: str = "fisher") -> Tensors:
+        """A per-parameter quantity (default the exact Fisher) in each parameter's dtype and on its
+        device, keyed by name: ``fisher_as(model)[name] * (θ − θ*)²`` is an EWC penalty term.
+
+        Args:
+            model: the ``nn.Module`` the result is for (its parameters give dtype and device); a
+                result without the model (e.g. loaded) can use any module with those parameters.
+            quantity: ``fisher``, ``i1``, ``i2``, ``combined`` (α* Î1 + (1 − α*) Î2), ``empirical``,
+                ``v1``, ``v2``, ``c12`` or ``input_var``; or an estimator's variance as
+                ``variance:i1`` (``i2``, ``combined``, ``exact``).
+
+        Returns:
+            ``{name: tensor}`` for the analysed parameters, the parameters' shapes.
+        """
+        named = dict(model.named_parameters()) if hasattr(model, "named_parameters") else None
+        if named is None:
+            raise FimvarError(f"fisher_as needs the model (an nn.Module), got {type(model).__name__}")
+        if quantity == "combined":
+            values = self.combined()
+        elif quantity.startswith("variance:"):
+            values = self.variance(quantity.removeprefix("variance:"))
+        elif quantity in ("fisher", "i1", "i2", "v1", "v2", "c12", "input_var", "empirical",
+                          "empirical_bias"):
+            values = getattr(self, quantity)
+            if values is None:
+                raise FimvarError(f"the result has no {quantity}: it was computed without data labels; "
+                                  "give labels= for the empirical Fisher")
+        else:
+            raise FimvarError(f"unknown quantity {quantity!r}; use fisher, i1, i2, combined, empirical, "
+                              "v1, v2, c12, input_var or variance:<estimator>")
+        missing = [name for name in values if name not in named]
+        if missing:
+            raise FimvarError(f"the model has no parameters {missing[:3]}; give the model the result is for")
+        out = {}
+        for name, value in values.items():
+            reference = named[name]
+            if tuple(reference.shape) != tuple(value.shape):
+                raise FimvarError(f"parameter {name!r} has shape {tuple(reference.shape)} in the model but "
+                                  f"{tuple(value.shape)} in the result; give the model the result is for")
+            converted = value.detach().to(device=reference.device, dtype=reference.dtype)
+            if reference.is_floating_point() and not torch.isfinite(converted).all():
+                raise FimvarError(f"the {quantity} of {name!r} overflows {reference.dtype} (largest value "
+                                  f"{float(value.abs().max()):.3g}); keep it in float64 (result.{quantity}) "
+                                  "or rescale it")
+            out[name] = converted
+        return out
+
     def __repr__(self) -> str:
         return (f"DiagonalResult(family={self.family!r}, inputs={self.num_inputs}, "
                 f"samples={self.samples}, parameters={sum(s.numel() for s in self.shapes.values())}, "
