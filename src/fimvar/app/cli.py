@@ -374,7 +374,10 @@ def cmd_demo(args) -> int:
                f"{time.monotonic() - t0:.1f} s: training loss {loss:.3f}, test accuracy {100 * acc:.1f}%")
     from safetensors.torch import save_file
 
+    from fimvar.report.tensors import usual_mode
+
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    usual_mode(out / "model.safetensors")
     if args.inputs is not None:
         test = take(test, args.inputs)
     model = model.to(device)
