@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan", help="sample sizes per layer for a target relative error (from a saved analysis)",
-        description="For a target relative error ρ and confidence 1−δ, per layer: which estimator "
-                    "(Î1, Î2, their minimum-variance combination, or the exact Fisher), how many "
+        description="First, per layer, how accurate the saved Fisher is with the N inputs analysed "
+                    "(standard error, relative error, the inputs the target needs, whether --available "
+                    "inputs suffice); then, for a target relative error ρ and confidence 1−δ, per layer: "
+                    "which estimator (Î1, Î2, their minimum-variance combination, or the exact Fisher), "
+                    "how many "
                     "inputs N_x and label draws M, by Chebyshev and by the normal approximation, and "
                     "the estimated cost (docs/theory.md §8).",
         epilog="Target: ‖Î−I‖₂/‖I‖₂ ≤ ρ over each layer's parameters. Cost model, in backward passes "
@@ -138,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cost of a forward pass, in backward passes (default: 0.5)")
     plan.add_argument("--hessian-cost", type=float, default=2.0, metavar="H",
                       help="cost of a Hessian-diagonal pass, in backward passes (default: 2)")
+    plan.add_argument("--available", type=int, default=None, metavar="N",
+                      help="the inputs your data set has: says per layer whether they are enough "
+                           "(default: the N analysed)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     audit = commands.add_parser(
@@ -406,7 +412,7 @@ def cmd_plan(args) -> int:
         raise FimvarError("costs must be non-negative")
     cost = CostModel(forward=args.forward_cost, hessian=args.hessian_cost,
                      outputs=result.metadata.get("outputs"))
-    the_plan = result.plan(args.rho, args.delta, cost=cost, draws=args.draws)
+    the_plan = result.plan(args.rho, args.delta, cost=cost, draws=args.draws, available=args.available)
     if args.json:
         from fimvar.report.summary import clean
 

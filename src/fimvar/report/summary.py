@@ -110,6 +110,8 @@ def plan_document(plan: Plan) -> dict:
             "input_noise": g.terms.input,
             "label_noise": dict(g.terms.label),
             "recommended": recommended,
+            "accuracy": {e: dataclasses.asdict(acc) | {"enough": acc.enough}
+                         for e, acc in g.accuracy.items()},
             "designs": [dataclasses.asdict(d) for d in g.designs],
         })
     return {"rho": plan.rho, "delta": plan.delta, "draws": plan.draws, "z": plan.z,
