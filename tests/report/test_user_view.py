@@ -212,7 +212,7 @@ def test_files_have_the_usual_mode(result, tmp_path):
 
 # ---------------------------------------------------------------------- figures
 def _labels(ax) -> list[str]:
-    return [t.get_text() for t in ax.get_xticklabels()]
+    return [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
 
 
 def test_fisher_std_figure(result):
@@ -291,3 +291,21 @@ def test_sample_size_figure_is_the_plan(result):
     assert not any("exact" in label and "M =" in label for label in legend)
     title = fig._suptitle.get_text()
     assert "Chebyshev" not in title and "dashed" not in title and f"z = {plan.z:.3g}" in title
+
+
+def test_long_layer_names_stay_readable():
+    """Long names go on three lines (id, type, shape), many layers are rotated: every tick still
+    reads as the layer's full name."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh()), torch.nn.Flatten(),
+        torch.nn.Linear(2 * 4 * 4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5), torch.nn.Tanh(),
+        torch.nn.Linear(5, 3))
+    r = fimvar.analyze(model, torch.randn(6, 1, 6, 6), "categorical", bounds=False)
+    names = [r.layer_name(g) for g in r.groups]
+    assert names[0] == "0.0 Conv2d 1→2 3×3"
+    ticks = r.plot("fisher_std").axes[0].get_xticklabels()
+    assert [t.get_text().replace("\n", " ") for t in ticks] == names
+    assert all(t.get_text().count("\n") == 2 for t in ticks)  # 4 long names: id / type / shape
+    lines = r.table().splitlines()
+    assert any(line.startswith("0.0 Conv2d 1→2 ") for line in lines)  # cut at a word, not mid-shape

@@ -63,8 +63,26 @@ def _positive_floor(values: list[float]) -> float:
 
 
 def _layer_ticks(ax, x, layers: list[str]) -> None:
-    crowded = len(layers) > 6 or sum(len(n) for n in layers) > 60
+    """Short layer ids under the ticks, rotated for many layers (the audit's own layout)."""
+    crowded = len(layers) > 6
     ax.set_xticks(x, layers, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+
+
+def _named_ticks(ax, x, layers: list[str]) -> None:
+    """Layer names under the ticks: on one line when they fit, else the id above the module
+    type and shape (``0.0`` / ``Conv2d 1→4 3×3``), rotated for many layers (the bottom margin
+    grows to hold them)."""
+    fig = ax.get_figure()
+    crowded = len(layers) > 6
+    long = not crowded and sum(len(n) for n in layers) > 50
+    names = [n.replace(" ", "\n", 2) if long else n for n in layers]
+    ax.set_xticks(x, names, rotation=35 if crowded else 0, ha="right" if crowded else "center",
+                  rotation_mode="anchor" if crowded else "default")
+    if crowded:
+        longest = max(len(n) for n in layers)
+        fig.subplots_adjust(bottom=min(0.5, fig.subplotpars.bottom + 0.012 * longest))
+    elif long:  # three lines of names
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.07)
 
 
 def _readable_log(ax, axis: str = "y") -> None:
@@ -115,7 +133,7 @@ def fisher_std(result, target: Target = DEFAULT_TARGET):
     ax.set_xlim(-0.5, len(layers) - 0.5)
     low, high = ax.get_ylim()
     ax.set_ylim(floor / 10 ** 0.25, high)
-    _layer_ticks(ax, x, layers)
+    _named_ticks(ax, x, layers)
     ax.set_xlabel("layer (module and shape)")
     ax.set_ylabel("mean over the layer's parameters (log scale)")
     ax.set_title(f"Fisher and estimator noise per layer (N={result.num_inputs} inputs, {result.family})")
@@ -188,7 +206,7 @@ def bound_tightness(result, target: Target = DEFAULT_TARGET):
     low, high = ax.get_ylim()
     ax.set_ylim(min(low, 0.8), high)
     _readable_log(ax)
-    _layer_ticks(ax, x, layers)
+    _named_ticks(ax, x, layers)
     ax.set_xlabel("layer (module and shape)")
     ax.set_ylabel("Σ bound / Σ exact over the layer (log)")
     ax.set_title("How far above the exact value each upper bound lies, per layer (1 = tight)")
@@ -300,6 +318,8 @@ def sample_size(result, target: Target = DEFAULT_TARGET):
         ax.axvline(rho, color="black", linewidth=0.8, linestyle=":")
         ax.set_xlabel("target relative error ρ (dotted: the report's)")
         ax.set_ylabel("inputs N needed")
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.7), high)  # fewer than one input is no design
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="upper right", fontsize=7.5)

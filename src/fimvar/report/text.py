@@ -64,6 +64,12 @@ def _percent(value: float | None) -> str:
 
 
 def _name(text: str, width: int) -> str:
+    """A layer's name in fewer than ``width`` characters: the last words of its description
+    (the kernel size, …) go first, then the end is cut with ``…``."""
+    words = text.split(" ")
+    while len(" ".join(words)) >= width and len(words) > 2:
+        words = words[:-1]
+    text = " ".join(words)
     return text if len(text) < width else text[: width - 2] + "…"
 
 
@@ -180,12 +186,12 @@ def plan_table(plan: Plan, detailed: bool = False, accuracy: bool = True) -> str
         if not estimators:
             why = ("Fisher is 0: relative error undefined" if not g.terms.fisher_sq > 0 else
                    "no design: the target needs more than 2^63 inputs")
-            lines.append(f"{_cut(plan.name(g.group), 15):<16}{'—':>9}  ({why})")
+            lines.append(f"{_name(plan.name(g.group), 16):<16}{'—':>9}  ({why})")
             continue
         for i, e in enumerate(estimators):
             normal, cheb = g.get(e, "normal"), g.get(e, "chebyshev")
             mark = "*" if detailed and best is not None and e == best.estimator else ""
-            name = _cut(plan.name(g.group), 15) if i == 0 else ""
+            name = _name(plan.name(g.group), 16) if i == 0 else ""
             lines.append(f"{name:<16}{LABELS[e] + mark:>9}{_plan_design(normal):>15}"
                          f"{_plan_cost(normal):>9}{_plan_design(cheb):>18}{_plan_cost(cheb):>9}")
     if detailed:
@@ -193,10 +199,6 @@ def plan_table(plan: Plan, detailed: bool = False, accuracy: bool = True) -> str
     for note in plan.notes:
         lines.extend(textwrap.wrap(f"note: {note}", WIDTH, subsequent_indent="  "))
     return "\n".join(lines)
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _plan_count(value: float | int | None) -> str:
