@@ -117,6 +117,7 @@ def test_analyze_end_to_end(tmp_path, factory, capsys):
                                 "--samples", "2", "--labels", "--out", str(out), "--no-figures")
     assert code == 0, err
     assert "Traceback" not in err
+    printed = stdout
     lines = stdout.splitlines()
     assert any(line.startswith("layer") and "Fisher" in line for line in lines)
     table = stdout[stdout.index("layer"):stdout.index("bounds:")]
@@ -135,6 +136,24 @@ def test_analyze_end_to_end(tmp_path, factory, capsys):
     code, stdout, _ = run_cli(capsys, "plan", str(out), "--json", "--draws", "3")
     plan = json.loads(stdout)
     assert plan["draws"] == 3 and all(d["draws"] in (0, 3) for g in plan["groups"] for d in g["designs"])
+    # the printed report and the plan lead with the accuracy of this run, in the plan's numbers
+    assert printed.index("Accuracy of r.fisher") < printed.index("std Î1") < printed.index("Cheapest design")
+    saved = result.plan(0.2, 0.1)
+    needed = max(a.inputs_needed for a in saved.accuracy().values())
+    code, stdout, err = run_cli(capsys, "plan", str(out), "--rho", "0.2", "--delta", "0.1", "--available",
+                                str(needed))
+    assert code == 0, err
+    assert stdout.splitlines()[1].startswith("Accuracy of r.fisher")
+    rows = [line for line in stdout.splitlines() if line.startswith(("0 Linear", "2 Linear", "(model)"))]
+    for g in saved.groups:
+        row = next(line for line in rows if line.startswith(saved.name(g.group)))
+        assert f"{g.accuracy['exact'].inputs_needed:,}" in row and row.rstrip().endswith("yes")
+    code, _, err = run_cli(capsys, "plan", str(out), "--available", "0")
+    assert code == 2 and "available" in err
+    code, stdout, _ = run_cli(capsys, "plan", str(out), "--json", "--available", "5")
+    document = json.loads(stdout)
+    assert document["available"] == 5
+    assert all(not g["accuracy"]["exact"]["enough"] for g in document["groups"])
 
 
 def test_analyze_other_specs(tmp_path, factory, capsys):
@@ -166,6 +185,8 @@ def test_demo_small(tmp_path, capsys):
     assert code == 0, err
     assert "test accuracy" in stdout and "fimvar analyze --model fimvar.models:digits_mlp" in stdout
     assert (out / "model.safetensors").exists() and (out / "report.html").exists()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes  # the weights and tensors as readable as the rest
     validate(json.loads((out / "summary.json").read_text()))
 
 

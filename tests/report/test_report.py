@@ -94,7 +94,7 @@ def test_safetensors_round_trip(result, saved):
 def test_terminal_table_fits_80_columns(result):
     table = layer_table(result)
     assert max(len(line) for line in table.splitlines()) <= 80
-    assert table.splitlines()[0].split()[:3] == ["layer", "Fisher", "sd"]
+    assert table.splitlines()[0].split()[:4] == ["layer", "Fisher", "std", "Î1"]
     for group in ("0", "2", "(model)"):
         assert any(line.startswith(group) for line in table.splitlines())
 
@@ -135,9 +135,13 @@ def test_report_html_is_self_contained(saved):
     parser = _Collector()
     parser.feed(page)
     assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
-    assert parser.links and all(link.startswith("data:image/png;base64,") for link in parser.links)
+    images = [link for link in parser.links if link.startswith("data:")]
+    assert images and all(link.startswith("data:image/png;base64,") for link in images)
+    # every other link is a relative link to a file of the folder (the file list)
+    files = [link for link in parser.links if not link.startswith("data:")]
+    assert files and all((saved / link).is_file() for link in files)
     assert not re.search(r"https?://|url\(", page)
-    for link in parser.links:  # every embedded figure is a valid PNG
+    for link in images:  # every embedded figure is a valid PNG
         import matplotlib.image
 
         matplotlib.image.imread(io.BytesIO(base64.b64decode(link.split(",", 1)[1])), format="png")

@@ -12,7 +12,7 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Accumulator, Key, parameter, parameter_bound
 from fimvar.analysis.driver import StreamingAnalysis
-from fimvar.analysis.groups import GroupSpec, resolve_groups
+from fimvar.analysis.groups import GroupSpec, describe_groups, resolve_groups
 from fimvar.analysis.inputs import (
     check_derivatives_finite,
     check_parameters_finite,
@@ -175,6 +175,9 @@ class Analysis(StreamingAnalysis):
         result = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
                                  engine=self.engine.name, shapes=shapes, groups=self.groups)
         result.metadata.update(seed=self.seed, outputs=self.width, **self.run_metadata())
+        layers = describe_groups(self.model, self.groups)
+        if layers:
+            result.metadata["layers"] = layers
         if isinstance(self.family, Positions):
             result.metadata.update(positions=self.family.positions, masked_positions=self.masked_positions)
         notes = []

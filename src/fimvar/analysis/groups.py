@@ -49,3 +49,37 @@ def resolve_groups(parameter_names: Sequence[str], groups: GroupSpec = None) -> 
     if missing:
         raise FimvarError(f"parameters {missing} belong to no group; add them to a group")
     return resolved
+
+
+def describe_module(module) -> str:
+    """A module's type and shape in a few characters: ``Linear 64→16``, ``Conv2d 1→8 3×3``,
+    ``Embedding 100×32``, ``LayerNorm 64``; the type alone for other modules."""
+    kind = type(module).__name__
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return f"{kind} {module.in_features}→{module.out_features}"
+    if hasattr(module, "in_channels") and hasattr(module, "out_channels"):
+        size = getattr(module, "kernel_size", ())
+        size = "×".join(str(k) for k in size) if isinstance(size, tuple) else str(size)
+        return f"{kind} {module.in_channels}→{module.out_channels}" + (f" {size}" if size else "")
+    if hasattr(module, "num_embeddings") and hasattr(module, "embedding_dim"):
+        return f"{kind} {module.num_embeddings}×{module.embedding_dim}"
+    shape = getattr(module, "normalized_shape", None) or getattr(module, "num_features", None)
+    if shape:
+        return f"{kind} {'×'.join(str(s) for s in shape) if isinstance(shape, tuple) else shape}"
+    return kind
+
+
+def describe_groups(model, groups: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Per group named after a module of ``model`` (the default groups), :func:`describe_module`
+    of that module; groups that name no module (custom groups) are left out."""
+    out = {}
+    for group in groups:
+        if group == "(root)":
+            module = model
+        else:
+            try:
+                module = model.get_submodule(group)
+            except (AttributeError, TypeError):
+                continue
+        out[group] = describe_module(module)
+    return out

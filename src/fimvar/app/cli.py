@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan", help="sample sizes per layer for a target relative error (from a saved analysis)",
-        description="For a target relative error ρ and confidence 1−δ, per layer: which estimator "
-                    "(Î1, Î2, their minimum-variance combination, or the exact Fisher), how many "
+        description="First, per layer, how accurate the saved Fisher is with the N inputs analysed "
+                    "(standard error, relative error, the inputs the target needs, whether --available "
+                    "inputs suffice); then, for a target relative error ρ and confidence 1−δ, per layer: "
+                    "which estimator (Î1, Î2, their minimum-variance combination, or the exact Fisher), "
+                    "how many "
                     "inputs N_x and label draws M, by Chebyshev and by the normal approximation, and "
                     "the estimated cost (docs/theory.md §8).",
         epilog="Target: ‖Î−I‖₂/‖I‖₂ ≤ ρ over each layer's parameters. Cost model, in backward passes "
@@ -138,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cost of a forward pass, in backward passes (default: 0.5)")
     plan.add_argument("--hessian-cost", type=float, default=2.0, metavar="H",
                       help="cost of a Hessian-diagonal pass, in backward passes (default: 2)")
+    plan.add_argument("--available", type=int, default=None, metavar="N",
+                      help="the inputs your data set has: says per layer whether they are enough "
+                           "(default: the N analysed)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     audit = commands.add_parser(
@@ -378,7 +384,10 @@ def cmd_demo(args) -> int:
                f"{time.monotonic() - t0:.1f} s: training loss {loss:.3f}, test accuracy {100 * acc:.1f}%")
     from safetensors.torch import save_file
 
+    from fimvar.report.tensors import usual_mode
+
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    usual_mode(out / "model.safetensors")
     if args.inputs is not None:
         test = take(test, args.inputs)
     model = model.to(device)
@@ -407,7 +416,7 @@ def cmd_plan(args) -> int:
         raise FimvarError("costs must be non-negative")
     cost = CostModel(forward=args.forward_cost, hessian=args.hessian_cost,
                      outputs=result.metadata.get("outputs"))
-    the_plan = result.plan(args.rho, args.delta, cost=cost, draws=args.draws)
+    the_plan = result.plan(args.rho, args.delta, cost=cost, draws=args.draws, available=args.available)
     if args.json:
         from fimvar.report.summary import clean
 

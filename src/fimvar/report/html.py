@@ -9,17 +9,22 @@ import math
 from pathlib import Path
 
 from fimvar.estimators.design import ESTIMATORS, LABELS
+from fimvar.report.summary import COLUMNS
 from fimvar.results.audit import LABELS as AUDIT_LABELS
 from fimvar.results.groups import MODEL_GROUP
 
 CAPTIONS = {
-    "fisher_std": "Mean Fisher per layer next to the standard deviation of one draw of Î1 and Î2 and "
-                  "the input noise sqrt Var_x I(θ|x) (log scale). Hollow markers at the bottom: exactly 0.",
-    "bound_tightness": "Tightness Σ bound / Σ exact of each upper bound per layer (1 = tight).",
-    "relative_std": "Histogram over parameters of the relative standard deviation of one draw, "
-                    "sqrt(v)/I(θ_i).",
-    "sample_size": "Inputs needed for relative error ρ of each layer's diagonal Fisher "
-                   "(‖Î−I‖/‖I‖ ≤ ρ with probability 1−δ): solid normal approximation, dashed Chebyshev.",
+    "fisher_std": "Per layer, one point per quantity: the mean Fisher, the standard deviation of one draw of "
+                  "Î1 and Î2 and the input noise sqrt Var_x I(θ|x) (log scale). Hollow markers on the bottom "
+                  "edge: exactly 0 (named on the figure).",
+    "bound_tightness": "Per layer, Σ bound / Σ exact of each upper bound (1 = tight; log scale). A bound has "
+                       "no point in a layer where its exact value is 0 (said on the figure).",
+    "relative_std": "Per layer, histograms over its parameters of the standard deviation of one draw "
+                    "relative to the Fisher, sqrt(v)/I(θ_i), for Î1 and Î2 (outlines on common bins).",
+    "sample_size": "Inputs needed for relative error ρ (‖Î−I‖/‖I‖ ≤ ρ with probability 1−δ), by the rule "
+                   "of the accuracy section: left r.fisher per layer (● the inputs needed at the report's ρ, "
+                   "□ the error this run's N reaches), right the whole model per estimator at the plan's "
+                   "cheapest M (● the plan's inputs).",
     "audit": "Per layer (in model order; rightmost, behind the grey line: the whole model) and estimator: "
              "(a) relative bias "
              "‖E[Î] − I‖₂/‖I‖₂, (b) relative standard deviation √(Σ Var Î)/‖I‖₂ of one run of this design, "
@@ -34,7 +39,10 @@ max-width:1100px;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0;font-size:.86em}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}
-table.run td{white-space:normal;word-break:break-word;text-align:left}
+th{white-space:normal;word-break:normal;overflow-wrap:normal;hyphens:none;vertical-align:bottom}
+table.run td{white-space:normal;overflow-wrap:anywhere;text-align:left}
+table.run td:first-child{white-space:nowrap}
+details{margin:.6em 0}summary{cursor:pointer}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.model td{font-weight:600;background:#fafafa}
 .ok{color:#1b7e3b}.bad{color:#b00020;font-weight:600}.muted{color:#666;font-size:.9em}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -88,43 +96,141 @@ def _names(groups: list[str]) -> str:
     return ", ".join(f"<code>{_e(g)}</code>" for g in groups)
 
 
+def _times(value) -> str:
+    """A relative standard deviation as a multiple of the Fisher (``13.9×``)."""
+    text = _num(value)
+    return text if text in ("—", "0") else f"{text}×"
+
+
+def _error(value) -> str:
+    """A relative error in percent, two significant digits (``6.4%``)."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:.2g}%" if 100 * value < 10 else f"{100 * value:,.0f}%"
+
+
+def _layers(groups: list[dict]) -> list[dict]:
+    return [g for g in groups if g["group"] != MODEL_GROUP] if len(groups) > 1 else groups
+
+
 def _findings(summary: dict) -> list[str]:
     groups = summary["groups"]
-    layers = [g for g in groups if g["group"] != MODEL_GROUP] if len(groups) > 1 else groups
+    layers = _layers(groups)
     whole = groups[-1]
     run = summary["run"]
+    plan = summary["plan"]
     out = []
-    wins = {e: [g["group"] for g in layers if g["better"] == e] for e in ("i1", "i2")}
-    out.append(f"Î2 has the lower variance in {len(wins['i2'])} of {len(layers)} layers"
-               + (f" ({_names(wins['i2'])})" if wins["i2"] else "")
-               + f"; Î1 in {len(wins['i1'])}.")
-    exact = [g["group"] for g in layers if g["std_i2"] == 0]
-    if exact:
-        out.append(f"Î2 has zero label variance in {_names(exact)}: a linear output layer "
+    exact = whole["accuracy"].get("exact")
+    if exact and exact["relative_error"] is not None:
+        short = [g["layer"] for g in layers if not g["accuracy"]["exact"]["enough"]]
+        verdict = ("<span class=\"ok\">enough</span> in every layer" if not short else
+                   f"<span class=\"bad\">not enough</span> in {len(short)} of {len(layers)} layers "
+                   f"({_names(short)})")
+        held = "analysed" if plan["available"] == run["inputs"] else "you have"
+        out.append(f"<b>Your Fisher</b> (<code>r.fisher</code>, averaged over the N = {run['inputs']:,} "
+                   f"inputs) has relative error {_error(exact['relative_error'])} (RMS) over the whole "
+                   f"model: "
+                   f"below {_error(exact['error_at_confidence'])} with probability {1 - plan['delta']:g}. "
+                   f"Relative error ≤ {plan['rho']:g} needs {_num(exact['inputs_needed'])} inputs: the "
+                   f"{plan['available']:,} inputs {held} are {verdict}.")
+    wins = {e: [g["layer"] for g in layers if g["better"] == e] for e in ("i1", "i2")}
+    out.append(f"Of the sampled estimators, Î2 has the lower variance in {len(wins['i2'])} of {len(layers)} "
+               "layers" + (f" ({_names(wins['i2'])})" if wins["i2"] else "")
+               + f"; Î1 in {len(wins['i1'])}" + (f" ({_names(wins['i1'])})" if wins["i1"] else "") + ".")
+    zero = [g["layer"] for g in layers if g["std_i2"] == 0]
+    if zero:
+        out.append(f"Î2 has zero label variance in {_names(zero)}: a linear output layer "
                    "([B] Remark 4.4) — there Î2 equals the exact Fisher of each input.")
-    out.append(f"Whole model: one draw has relative std {_num(whole['relative_std_i1'])} (Î1) and "
-               f"{_num(whole['relative_std_i2'])} (Î2); with M={run['samples']} draws per input, "
+    out.append(f"Whole model: one draw has a standard deviation {_times(whole['relative_std_i1'])} the "
+               f"Fisher (Î1) and {_times(whole['relative_std_i2'])} (Î2); with M={run['samples']} draws per "
+               f"input, "
                f"{_pct(whole['input_noise_share_i1'])} of Î1's variance comes from the inputs.")
     rec = whole["recommended"]["normal"]
-    plan = summary["plan"]
     if rec:
         draws = "draw" if rec["draws"] == 1 else "draws"
         design = (f"{rec['inputs']:,} inputs" if rec["estimator"] == "exact"
                   else f"{rec['inputs']:,} inputs × {rec['draws']} {draws}")
-        out.append(f"For relative error ≤ {plan['rho']:g} with probability ≥ {1 - plan['delta']:g} "
-                   f"(whole model, normal approximation), the cheapest choice is "
+        out.append(f"The cheapest way to relative error ≤ {plan['rho']:g} with probability ≥ "
+                   f"{1 - plan['delta']:g} (whole model) is "
                    f"<b>{_e(LABELS[rec['estimator']])}</b> with {design} (cost ≈ {_num(rec['cost'])} "
                    "backward passes).")
     failed = [b["name"] for b in summary["bounds"] + summary["group_bounds"] if not b["holds"]]
     total = len(summary["bounds"]) + len(summary["group_bounds"])
     if total:
-        out.append(f"<span class=\"ok\">All {total} bounds hold.</span>" if not failed else
-                   f"<span class=\"bad\">Violated bounds: {_e(', '.join(failed))}.</span>")
+        vacuous = [b["name"] for b in summary["bounds"] if "vacuous" in _bound_status(b)]
+        out.append(f"<span class=\"ok\">All {total} bounds hold</span>"
+                   + (f"; {len(vacuous)} lower bounds are vacuous (0 in every layer)." if vacuous else ".")
+                   if not failed else f"<span class=\"bad\">Violated bounds: {_e(', '.join(failed))}.</span>")
     if run.get("labels") and whole.get("empirical") and whole["empirical"]["relative_bias"] is not None:
         out.append(f"The empirical Fisher (data labels) differs from the Fisher by "
                    f"{_pct(whole['empirical']['relative_bias'])} over the whole model (it is biased, "
                    "[B] §6).")
     return out
+
+
+def _rule(plan: dict) -> str:
+    """The one sample-size rule, stated once in the page."""
+    z, delta, rho = plan["z"], plan["delta"], plan["rho"]
+    return (f"<p class=\"muted\"><b>The sample-size rule</b> of every number of inputs on this page, in "
+            f"the plan and in the figures: with N inputs and M label draws per input, the layer's squared "
+            f"error is E‖Î−I‖² = (a + b/M)/N, a = Σ Var_x I(θ_i|x) (input noise), b = Σ v (label noise of "
+            f"one draw; 0 for <code>r.fisher</code>, exact over the labels). std error = sqrt((a + b/M)/N); "
+            f"rel error = std error / ‖I‖₂ (RMS); err @{100 * (1 - delta):g}% = z · rel error with "
+            f"<b>z = z<sub>1−δ/2</sub> = {z:.3g}</b> (normal approximation): with probability ≥ "
+            f"{1 - delta:g} the relative error is below it. <b>N needed = ⌈z² (a + b/M) / (ρ² ‖I‖²)⌉</b> "
+            f"for ρ = {rho:g}, "
+            f"so a design that meets the target has RMS relative error ρ/z = {rho / z:.3g}. The plan also "
+            f"shows Chebyshev's distribution-free N (z² = {z * z:.3g} replaced by 1/δ = {1 / delta:.3g}); "
+            f"docs/theory.md §8.2.</p>")
+
+
+def _accuracy(summary: dict) -> str:
+    plan, run = summary["plan"], summary["run"]
+    confidence = f"err @{100 * (1 - plan['delta']):g}%"
+    headers = ["layer", "‖Fisher‖", "std error", "rel error", confidence, "N needed", "enough"]
+
+    def cells(g: dict, a: dict, label: str | None = None) -> list[str]:
+        enough = ("—" if a["inputs_needed"] is None else "<span class=\"ok\">yes</span>" if a["enough"] else
+                  f"<span class=\"bad\">no</span> (has {plan['available']:,})")
+        first = [_e(g["layer"])] + ([label] if label is not None else [])
+        return first + [_num(a["fisher_norm"]), _num(a["standard_error"]), _error(a["relative_error"]),
+                         _error(a["error_at_confidence"]), _num(a["inputs_needed"]), enough]
+
+    groups = summary["groups"]
+    classes = ["model" if g["group"] == MODEL_GROUP else "" for g in groups]
+    rows = [cells(g, g["accuracy"]["exact"]) for g in groups if "exact" in g["accuracy"]]
+    sampled, sclasses = [], []
+    for g in groups:
+        for e in ("i1", "i2", "combined"):
+            if e in g["accuracy"]:
+                sampled.append(cells(g, g["accuracy"][e], _e(LABELS[e])))
+                sclasses.append("model" if g["group"] == MODEL_GROUP else "")
+    draws = "draw" if run["samples"] == 1 else "draws"
+    return (f"<h2 id=\"accuracy\">Accuracy with the N = {run['inputs']:,} inputs analysed</h2>"
+            f"<p>Your Fisher, <code>r.fisher</code>: exact over the labels, an average over the inputs, so "
+            f"its error comes from the inputs alone (<code>r.standard_error(\"exact\")</code> per "
+            f"parameter). "
+            f"Target: relative error ≤ {plan['rho']:g} with probability ≥ {1 - plan['delta']:g}.</p>"
+            + _table(headers, rows, classes=classes)
+            + f"<details><summary>The sampled estimators Î1, Î2 and their combination, with M = "
+              f"{run['samples']} {draws} per input</summary>"
+            + _table(["layer", "estimator"] + headers[1:], sampled, left=2, classes=sclasses)
+            + "</details>" + _rule(plan))
+
+
+def _bound_status(b: dict) -> str:
+    if not b["holds"]:
+        return f"<span class=\"bad\">{b['violations']} violations</span>"
+    values = [v for v in b["tightness"].values() if v is not None]
+    if b["side"] == "lower" and all(v == 0 for v in values):
+        return "<span class=\"muted\">vacuous (0)</span>"
+    return "<span class=\"ok\">holds</span>"
+
+
+def _tightness(b: dict, value) -> str:
+    if b["side"] == "lower" and value == 0:
+        return "<span class=\"muted\">vacuous</span>"
+    return _num(value)
 
 
 def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
@@ -140,40 +246,44 @@ def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
     parts.append(f"<p class=\"muted\">Diagonal Fisher information and the variance of its estimators "
                  f"Î1 (squared score) and Î2 (negative Hessian), labels sampled from the model "
                  f"(Soen &amp; Sun, NeurIPS 2021 and 2024). fimvar {_e(summary['fimvar_version'])}, "
-                 f"{_e(summary['created'])}, summary schema v{summary['schema_version']}.</p>")
+                 f"{_e(summary['created'])}, summary schema v{summary['schema_version']}. Column names: "
+                 f"docs/usage.md.</p>")
+    parts.append(_accuracy(summary))
+    parts.append("<h2 id=\"findings\">Findings</h2><ul>"
+                 + "".join(f"<li>{f}</li>" for f in _findings(summary)) + "</ul>")
     meta_rows = [[_e(k), _num(v) if isinstance(v, (bool, float)) else
                   "<br>".join(_e(n) for n in v) if isinstance(v, list) else _e(v)] for k, v in run.items()
                  if v is not None]
     parts.append("<h2 id=\"run\">Run</h2>"
                  + _table(["setting", "value"], meta_rows, left=2, css="run"))
-    parts.append("<h2 id=\"findings\">Findings</h2><ul>"
-                 + "".join(f"<li>{f}</li>" for f in _findings(summary)) + "</ul>")
 
-    headers = ["layer", "params", "Fisher", "std Î1", "std Î2", "rel Î1", "rel Î2",
-               "input Î1", "input Î2", "winner", "α*", "UB/V1", "UB/V2", "UB/I",
-               f"N@{100 * plan['rho']:g}%"]
+    bounded = [(name, label) for name, label in (("thm4.1_v1_upper", "UB/V1"), ("thm4.1_v2_upper", "UB/V2"),
+                                                 ("thm4.1_fisher_upper", "UB/I"))
+               if any(g["tightness"].get(name) is not None for g in groups)]
+    headers = [COLUMNS[k] for k in ("layer", "parameters", "fisher", "std_i1", "std_i2", "relative_std_i1",
+                                    "relative_std_i2", "input_noise_share_i1", "input_noise_share_i2",
+                                    "better", "alpha_star")] + [label for _, label in bounded]
     rows, classes = [], []
     for g in groups:
         t = g["tightness"]
-        target = g["target"]
-        rows.append([_e(g["group"]), _num(g["parameters"]), _num(g["fisher"]), _num(g["std_i1"]),
-                     _num(g["std_i2"]), _num(g["relative_std_i1"]), _num(g["relative_std_i2"]),
+        rows.append([_e(g["layer"]), _num(g["parameters"]), _num(g["fisher"]), _num(g["std_i1"]),
+                     _num(g["std_i2"]), _times(g["relative_std_i1"]), _times(g["relative_std_i2"]),
                      _pct(g["input_noise_share_i1"]), _pct(g["input_noise_share_i2"]),
-                     _e(LABELS[g["better"]]), _num(g["alpha_star"], 2), _num(t.get("thm4.1_v1_upper")),
-                     _num(t.get("thm4.1_v2_upper")), _num(t.get("thm4.1_fisher_upper")),
-                     "—" if not target else f"{target['inputs']:,}"])
+                     _e(LABELS[g["better"]]), _num(g["alpha_star"], 2)]
+                    + [_num(t.get(name)) for name, _ in bounded])
         classes.append("model" if g["group"] == MODEL_GROUP else "")
-    parts.append("<h2 id=\"layers\">Per-layer summary</h2>" + _table(headers, rows, classes=classes))
+    parts.append("<h2 id=\"layers\">Per-layer summary of the estimators' noise</h2>"
+                 + _table(headers, rows, classes=classes))
     parts.append(
         f"<p class=\"muted\">Means over each layer's parameters. std: one draw (one input, one sampled "
-        f"label), sqrt of the mean label variance v1 = Var[(u·ε)²], v2 = wᵀIw ([B] Lemma 3.1); rel: "
-        f"std / Fisher. input: share of the inputs in the variance, "
-        f"Var_x I(θ|x) / (Var_x I(θ|x) + v/M) with M={run['samples']} ([B] Thm 4.7). α*: weight "
-        f"of Î1 in the minimum-variance combination. UB/·: Σ bound / Σ exact of [B] Thm 4.1's upper "
-        f"bounds. N: inputs for relative error ≤ {plan['rho']:g} with probability {1 - plan['delta']:g} "
-        f"with the winner and M={run['samples']} (normal approximation).</p>")
+        f"label), sqrt of the mean label variance v1 = Var[(u·ε)²], v2 = wᵀIw ([B] Lemma 3.1); rel std: "
+        f"std / Fisher, a multiple of the Fisher (14× = 14 times the Fisher). input noise: share of the "
+        f"inputs in the variance, Var_x I(θ|x) / (Var_x I(θ|x) + v/M) with M={run['samples']} ([B] Thm "
+        f"4.7). better: the estimator with the lower variance. α*: weight of Î1 in the minimum-variance "
+        f"combination."
+        + (" UB/·: Σ bound / Σ exact of [B] Thm 4.1's upper bounds." if bounded else "") + "</p>")
     if run.get("labels"):
-        erows = [[_e(g["group"]), _num(g["fisher"]), _num(g["empirical"]["fisher"]),
+        erows = [[_e(g["layer"]), _num(g["fisher"]), _num(g["empirical"]["fisher"]),
                   _pct(g["empirical"]["relative_bias"])] for g in groups if g.get("empirical")]
         parts.append("<h2 id=\"empirical\">Empirical Fisher (data labels)</h2>"
                      + _table(["layer", "Fisher", "empirical Fisher", "relative bias"], erows))
@@ -186,57 +296,62 @@ def render(summary: dict, figures: dict[str, Path] | None = None) -> str:
             if not designs:
                 continue
             n, c = designs.get("normal"), designs.get("chebyshev")
-            prow.append([_e(g["group"]), _e(LABELS[e]) + (" ★" if e == best else ""),
-                         _design(n), _num(n["cost"]) if n else "—", _design(c), _num(c["cost"]) if c else "—",
-                         _num(n["relative_rmse"]) if n else "—"])
+            prow.append([_e(g["layer"]), _e(LABELS[e]) + (" ★" if e == best else ""),
+                         _design(n), _num(n["cost"]) if n else "—", _design(c),
+                         _num(c["cost"]) if c else "—"])
             pclass.append("model" if e == best else "")
     cost = plan["cost_model"]
     parts.append(f"<h2 id=\"plan\">Plan: relative error ≤ {plan['rho']:g} with probability ≥ "
                  f"{1 - plan['delta']:g}</h2>"
                  + _table(["layer", "estimator", "normal: inputs × draws", "cost",
-                           "Chebyshev: inputs × draws", "cost", "predicted RMS rel. error"],
-                          prow, left=2, classes=pclass)
-                 + f"<p class=\"muted\">Target ‖Î_g−I_g‖₂/‖I_g‖₂ ≤ ρ per layer. Required inputs "
-                   f"N_x ≥ k (a + b/M)/(ρ²‖I_g‖²), a = Σ Var_x I(θ_i|x), b = Σ label variance of one draw, "
-                   f"k = 1/δ (Chebyshev) or z²₁₋δ/₂ (normal approximation) (docs/theory.md §8.2). "
-                   f"Cost in backward "
-                   f"passes of one input: forward {cost['forward']:g}, Î1 {cost['backward']:g} per draw, "
-                   f"Î2 and the combination {cost['hessian']:g} per draw (Hessian-diagonal pass), exact "
-                   f"T={cost['outputs']} backward passes per input. ★ cheapest.</p>"
+                           "Chebyshev: inputs × draws", "cost"], prow, left=2, classes=pclass)
+                 + f"<p class=\"muted\">The cheapest number of draws M of each estimator and the inputs N it "
+                   f"needs by the rule above (normal approximation; Chebyshev: distribution-free). Cost in "
+                   f"backward passes of one input: forward {cost['forward']:g}, Î1 {cost['backward']:g} per "
+                   f"draw, Î2 and the combination {cost['hessian']:g} per draw (Hessian-diagonal pass), "
+                   f"exact T={cost['outputs']} backward passes per input. ★ cheapest.</p>"
                  + "".join(f"<p class=\"muted\">Note: {_e(n)}</p>" for n in plan["notes"]))
 
     if summary["bounds"]:
         names = [g["group"] for g in groups]
-        brow = []
-        for b in summary["bounds"]:
-            status = "<span class=\"ok\">holds</span>" if b["holds"] else \
-                f"<span class=\"bad\">{b['violations']} violations</span>"
-            brow.append([_e(b["name"]), _e(b["source"]), _e(b["quantity"]), _e(b["side"]), status]
-                        + [_num(b["tightness"].get(n)) for n in names])
+        brow = [[_e(b["name"]), _e(b["source"]), _e(b["quantity"]), _e(b["side"]), _bound_status(b)]
+                + [_tightness(b, b["tightness"].get(n)) for n in names] for b in summary["bounds"]]
         parts.append("<h2 id=\"bounds\">Bounds and their tightness (Σ bound / Σ exact)</h2>"
-                     + _table(["bound", "source", "quantity", "side", "status"] + [_e(n) for n in names],
-                              brow, left=5))
+                     + _table(["bound", "source", "quantity", "side", "status"]
+                              + [_e(g["layer"]) for g in groups], brow, left=5)
+                     + "<p class=\"muted\">vacuous: a lower bound equal to 0, true but uninformative.</p>")
     if summary["group_bounds"]:
         grow = []
         for b in summary["group_bounds"]:
             for group, v in b["groups"].items():
-                grow.append([_e(b["name"]), _e(b["source"]), _e(group), _num(v["bound"]), _num(v["exact"]),
-                             _num(v["tightness"]),
-                             _status(b["holds"])])
-        parts.append("<h3>Trace and Frobenius bounds</h3>"
+                vacuous = b["side"] == "lower" and v["bound"] == 0
+                grow.append([_e(b["name"]), _e(b["source"]), _e(_layer_of(groups, group)), _num(v["bound"]),
+                             _num(v["exact"]), _num(v["tightness"]),
+                             "<span class=\"muted\">vacuous (0)</span>" if vacuous and b["holds"]
+                             else _status(b["holds"])])
+        parts.append(f"<details><summary><b>Trace and Frobenius bounds</b> ({len(grow)} rows)</summary>"
                      + _table(["bound", "source", "layer", "bound", "exact", "tightness", "status"],
-                              grow, left=3))
+                              grow, left=3) + "</details>")
 
     if figures:
         parts.append("<h2 id=\"figures\">Figures</h2>")
         parts += _figures(figures)
     files = summary.get("files") or {}
     if files:
-        listed = [files.get("summary", "summary.json"), files.get("tensors")] + list(files.get("figures", []))
-        parts.append("<h2 id=\"files\">Files</h2><ul>"
-                     + "".join(f"<li><code>{_e(f)}</code></li>" for f in listed if f) + "</ul>")
+        parts.append(_files([files.get("summary", "summary.json"), files.get("tensors"), files.get("report"),
+                             *files.get("figures", [])]))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _layer_of(groups: list[dict], group: str) -> str:
+    return next((g["layer"] for g in groups if g["group"] == group), group)
+
+
+def _files(listed: list[str | None]) -> str:
+    """The files of the folder as relative links (they sit next to ``report.html``)."""
+    items = "".join(f"<li><a href=\"{_e(f)}\"><code>{_e(f)}</code></a></li>" for f in listed if f)
+    return f"<h2 id=\"files\">Files</h2><ul>{items}</ul>"
 
 
 def _status(holds: bool) -> str:
@@ -353,9 +468,7 @@ def render_audit(document: dict, figures: dict[str, Path] | None = None) -> str:
         parts += _figures(figures)
     files = document.get("files") or {}
     if files:
-        listed = [files.get("audit"), *files.get("figures", [])]
-        parts.append("<h2 id=\"files\">Files</h2><ul>"
-                     + "".join(f"<li><code>{_e(f)}</code></li>" for f in listed if f) + "</ul>")
+        parts.append(_files([files.get("audit"), files.get("report"), *files.get("figures", [])]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from fimvar.errors import FimvarError
-from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Target, required_inputs
+from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Target
 from fimvar.results.audit import LABELS as AUDIT_LABELS
 from fimvar.results.audit import AuditResult
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.full import FullResult
+from fimvar.results.groups import MODEL_GROUP
 from fimvar.results.hidden import HiddenResult
-from fimvar.results.plan import noise_terms
 from fimvar.results.presentation import presents
 from fimvar.results.weight_norms import WeightNormResult
 
@@ -58,147 +58,274 @@ def _layers(result) -> list[str]:
     return list(result.groups)
 
 
-def _group_mean(values: dict[str, torch.Tensor], members: list[str]) -> float:
-    total = sum(float(values[m].sum()) for m in members)
-    return total / sum(values[m].numel() for m in members)
-
-
 def _positive_floor(values: list[float]) -> float:
     positive = [v for v in values if v > 0 and math.isfinite(v)]
     return min(positive) / 10 if positive else 1e-12
 
 
 def _layer_ticks(ax, x, layers: list[str]) -> None:
+    """Short layer ids under the ticks, rotated for many layers (the audit's own layout)."""
     crowded = len(layers) > 6
     ax.set_xticks(x, layers, rotation=30 if crowded else 0, ha="right" if crowded else "center")
 
 
+def _named_ticks(ax, x, layers: list[str]) -> None:
+    """Layer names under the ticks: on one line when they fit, else the id above the module
+    type and shape (``0.0`` / ``Conv2d 1→4 3×3``), rotated for many layers (the bottom margin
+    grows to hold them)."""
+    fig = ax.get_figure()
+    crowded = len(layers) > 6
+    long = not crowded and sum(len(n) for n in layers) > 50
+    names = [n.replace(" ", "\n", 2) if long else n for n in layers]
+    ax.set_xticks(x, names, rotation=35 if crowded else 0, ha="right" if crowded else "center",
+                  rotation_mode="anchor" if crowded else "default")
+    if crowded:
+        longest = max(len(n) for n in layers)
+        fig.subplots_adjust(bottom=min(0.5, fig.subplotpars.bottom + 0.012 * longest))
+    elif long:  # three lines of names
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.07)
+
+
+def _readable_log(ax, axis: str = "y") -> None:
+    """Tick labels at 1, 2, 5 × 10^k on a log axis spanning less than three decades (else the
+    decades), written as plain numbers where they are neither tiny nor huge."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if low > 0 and high / low < 1e3:
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(NullFormatter())
+
+
+def _offsets(count: int, width: float = 0.5) -> list[float]:
+    """Horizontal offsets of ``count`` series of points around each layer's tick."""
+    step = min(width / max(count, 1), 0.12)
+    return [(j - (count - 1) / 2) * step for j in range(count)]
+
+
 def fisher_std(result, target: Target = DEFAULT_TARGET):
-    """Mean Fisher and per-draw standard deviations per layer (log scale)."""
-    fig, ax = _new()
-    layers = _layers(result)
+    """Mean Fisher and per-draw standard deviations per layer (log scale): one point per layer and
+    quantity (layers are separate, no line joins them); an exact 0 is a hollow marker on the
+    bottom edge, said on the figure."""
+    fig, ax = _new(8.0, 4.4, bottom=0.17, right=0.7)
+    rows = [r for r in result.group_summary() if r["group"] in result.groups]
+    layers = [r["layer"] for r in rows]
     x = np.arange(len(layers))
     series = {
-        "Fisher (mean)": ("fisher", [_group_mean(result.fisher, result.groups[g]) for g in layers], "o"),
-        "std Î1 (one draw)": ("i1", [math.sqrt(_group_mean(result.v1, result.groups[g]))
-                                     for g in layers], "^"),
-        "std Î2 (one draw)": ("i2", [math.sqrt(max(0.0, _group_mean(result.v2, result.groups[g])))
-                                     for g in layers], "v"),
-        "input noise sqrt Var_x I(θ|x)": ("input", [math.sqrt(_group_mean(result.input_var, result.groups[g]))
-                                                   for g in layers], "s"),
+        "Fisher (mean)": ("fisher", [r["fisher"] for r in rows], "o"),
+        "std of one draw of Î1": ("i1", [r["std_i1"] for r in rows], "^"),
+        "std of one draw of Î2": ("i2", [r["std_i2"] for r in rows], "v"),
+        "input noise sqrt Var_x I(θ|x)": ("input", [math.sqrt(max(r["input_var"], 0.0)) for r in rows], "s"),
     }
     floor = _positive_floor([v for _, values, _ in series.values() for v in values])
-    for label, (key, values, marker) in series.items():
-        shown = [v if v > 0 else np.nan for v in values]
-        ax.plot(x, shown, marker=marker, color=COLORS[key], label=label, linewidth=1.2)
+    zeros_drawn = []
+    for offset, (label, (key, values, marker)) in zip(_offsets(len(series)), series.items(), strict=True):
+        positive = [i for i, v in enumerate(values) if v > 0]
+        ax.plot(x[positive] + offset, [values[i] for i in positive], marker=marker, linestyle="none",
+                color=COLORS[key], label=label, markersize=7, gid=f"series:{key}")
         zeros = [i for i, v in enumerate(values) if v <= 0]
         if zeros:
-            ax.plot(x[zeros], [floor] * len(zeros), marker=marker, linestyle="none", markerfacecolor="white",
-                    color=COLORS[key], label=f"{label} = 0")
+            ax.plot(x[zeros] + offset, [floor] * len(zeros), marker=marker, linestyle="none",
+                    markerfacecolor="white", color=COLORS[key], markersize=7, gid=f"zero:{key}")
+            zeros_drawn += [f"{label} in {layers[i]}" for i in zeros]
     ax.set_yscale("log")
-    _layer_ticks(ax, x, layers)
-    ax.set_xlabel("layer (parameter group)")
-    ax.set_ylabel("value (log scale)")
-    ax.set_title(f"Fisher and estimator noise per layer (N={result.num_inputs}, {result.family})")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="best")
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    low, high = ax.get_ylim()
+    ax.set_ylim(floor / 10 ** 0.25, high)
+    _named_ticks(ax, x, layers)
+    ax.set_xlabel("layer (module and shape)")
+    ax.set_ylabel("mean over the layer's parameters (log scale)")
+    ax.set_title(f"Fisher and estimator noise per layer (N={result.num_inputs} inputs, {result.family})")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if zeros_drawn:
+        ax.annotate("hollow, on the bottom edge: exactly 0", (0.01, floor), xycoords=ax.get_yaxis_transform(),
+                    xytext=(2, 6), textcoords="offset points", fontsize=7.5, color="#555555")
+        fig.text(0.715, 0.45, "Exactly 0 (hollow markers):\n" + "\n".join(_wrap(z, 40) for z in zeros_drawn)
+                 + ("\n(std Î2 = 0: a linear output\nlayer, where Î2 is exact)"
+                    if any("Î2" in z for z in zeros_drawn) else ""), fontsize=7.5, va="top", color="#333333")
     return fig
 
 
-def bound_tightness(result, target: Target = DEFAULT_TARGET):
-    """``Σ bound / Σ exact`` per layer for every upper bound ([B] Thm 4.1, Cor 4.2, …)."""
-    fig, ax = _new(9.0, 4.0, right=0.6)
-    layers = _layers(result)
-    x = np.arange(len(layers))
-    drawn = 0
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+#: what each bound's quantity is, in words
+QUANTITIES = {"fisher": "the Fisher I", "v1": "v1, the label variance of Î1",
+              "v2": "v2, the label variance of Î2", "input_var": "the input noise Var_x I"}
+
+
+def bound_label(bound) -> str:
+    """A bound's human name: ``upper bound on v1, the label variance of Î1 ([B] Thm 4.1)``."""
+    return f"{bound.side} bound on {QUANTITIES.get(bound.quantity, bound.quantity)} ({bound.source})"
+
+
+def _upper_bounds(result) -> dict:
+    """The upper bounds that have a finite positive tightness in some layer."""
+    out = {}
     for name, bound in result.bounds.items():
         if bound.side != "upper":
             continue
         tightness = bound.group_tightness(result.groups)
-        values = [tightness[g] for g in layers]
-        if not any(math.isfinite(v) and v > 0 for v in values):
-            continue
-        ax.plot(x, [v if math.isfinite(v) and v > 0 else np.nan for v in values], marker="o",
-                label=f"{name} ({bound.source})")
-        drawn += 1
-    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="exact (tight)")
+        if any(math.isfinite(v) and v > 0 for v in tightness.values()):
+            out[name] = (bound, tightness)
+    return out
+
+
+def bound_tightness(result, target: Target = DEFAULT_TARGET):
+    """``Σ bound / Σ exact`` per layer for every upper bound ([B] Thm 4.1, Cor 4.2, …), one point
+    per layer and bound; a bound without a ratio in a layer (its exact value is 0 there) is said
+    on the figure."""
+    bounds = _upper_bounds(result)
+    if not bounds:
+        raise FimvarError("no bound was computed (the analysis ran with bounds=False / --no-bounds): "
+                          "there is no bound_tightness figure")
+    fig, ax = _new(10.0, 4.6, right=0.55, bottom=0.17)
+    groups = _layers(result)
+    layers = [result.layer_name(g) for g in groups]
+    x = np.arange(len(groups))
+    markers = "o^vsDP<>Xh*"
+    missing = []
+    for j, (offset, (name, (bound, tightness))) in enumerate(zip(_offsets(len(bounds), 0.7), bounds.items(),
+                                                                 strict=True)):
+        values = [tightness[g] for g in groups]
+        shown = [i for i, v in enumerate(values) if math.isfinite(v) and v > 0]
+        ax.plot(x[shown] + offset, [values[i] for i in shown], marker=markers[j % len(markers)],
+                linestyle="none", markersize=6, label=bound_label(bound), gid=f"bound:{name}")
+        gaps = [layers[i] for i, v in enumerate(values) if not (math.isfinite(v) and v > 0)]
+        if gaps:
+            exact = QUANTITIES.get(bound.quantity, bound.quantity).split(",")[0]
+            missing.append(f"{bound_label(bound)}: no point in {', '.join(gaps)}, where {exact} = 0")
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="bound = exact (tight)")
     ax.set_yscale("log")
-    _layer_ticks(ax, x, layers)
-    ax.set_xlabel("layer (parameter group)")
-    ax.set_ylabel("bound / exact (log scale)")
-    ax.set_title("Tightness of the upper bounds per layer" if drawn else "No bound computed")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, 0.8), high)
+    _readable_log(ax)
+    _named_ticks(ax, x, layers)
+    ax.set_xlabel("layer (module and shape)")
+    ax.set_ylabel("Σ bound / Σ exact over the layer (log)")
+    ax.set_title("How far above the exact value each upper bound lies, per layer (1 = tight)")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5)
+    if missing:
+        fig.text(0.565, 0.32, "\n".join(_wrap(m, 70) for m in missing)
+                 + ("\n(v2 = 0 in a linear output layer: Î2 is exact there)"
+                    if any("v2" in m for m in missing) else ""), fontsize=7.5, va="top", color="#333333")
     return fig
 
 
 def relative_std(result, target: Target = DEFAULT_TARGET):
-    """Histogram over parameters of ``sqrt(v1)/I`` and ``sqrt(v2)/I`` (parameters with I > 0)."""
-    fig, ax = _new()
-    fisher = torch.cat([result.fisher[k].reshape(-1) for k in result.shapes]).double()
-    keep = fisher > 0
-    ratios = {}
-    for key, values in (("i1", result.v1), ("i2", result.v2)):
-        v = torch.cat([values[k].reshape(-1) for k in result.shapes]).double().clamp_min(0)
-        ratios[key] = (v[keep].sqrt() / fisher[keep]).numpy()
-    positive = np.concatenate([r[r > 0] for r in ratios.values()])
-    if positive.size:
-        low, high = np.log10(positive.min()), np.log10(positive.max())
-        bins = np.logspace(low - 0.05, high + 0.05, 40)
-        for key, r in ratios.items():
-            zeros = int((r == 0).sum())
-            label = f"{LABELS[key]} ({r.size - zeros} parameters" + (f"; {zeros} with zero variance)" if zeros
-                                                                     else ")")
-            if r.size - zeros:
-                ax.hist(r[r > 0], bins=bins, alpha=0.55, color=COLORS[key], label=label)
-            else:
-                ax.plot([], [], color=COLORS[key], label=f"{LABELS[key]}: zero variance everywhere")
+    """Per layer (one panel each), the histogram over its parameters of the relative per-draw
+    standard deviation ``sqrt(v)/I`` of Î1 and Î2 (:meth:`~fimvar.DiagonalResult.relative_std`),
+    as outlines on common bins; zero-variance and zero-Fisher parameters are counted in the
+    panel."""
+    from matplotlib.figure import Figure
+
+    groups = _layers(result)
+    ratios = {e: result.relative_std(e) for e in ("i1", "i2")}
+    per_layer = {g: {e: torch.cat([ratios[e][m].reshape(-1) for m in result.groups[g]]).double().numpy()
+                     for e in ratios} for g in groups}
+    finite = np.concatenate([r[np.isfinite(r) & (r > 0)] for d in per_layer.values() for r in d.values()]
+                            or [np.array([])])
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig = Figure(figsize=(4.2 * ncols + 0.6, 3.0 * nrows + 1.0))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / (3.0 * nrows + 1.0),
+                        bottom=0.55 / (3.0 * nrows + 1.0) + 0.05, hspace=0.55, wspace=0.25)
+    bins = (np.logspace(np.log10(finite.min()) - 0.05, np.log10(finite.max()) + 0.05, 40) if finite.size
+            else None)
+    for ax, g in zip(axes, groups, strict=False):
+        notes = []
+        for e, r in per_layer[g].items():
+            defined = r[np.isfinite(r)]
+            zeros = int((defined == 0).sum())
+            positive = defined[defined > 0]
+            label = f"{LABELS[e]} ({positive.size} parameters)"
+            if positive.size and bins is not None:
+                ax.hist(positive, bins=bins, histtype="step", linewidth=1.6, color=COLORS[e], label=label)
+            if zeros:
+                notes.append(f"{LABELS[e]}: {zeros} with zero variance")
+        dead = int((~np.isfinite(per_layer[g]["i1"])).sum())
+        if dead:
+            notes.append(f"{dead} with zero Fisher left out")
         ax.set_xscale("log")
-    ax.set_xlabel("relative std of one draw, sqrt(v)/I(θ_i)")
-    ax.set_ylabel("parameters")
-    skipped = int((~keep).sum())
-    ax.set_title("Per-parameter relative standard deviation"
-                 + (f" ({skipped} parameters with zero Fisher left out)" if skipped else ""))
-    ax.legend(loc="best")
+        ax.set_title(result.layer_name(g), fontsize=9)
+        ax.set_xlabel("sqrt(v) / I(θ_i): × the Fisher")
+        ax.set_ylabel("parameters")
+        ax.grid(True, which="major", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=7.5)
+        if notes:
+            ax.text(0.98, 0.6, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                    color="#555555")
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle("Standard deviation of one draw relative to the Fisher, per parameter and layer "
+                 "(1 = as large as the Fisher)")
     return fig
 
 
 def sample_size(result, target: Target = DEFAULT_TARGET):
-    """Inputs needed vs target relative error: per layer (combined estimator), and for the whole
-    model per estimator; M = this run's draws, normal approximation (dashed: Chebyshev)."""
-    fig, (left, right) = _new(10.0, 4.2, ncols=2, top=0.86)
-    grid = np.logspace(-2, 0, 40)
+    """Inputs needed against the target relative error ρ, by the plan's one rule (normal
+    approximation): left, :attr:`~fimvar.DiagonalResult.fisher` per layer, with this run's N and
+    the error it reaches; right, the whole model, each estimator at the plan's cheapest M. The
+    markers at ρ are the plan's numbers (:meth:`~fimvar.DiagonalResult.plan`)."""
+    fig, (left, right) = _new(11.0, 4.6, ncols=2, top=0.84, bottom=0.13)
+    plan = result.plan(target.rho, target.delta)
+    grid = np.logspace(-2, 0, 60)
     rho, delta = target.rho, target.delta
-    m = result.samples
+    n = result.num_inputs
 
-    def needed(terms, estimator: str, r: float, method: str) -> float:
-        return required_inputs(terms, estimator, Target(r, delta), method, m)
+    def curve(group_plan, estimator: str, draws: int) -> list[float]:
+        return [group_plan.inputs_for(estimator, Target(r, delta), draws) for r in grid]
 
-    for group, members in result.groups.items():
-        terms = noise_terms(result, members)
-        normal = [needed(terms, "combined", r, "normal") for r in grid]
-        if all(math.isinf(v) for v in normal):
+    for g in result.groups:
+        gp = plan.group(g)
+        accuracy = gp.accuracy["exact"]
+        if accuracy.inputs_needed is None:
             continue
-        line, = left.plot(grid, normal, label=group)
-        left.plot(grid, [needed(terms, "combined", r, "chebyshev") for r in grid],
-                  linestyle="--", color=line.get_color(), linewidth=0.8)
-    members = [p for g in result.groups.values() for p in g]
-    terms = noise_terms(result, members)
+        line, = left.plot(grid, curve(gp, "exact", 0), label=plan.name(g), gid=f"curve:{g}")
+        left.plot([rho], [accuracy.inputs_needed], "o", color=line.get_color(), gid=f"needed:{g}")
+        if accuracy.error_at_confidence is not None and grid[0] <= accuracy.error_at_confidence <= grid[-1]:
+            left.plot([accuracy.error_at_confidence], [n], "s", markerfacecolor="white",
+                      color=line.get_color(), gid=f"run:{g}")
+    left.axhline(n, color="#777777", linewidth=0.8, linestyle="--", label=f"this run: N = {n:,}")
+    if plan.available != n:
+        left.axhline(plan.available, color="#777777", linewidth=0.8, linestyle="-.",
+                     label=f"your data: {plan.available:,}")
+    whole = plan.group(MODEL_GROUP) if plan.find(MODEL_GROUP) else plan.groups[0]
     for estimator in ESTIMATORS:
-        values = [needed(terms, estimator, r, "normal") for r in grid]
-        right.plot(grid, values, color=COLORS[estimator], label=LABELS[estimator])
-    for ax, title in ((left, "per layer, combined α*Î1+(1−α*)Î2"),
-                      (right, "whole model, each estimator")):
+        best = whole.get(estimator, "normal")
+        if best is None:
+            continue
+        label = (f"{LABELS[estimator]} (no draws)" if estimator == "exact"
+                 else f"{LABELS[estimator]}, M = {best.draws} draw{'s' if best.draws != 1 else ''}")
+        right.plot(grid, curve(whole, estimator, best.draws), color=COLORS[estimator], label=label,
+                   gid=f"curve:{estimator}")
+        right.plot([rho], [best.inputs], "o", color=COLORS[estimator], gid=f"design:{estimator}")
+    for ax, title in ((left, "r.fisher (exact over the labels), per layer\n● at ρ: inputs needed; "
+                             "□ on the dashed line: the error this run reaches"),
+                      (right, "whole model, each estimator at the plan's cheapest M\n● at ρ: the plan's "
+                              "inputs")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.axvline(rho, color="black", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("target relative error ρ")
-        ax.set_ylabel(f"inputs N_x (M={m} draws each)")
-        ax.set_title(title)
+        ax.set_xlabel("target relative error ρ (dotted: the report's)")
+        ax.set_ylabel("inputs N needed")
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.7), high)  # fewer than one input is no design
+        ax.set_title(title, fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(loc="best")
-    fig.suptitle(f"Sample size for ‖Î−I‖/‖I‖ ≤ ρ with probability {1 - delta:g} "
-                 "(solid: normal approx., dashed: Chebyshev)")
+        ax.legend(loc="upper right", fontsize=7.5)
+    fig.suptitle(f"Inputs needed for ‖Î−I‖/‖I‖ ≤ ρ with probability {1 - delta:g}: N = z²(a + b/M)/(ρ²‖I‖²), "
+                 f"z = {plan.z:.3g} (normal approximation)")
     return fig
 
 
@@ -401,7 +528,11 @@ FIGURES = tuple(BUILDERS[DiagonalResult])
 
 
 def _builders(result) -> dict:
-    return BUILDERS[type(result)]
+    """The figures ``result`` has: those of its type, less ``bound_tightness`` without bounds."""
+    builders = BUILDERS[type(result)]
+    if isinstance(result, DiagonalResult) and not _upper_bounds(result):
+        builders = {k: v for k, v in builders.items() if k != "bound_tightness"}
+    return builders
 
 
 def figure(result, which: str, target: Target | None = None):
@@ -411,6 +542,8 @@ def figure(result, which: str, target: Target | None = None):
 
     builders = _builders(result)
     if which not in builders:
+        if which in BUILDERS.get(type(result), {}):  # bound_tightness without bounds: its own message
+            return BUILDERS[type(result)][which](result)
         raise FimvarError(f"unknown figure {which!r}; use one of {', '.join(builders)} or 'all'")
     with matplotlib.rc_context(_STYLE):
         return builders[which](result) if target is None else builders[which](result, target)

@@ -2,12 +2,14 @@
 
 The layout is versioned (``schema_version``) and described by the JSON Schema shipped next to this
 module (``summary.schema.json``, :func:`schema`). Non-finite numbers are written as ``null`` so any
-JSON reader accepts the file. Field meanings (per layer; "per draw" = one input, one label):
+JSON reader accepts the file. Field meanings (per layer; "per draw" = one input, one label); the
+tables of the command line and of ``report.html`` use the same names (:data:`COLUMNS`,
+docs/usage.md):
 
+- ``group``: the group's id (``plan.group(id)``); ``layer``: its human name (``0 Linear 64→16``);
 - ``fisher``: mean over the layer's parameters of the exact diagonal Fisher ``E_x I(θ_i|x)``;
 - ``std_i1``/``std_i2``: sqrt of the mean label variance of one draw, ``sqrt(mean v1)`` /
-  ``sqrt(mean v2)`` ([B] Lemma 3.1); ``relative_std_*`` = that / ``fisher``; ``mean_std_*``: the mean
-  over parameters of ``sqrt(v)`` instead;
+  ``sqrt(mean v2)`` ([B] Lemma 3.1); ``relative_std_*`` = that / ``fisher`` (a multiple: 14 is 14×);
 - ``input_var``: mean over parameters of ``Var_x I(θ_i|x)``; ``input_noise_share_*``: its share of
   the variance of one input with M draws, ``input_var / (input_var + v/M)`` ([B] Thm 4.7);
 - ``variance_*``: mean per-parameter variance of the estimator with this run's N inputs × M draws;
@@ -16,6 +18,9 @@ JSON reader accepts the file. Field meanings (per layer; "per draw" = one input,
 - ``tightness``: per bound, ``Σ bound / Σ exact`` over the layer (1 = tight);
 - ``target``: inputs needed for the relative error ``rho`` at confidence ``1 − delta`` with the
   ``better`` estimator and M draws (normal approximation, :mod:`fimvar.estimators.design`);
+- ``accuracy``: per estimator (``exact`` is ``r.fisher``), with this run's N and M: ``fisher_norm``
+  ``‖I‖₂``, ``standard_error`` ``sqrt(Σ Var)``, ``relative_error`` (their ratio),
+  ``error_at_confidence`` (``z`` times it), ``inputs_needed`` for the target and ``enough``;
 - ``recommended``: the plan's cheapest design (normal approximation and Chebyshev).
 """
 
@@ -43,6 +48,16 @@ from fimvar.results.presentation import presents
 from fimvar.results.weight_norms import WeightNormResult
 
 SCHEMA_VERSION = 1
+#: the one name of each per-layer column, as a key of ``summary.json``'s rows and as the header of
+#: the command line's and ``report.html``'s tables (docs/usage.md, "One vocabulary")
+COLUMNS = {
+    "layer": "layer", "parameters": "parameters", "fisher": "Fisher", "std_i1": "std Î1",
+    "std_i2": "std Î2", "relative_std_i1": "rel std Î1", "relative_std_i2": "rel std Î2",
+    "input_noise_share_i1": "input noise Î1", "input_noise_share_i2": "input noise Î2",
+    "better": "better", "alpha_star": "α*", "fisher_norm": "‖Fisher‖", "standard_error": "std error",
+    "relative_error": "rel error", "error_at_confidence": "err @", "inputs_needed": "N needed",
+    "enough": "enough",
+}
 
 
 def clean(value: Any) -> Any:
@@ -89,14 +104,18 @@ def plan_document(plan: Plan) -> dict:
                        for m in METHODS}
         groups.append({
             "group": g.group,
+            "layer": plan.name(g.group),
             "parameters": g.terms.parameters,
             "fisher_norm_sq": g.terms.fisher_sq,
             "input_noise": g.terms.input,
             "label_noise": dict(g.terms.label),
             "recommended": recommended,
+            "accuracy": {e: dataclasses.asdict(acc) | {"enough": acc.enough}
+                         for e, acc in g.accuracy.items()},
             "designs": [dataclasses.asdict(d) for d in g.designs],
         })
-    return {"rho": plan.rho, "delta": plan.delta, "draws": plan.draws,
+    return {"rho": plan.rho, "delta": plan.delta, "draws": plan.draws, "z": plan.z,
+            "inputs": plan.inputs, "samples": plan.samples, "available": plan.available,
             "target": "||I_hat_g - I_g||_2 / ||I_g||_2 <= rho with probability >= 1 - delta",
             "cost_model": dataclasses.asdict(plan.cost), "notes": list(plan.notes), "groups": groups}
 
@@ -139,6 +158,7 @@ def build_summary(result: DiagonalResult, target: Target = DEFAULT_TARGET, *, ru
     per_parameter, per_group = bound_rows(result)
     metadata = dict(result.metadata)
     metadata.update(run or {})
+    metadata.pop("layers", None)  # in each row's ``layer``
     run_section = {
         "family": result.family,
         "samples": result.samples,
@@ -146,6 +166,7 @@ def build_summary(result: DiagonalResult, target: Target = DEFAULT_TARGET, *, ru
         "engine": result.engine,
         "seed": metadata.pop("seed", None),
         "outputs": metadata.pop("outputs", None),
+        "available": plan.available,
         "parameters": sum(math.prod(s) for s in result.shapes.values()),
         "labels": result.empirical is not None,
         **metadata,

@@ -198,6 +198,17 @@ def _write_file(path: str | Path, tensors: dict[str, torch.Tensor], header: dict
     header = {"format_version": FORMAT_VERSION, "fimvar_version": __version__, **header}
     save_file({k: v.detach().to("cpu", torch.float64).contiguous() for k, v in tensors.items()},
               str(path), metadata={"fimvar": json.dumps(clean(header))})
+    usual_mode(path)
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a file the mode of any other file written here, ``0666`` less the umask (``0644``
+    under the usual ``022``): safetensors creates its files ``0600``."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 #: file formats of the other result types

@@ -6,6 +6,7 @@ import math
 import textwrap
 
 from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Design, Target
+from fimvar.report.summary import COLUMNS as C
 from fimvar.report.summary import group_rows
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.plan import Plan, make_plan
@@ -41,41 +42,97 @@ def _ratio(value: float | None) -> str:
 def _count(value: int | None) -> str:
     if value is None:
         return "—"
-    return f"{value}" if value < 1e6 else f"{value:.1e}"
+    return f"{value:,}" if value < 1e7 else f"{value:.1e}"
+
+
+def _times(value: float | None) -> str:
+    """A relative standard deviation as a multiple of the Fisher: ``13.9×``, ``0.52×``, ``0``."""
+    text = _ratio(value)
+    return text if text in ("—", "0") else text + "×"
+
+
+def _percent(value: float | None) -> str:
+    """A relative error in percent: ``6.4%``, ``0.52%``, ``1.2e+03%``."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    pct = 100 * value
+    if pct == 0:
+        return "0%"
+    if pct >= 1000:
+        return f"{pct:.1e}%"
+    return f"{pct:.2g}%" if pct < 10 else f"{pct:.0f}%"
+
+
+def _name(text: str, width: int) -> str:
+    """A layer's name in fewer than ``width`` characters: the last words of its description
+    (the kernel size, …) go first, then the end is cut with ``…``."""
+    words = text.split(" ")
+    while len(" ".join(words)) >= width and len(words) > 2:
+        words = words[:-1]
+    text = " ".join(words)
+    return text if len(text) < width else text[: width - 2] + "…"
 
 
 @presents(DiagonalResult, "table")
 def layer_table(result: DiagonalResult, target: Target = DEFAULT_TARGET,
                 rows: list[dict] | None = None) -> str:
-    """Per-layer table: Fisher mean, per-draw std of Î1/Î2, relative std, input-noise share,
-    winner, α*, tightness of [B] Thm 4.1's upper bound on V1, and inputs for ``rho`` at ``1−delta``."""
-    rho, delta = target.rho, target.delta
+    """Per-layer table of the estimators' noise (80 columns; the column names of docs/usage.md):
+    Fisher, std of one draw of Î1 and Î2, relative std (a multiple of the Fisher), the input
+    noise's share of the better estimator's variance and the better estimator."""
     rows = rows if rows is not None else group_rows(result, make_plan(result, target))
-    column = f"N@{rho * 100:g}%"
-    header = (f"{'layer':<12}{'Fisher':>8}{'sd Î1':>8}{'sd Î2':>8}{'rel Î1':>7}{'rel Î2':>7}"
-              f"{'input':>6}{'win':>4}{'α*':>6}{'UB/V1':>6}{column:>8}")
+    header = (f"{C['layer']:<15}{C['fisher']:>8}{C['std_i1']:>8}{C['std_i2']:>8}{C['relative_std_i1']:>11}"
+              f"{C['relative_std_i2']:>11}{'input noise':>12}{C['better']:>7}")
     lines = [header, "-" * len(header)]
     for row in rows:
-        name = row["group"] if len(row["group"]) <= 11 else row["group"][:10] + "…"
         share = row["input_noise_share_i1" if row["better"] == "i1" else "input_noise_share_i2"]
-        inputs = row["target"]["inputs"] if row.get("target") else None
         lines.append(
-            f"{name:<12}{_sci(row['fisher']):>8}{_sci(row['std_i1']):>8}{_sci(row['std_i2']):>8}"
-            f"{_ratio(row['relative_std_i1']):>7}{_ratio(row['relative_std_i2']):>7}"
-            f"{'—' if share is None else f'{100 * share:.0f}%':>6}{LABELS[row['better']]:>4}"
-            f"{_alpha(row['alpha_star']):>6}{_ratio(row['tightness'].get('thm4.1_v1_upper')):>6}"
-            f"{_count(inputs):>8}"
+            f"{_name(row['layer'], 15):<15}{_sci(row['fisher']):>8}{_sci(row['std_i1']):>8}"
+            f"{_sci(row['std_i2']):>8}{_times(row['relative_std_i1']):>11}{_times(row['relative_std_i2']):>11}"
+            f"{'—' if share is None else f'{100 * share:.0f}%':>12}{LABELS[row['better']]:>7}"
         )
     legend = (
-        f"Fisher: mean diagonal Fisher of the layer. sd Î1, sd Î2: std of one draw (one input, one "
-        f"sampled label); rel: sd / Fisher. input: share of the winner's variance due to the inputs "
-        f"with M={result.samples} draws. win: estimator with the lower variance. α*: weight of Î1 in "
-        f"the minimum-variance combination. UB/V1: [B] Thm 4.1 upper bound / exact V1. {column}: "
-        f"inputs for relative error ≤ {rho:g} with probability {1 - delta:g} (winner, M={result.samples}, "
-        f"normal approximation)."
+        f"Fisher: mean diagonal Fisher of the layer. std Î1, std Î2: std of one draw (one input, one "
+        f"sampled label); rel std: std / Fisher (13.9× = 13.9 times the Fisher). input noise: share of "
+        f"the better estimator's variance due to the inputs with M={result.samples} draws. better: the "
+        f"estimator with the lower variance. α* and the bounds' tightness: report.html."
     )
     lines.extend(textwrap.wrap(legend, WIDTH))
     return "\n".join(lines)
+
+
+def accuracy_table(plan: Plan, estimator: str = "exact") -> str:
+    """The answer first (80 columns): per layer, the estimate's norm, its standard error and
+    relative error with the run's N (and M), the error reached with probability 1 − δ, the
+    inputs the target needs and whether the data set has them."""
+    what = ("r.fisher (exact over the labels, an average over the inputs)" if estimator == "exact"
+            else f"{LABELS[estimator]} with M={plan.samples} draws")
+    title = (f"Accuracy of {what} with N={plan.inputs:,} inputs, per layer; target: relative error "
+             f"≤ {plan.rho:g} with probability ≥ {1 - plan.delta:g}")
+    confidence = f"{C['error_at_confidence']}{100 * (1 - plan.delta):g}%"
+    header = (f"{C['layer']:<15}{C['fisher_norm']:>9}{C['standard_error']:>10}{C['relative_error']:>10}"
+              f"{confidence:>11}{C['inputs_needed']:>10}{C['enough']:>15}")
+    lines = textwrap.wrap(title, WIDTH) + [header, "-" * len(header)]
+    for g in plan.groups:
+        a = g.accuracy[estimator]
+        enough = ("—" if a.inputs_needed is None else
+                  "yes" if a.enough else f"no (has {_count(a.available)})")
+        lines.append(f"{_name(plan.name(g.group), 15):<15}{_sci(a.fisher_norm):>9}"
+                     f"{_sci(a.standard_error):>10}"
+                     f"{_percent(a.relative_error):>10}{_percent(a.error_at_confidence):>11}"
+                     f"{_count(a.inputs_needed):>10}{enough:>15}")
+    lines.extend(textwrap.wrap(sample_size_rule(plan), WIDTH))
+    return "\n".join(lines)
+
+
+def sample_size_rule(plan: Plan) -> str:
+    """The one sample-size rule behind every number of inputs fimvar shows, in one sentence."""
+    return (f"‖Fisher‖: ‖I‖₂ over the layer; std error: sqrt(Σ Var), Var = (Var_x I(θ|x) + v/M)/N; rel "
+            f"error = std error / ‖Fisher‖ (RMS); {f'err @{100 * (1 - plan.delta):g}%'} = z · rel error, "
+            f"z = z_{{1−δ/2}} = {plan.z:.3g}: with probability ≥ {1 - plan.delta:g} the error is below it "
+            f"(normal approximation). N needed = ⌈z² (a + b/M) / (ρ² ‖I‖²)⌉ with a = Σ Var_x I(θ|x), "
+            f"b = Σ v (0 for r.fisher): the rule of every sample size in fimvar's tables, plan and "
+            f"figures (Chebyshev, in the plan, replaces z² = {plan.z ** 2:.3g} by 1/δ = "
+            f"{1 / plan.delta:.3g}).")
 
 
 def _alpha(value: float | None) -> str:
@@ -103,20 +160,22 @@ def report_text(result: DiagonalResult, target: Target = DEFAULT_TARGET, plan: P
     title = (f"Fisher information of {sum(r['parameters'] for r in rows[:len(result.groups)])} "
              f"parameters, family {result.family}, N={result.num_inputs} inputs × M={result.samples} "
              f"sampled labels, engine {result.engine}")
-    parts = [textwrap.fill(title, WIDTH), "", layer_table(result, target, rows), "",
-             plan_table(plan), "", bounds_line(result)]
+    parts = [textwrap.fill(title, WIDTH), "", accuracy_table(plan), "", layer_table(result, target, rows), "",
+             plan_table(plan, accuracy=False), "", bounds_line(result)]
     return "\n".join(parts)
 
 
 @presents(Plan, "table")
-def plan_table(plan: Plan, detailed: bool = False) -> str:
-    """Text table (80 columns): the recommended design per group, normal approximation and
-    Chebyshev; ``detailed`` lists every estimator."""
-    title = (f"Plan: ‖Î−I‖/‖I‖ ≤ {plan.rho:g} per layer, probability ≥ {1 - plan.delta:g} "
-             f"(cost: backward passes)")
-    header = (f"{'layer':<14}{'estimator':>9}{'normal: N×M':>15}{'cost':>9}"
+def plan_table(plan: Plan, detailed: bool = False, accuracy: bool = True) -> str:
+    """Text (80 columns): with ``accuracy``, first :func:`accuracy_table` (how accurate the run
+    is, and whether the data set is big enough), then the cheapest design per group, normal
+    approximation and Chebyshev; ``detailed`` lists every estimator."""
+    title = (f"Cheapest design: ‖Î−I‖/‖I‖ ≤ {plan.rho:g} per layer, probability ≥ {1 - plan.delta:g} "
+             f"(N×M: inputs × draws; cost: backward passes)")
+    header = (f"{'layer':<16}{'estimator':>9}{'normal: N×M':>15}{'cost':>9}"
               f"{'Chebyshev: N×M':>18}{'cost':>9}")
-    lines = [title, header, "-" * len(header)]
+    lines = ([accuracy_table(plan), ""] if accuracy else []) + textwrap.wrap(title, WIDTH) \
+        + [header, "-" * len(header)]
     for g in plan.groups:
         if detailed:
             estimators = [e for e in ESTIMATORS if g.get(e) is not None]
@@ -127,30 +186,27 @@ def plan_table(plan: Plan, detailed: bool = False) -> str:
         if not estimators:
             why = ("Fisher is 0: relative error undefined" if not g.terms.fisher_sq > 0 else
                    "no design: the target needs more than 2^63 inputs")
-            lines.append(f"{_cut(g.group, 13):<14}{'—':>9}  ({why})")
+            lines.append(f"{_name(plan.name(g.group), 16):<16}{'—':>9}  ({why})")
             continue
         for i, e in enumerate(estimators):
             normal, cheb = g.get(e, "normal"), g.get(e, "chebyshev")
             mark = "*" if detailed and best is not None and e == best.estimator else ""
-            name = _cut(g.group, 13) if i == 0 else ""
-            lines.append(f"{name:<14}{LABELS[e] + mark:>9}{_plan_design(normal):>15}"
+            name = _name(plan.name(g.group), 16) if i == 0 else ""
+            lines.append(f"{name:<16}{LABELS[e] + mark:>9}{_plan_design(normal):>15}"
                          f"{_plan_cost(normal):>9}{_plan_design(cheb):>18}{_plan_cost(cheb):>9}")
     if detailed:
         lines.append("* cheapest (normal approximation)")
-    lines.extend(f"note: {n}" for n in plan.notes)
+    for note in plan.notes:
+        lines.extend(textwrap.wrap(f"note: {note}", WIDTH, subsequent_indent="  "))
     return "\n".join(lines)
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _plan_count(value: float | int | None) -> str:
     """Compact count: ``1234``, ``1.2e+06``; ``?`` when unknown."""
     if value is None:
         return "?"
-    if value < 1e5:
-        return f"{round(value)}"
+    if value < 1e6:
+        return f"{round(value):,}"
     return f"{value:.1e}"
 
 

@@ -8,6 +8,7 @@ minimum-variance combination come from :mod:`fimvar.estimators.variance`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch
 from fimvar.errors import FimvarError
 from fimvar.estimators import variance as formulas
 from fimvar.estimators.design import CostModel, Target
-from fimvar.results.groups import with_model_group
+from fimvar.results.groups import MODEL_GROUP, with_model_group
 from fimvar.results.plan import Plan, make_plan
 from fimvar.results.presentation import load, present
 
@@ -187,6 +188,27 @@ class DiagonalResult:
         return {k: formulas.joint_variance(v, self.v1_token[k], inputs, draws)
                 for k, v in self.input_var.items()}
 
+    def standard_error(self, estimator: str = "exact", inputs: int | None = None,
+                       draws: int | None = None) -> Tensors:
+        """The error bar of an estimate per parameter: ``sqrt`` of :meth:`variance`.
+
+        The default, ``standard_error("exact")``, is the error bar of :attr:`fisher`: exact over
+        the labels (no label is sampled), but still noisy over the inputs, since :attr:`fisher` is
+        an average over the N inputs analysed, ``sqrt(Var_x I(θ|x) / N)``. ``i1``, ``i2``,
+        ``combined``: the error bars of :attr:`i1`, :attr:`i2`, :meth:`combined` (inputs and
+        labels). ``inputs``, ``draws``: another design (default this run's)."""
+        return {k: v.clamp_min(0).sqrt() for k, v in self.variance(estimator, inputs, draws).items()}
+
+    def relative_std(self, estimator: str = "i1") -> Tensors:
+        """Per parameter, the standard deviation of one draw relative to the Fisher,
+        ``sqrt(v)/I(θ_i)`` (``v1`` for ``i1``, ``v2`` for ``i2``; a multiple: 14 is 14×); ``inf``
+        where the Fisher is 0 (no relative error is defined there; never NaN)."""
+        if estimator not in ("i1", "i2"):
+            raise FimvarError("relative_std is defined for 'i1' and 'i2'")
+        label = self.v1 if estimator == "i1" else self.v2
+        return {k: torch.where(f > 0, label[k].clamp_min(0).sqrt() / f, torch.full_like(f, float("inf")))
+                for k, f in self.fisher.items()}
+
     def variance_error(self, estimator: str = "i2", inputs: int | None = None,
                        draws: int | None = None) -> Tensors:
         """Standard error of :meth:`variance` per parameter, from the standard errors of the
@@ -263,15 +285,25 @@ class DiagonalResult:
         return {k: v / scale for k, v in self.draw_moments[key].items()}
 
     # ------------------------------------------------------------------ groups
+    def layer_name(self, group: str) -> str:
+        """The human name of a group: its id followed by the module's type and shape when the
+        analysis knew the module (``"0 Linear 64→16"``); ``(model)`` for the pooled group."""
+        if group == MODEL_GROUP:
+            return group
+        described = (self.metadata.get("layers") or {}).get(group)
+        return f"{group} {described}" if described else group
+
     def group_summary(self, rho: float | None = None, delta: float | None = None, *,
                       plan=None, include_model: bool = False) -> list[dict]:
         """One row per group (and, with ``include_model``, one for the pooled ``(model)``):
-        means over its parameters of the Fisher, the per-draw standard deviations
-        (``std_i1 = sqrt(mean v1)``; ``mean_std_i1 = mean sqrt(v1)``), the input-noise shares,
+        its id ``group`` and human name ``layer`` (:meth:`layer_name`), the means over its
+        parameters of the Fisher and of the label variances of one draw (``std_i1 = sqrt(mean v1)``),
+        the input-noise shares,
         the variances at this run's design, the better estimator, α*, the bounds' tightness,
         the empirical Fisher's bias, and from the plan (``plan``, or one made for ``rho``,
-        ``delta``) the inputs this run's estimator needs and the recommended designs.
-        ``summary.json``'s ``groups`` are these rows."""
+        ``delta``) the inputs this run's estimator needs, the ``accuracy`` of each estimator with
+        this run's N and M (:class:`~fimvar.results.plan.Accuracy`) and the recommended designs.
+        ``summary.json``'s ``groups`` are these rows (their names: docs/usage.md)."""
         plan = plan if plan is not None else make_plan(self, Target.of(rho, delta))
         groups = with_model_group(self.groups) if include_model else dict(self.groups)
         variances = {e: self.variance(e) for e in ESTIMATORS}
@@ -298,13 +330,12 @@ class DiagonalResult:
 
         row = {
             "group": group,
+            "layer": self.layer_name(group),
             "members": list(members),
             "parameters": count,
             "fisher": fisher,
             "std_i1": v1**0.5,
             "std_i2": v2**0.5,
-            "mean_std_i1": total({m: self.v1[m].sqrt() for m in members}) / count,
-            "mean_std_i2": total({m: self.v2[m].sqrt() for m in members}) / count,
             "relative_std_i1": relative(v1**0.5),
             "relative_std_i2": relative(v2**0.5),
             "input_var": input_var,
@@ -320,10 +351,13 @@ class DiagonalResult:
                           for name, bound in self.bounds.items()},
             "empirical": None,
             "target": None,
+            "accuracy": {},
             "recommended": {"normal": None, "chebyshev": None},
         }
         group_plan = plan.find(group)
         if group_plan is not None:
+            row["accuracy"] = {e: dataclasses.asdict(a) | {"enough": a.enough}
+                               for e, a in group_plan.accuracy.items()}
             at_run = group_plan.at_run_draws.get(better)
             if at_run is not None:
                 row["target"] = {"rho": plan.rho, "delta": plan.delta, "method": "normal",
@@ -340,14 +374,22 @@ class DiagonalResult:
 
     # ------------------------------------------------------------------ plan and presentation
     def plan(self, rho: float | None = None, delta: float | None = None, *,
-             cost: CostModel | None = None, draws: int | None = None, include_model: bool = True) -> Plan:
-        """Sample-size plan per group for relative error ``rho`` (default 0.1) with probability
-        ≥ ``1 − delta`` (default 0.95): the estimator (Î1, Î2, combined, exact) and the inputs ×
-        draws it needs, by Chebyshev (``N ≥ v/(δρ²I²)``) and the normal approximation
-        (``N ≥ z² v/(ρ²I²)``), docs/theory.md §8.2. ``cost`` (:class:`fimvar.CostModel`),
-        ``draws`` (fix M), ``include_model`` (add the pooled ``(model)`` group).
-        Returns a :class:`fimvar.Plan` (``print(plan)`` shows the table)."""
-        return make_plan(self, Target.of(rho, delta), cost=cost, draws=draws, include_model=include_model)
+             cost: CostModel | None = None, draws: int | None = None, include_model: bool = True,
+             available: int | None = None) -> Plan:
+        """How accurate this run is and what a target needs, per group, for relative error ``rho``
+        (default 0.1) with probability ≥ ``1 − delta`` (default 0.95).
+
+        First, per group, the :class:`~fimvar.results.plan.Accuracy` of each estimator with this
+        run's N inputs and M draws (``plan.accuracy()``: that of :attr:`fisher`): its standard
+        error, its relative error, the inputs the target needs with the same M, and whether the
+        data set's ``available`` inputs (default: the N analysed) are enough. Then the cheapest
+        design of each estimator (Î1, Î2, combined, exact): the inputs × draws it needs by the
+        normal approximation (``N ≥ z² (a + b/M)/(ρ²‖I‖²)``, the rule of every sample size fimvar
+        shows) and by Chebyshev (``z²`` replaced by ``1/δ``), docs/theory.md §8.2. ``cost``
+        (:class:`fimvar.CostModel`), ``draws`` (fix M), ``include_model`` (add the pooled
+        ``(model)`` group). Returns a :class:`fimvar.Plan` (``print(plan)`` shows the tables)."""
+        return make_plan(self, Target.of(rho, delta), cost=cost, draws=draws, include_model=include_model,
+                         available=available)
 
     def table(self, rho: float | None = None, delta: float | None = None) -> str:
         """The per-layer table of the command line (80 columns)."""

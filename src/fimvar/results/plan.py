@@ -7,6 +7,7 @@ distribution); a plan from few inputs is itself noisy, and says so in its notes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,9 @@ from fimvar.estimators.design import (
     Design,
     NoiseTerms,
     Target,
+    confidence_factor,
     design,
+    required_inputs,
 )
 from fimvar.estimators.variance import combined_variance
 from fimvar.results.groups import with_model_group
@@ -43,16 +46,55 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
     )
 
 
+@dataclass(frozen=True)
+class Accuracy:
+    """How accurate one estimator of a group is with the run's own ``inputs`` N and ``draws`` M,
+    and whether that N meets the target (the rule of :func:`~fimvar.estimators.design.required_inputs`,
+    normal approximation).
+
+    Attributes:
+        estimator: ``exact`` (:attr:`~fimvar.DiagonalResult.fisher`: exact over the labels,
+            averaged over the N inputs), ``i1``, ``i2`` or ``combined``.
+        inputs, draws: the design of the run (``draws`` 0 for the exact estimator).
+        fisher_norm: ``‖I_g‖₂`` over the group's parameters.
+        standard_error: ``sqrt(E‖Î_g − I_g‖²) = sqrt((a + b/M)/N)``, the root of the summed
+            per-parameter variances (:meth:`~fimvar.DiagonalResult.standard_error`).
+        relative_error: ``standard_error / fisher_norm``, the RMS relative error.
+        error_at_confidence: ``z · relative_error`` with ``z = z_{1−δ/2}``: with probability
+            ≥ 1 − δ the relative error ‖Î_g − I_g‖/‖I_g‖ is below it (normal approximation);
+            ``None`` where ‖I_g‖ = 0.
+        inputs_needed: the inputs for the target with the same M (``None`` when no design exists).
+        available: the inputs the data set has (default: N).
+    """
+
+    estimator: str
+    inputs: int
+    draws: int
+    fisher_norm: float
+    standard_error: float
+    relative_error: float | None
+    error_at_confidence: float | None
+    inputs_needed: int | None
+    available: int
+
+    @property
+    def enough(self) -> bool:
+        """Whether the data set's inputs meet the target with this estimator and M."""
+        return self.inputs_needed is not None and self.inputs_needed <= self.available
+
+
 @dataclass
 class GroupPlan:
     """Designs of every estimator for one group; ``recommended`` is the cheapest (normal).
     ``at_run_draws``: the normal-approximation design of each estimator with the run's own
-    number of draws (the inputs *this* run's estimator would need)."""
+    number of draws (the inputs *this* run's estimator would need); ``accuracy``: per estimator,
+    its :class:`Accuracy` with the run's N and M."""
 
     group: str
     terms: NoiseTerms
     designs: list[Design] = field(default_factory=list)
     at_run_draws: dict[str, Design] = field(default_factory=dict)
+    accuracy: dict[str, Accuracy] = field(default_factory=dict)
 
     def get(self, estimator: str, method: str = "normal") -> Design | None:
         for d in self.designs:
@@ -65,6 +107,11 @@ class GroupPlan:
         options = [d for d in self.designs if d.method == method and d.cost is not None]
         return min(options, key=lambda d: (d.cost, d.samples)) if options else None
 
+    def inputs_for(self, estimator: str, target: Target, draws: int, method: str = "normal") -> float:
+        """The continuous number of inputs ``k (a + b/M)/(ρ²‖I_g‖²)`` of this group for any target
+        (``inf`` where ‖I_g‖ = 0): the curve of the sample-size figure."""
+        return required_inputs(self.terms, estimator, target, method, max(int(draws), 1))
+
 
 @dataclass
 class Plan:
@@ -75,6 +122,16 @@ class Plan:
     groups: list[GroupPlan]
     draws: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: the run's design (N inputs, M draws) and the inputs the data set has (default N)
+    inputs: int = 0
+    samples: int = 0
+    available: int = 0
+    #: group id → human name (:meth:`~fimvar.DiagonalResult.layer_name`)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def name(self, group: str) -> str:
+        """The human name of a group (its id when unknown)."""
+        return self.names.get(group, group)
 
     @property
     def rho(self) -> float:
@@ -86,6 +143,18 @@ class Plan:
 
     def find(self, name: str) -> GroupPlan | None:
         return next((g for g in self.groups if g.group == name), None)
+
+    @property
+    def z(self) -> float:
+        """``z_{1−δ/2}``: the normal-approximation factor of every sample size (``k = z²``)."""
+        return math.sqrt(confidence_factor(self.delta, "normal"))
+
+    def accuracy(self, estimator: str = "exact") -> dict[str, Accuracy]:
+        """Per group, the :class:`Accuracy` of ``estimator`` with the run's N and M (default: the
+        exact estimator, i.e. :attr:`~fimvar.DiagonalResult.fisher`)."""
+        if estimator not in ESTIMATORS:
+            raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        return {g.group: g.accuracy[estimator] for g in self.groups}
 
     def group(self, name: str) -> GroupPlan:
         found = self.find(name)
@@ -106,8 +175,22 @@ class Plan:
         return self.table()
 
 
+def accuracy(terms: NoiseTerms, estimator: str, target: Target, inputs: int, draws: int,
+             available: int) -> Accuracy:
+    """The :class:`Accuracy` of ``estimator`` for a group with ``inputs`` × ``draws``."""
+    draws = 0 if estimator == "exact" else draws
+    squared = terms.mean_squared_error(estimator, inputs, draws)
+    norm = math.sqrt(terms.fisher_sq)
+    relative = math.sqrt(squared) / norm if norm > 0 else None
+    z = math.sqrt(confidence_factor(target.delta, "normal"))
+    needed = design(terms, estimator, target, "normal", None, None if estimator == "exact" else draws)
+    return Accuracy(estimator, inputs, draws, norm, math.sqrt(squared), relative,
+                    None if relative is None else z * relative,
+                    None if needed is None else needed.inputs, available)
+
+
 def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: int | None = None,
-              include_model: bool = True) -> Plan:
+              include_model: bool = True, available: int | None = None) -> Plan:
     """Plan the sample size per group of a :class:`~fimvar.DiagonalResult`.
 
     Args:
@@ -118,9 +201,16 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
             Hessian-diagonal 2, ``outputs`` from the result's metadata).
         draws: fix the number of label draws M per input instead of optimising it.
         include_model: add the pooled group ``"(model)"`` of every parameter.
+        available: the inputs the data set has (default: the N analysed), against which each
+            :class:`Accuracy` says whether the data set is big enough.
     """
     if draws is not None and (isinstance(draws, bool) or int(draws) < 1):
         raise FimvarError(f"draws must be an integer ≥ 1, got {draws!r}")
+    if available is None:
+        available = result.num_inputs
+    elif isinstance(available, bool) or not isinstance(available, int) or available < 1:
+        raise FimvarError(f"available (the inputs the data set has) must be an integer ≥ 1, got "
+                          f"{available!r}")
     outputs = result.metadata.get("outputs")
     cost = cost or CostModel(outputs=outputs)
     if cost.outputs is None and outputs is not None:
@@ -138,6 +228,8 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
             at_run = design(terms, estimator, target, "normal", cost, result.samples)
             if at_run is not None:
                 group_plan.at_run_draws[estimator] = at_run
+            group_plan.accuracy[estimator] = accuracy(terms, estimator, target, result.num_inputs,
+                                                      result.samples, available)
         plans.append(group_plan)
     notes = []
     if result.num_inputs < 2:
@@ -146,10 +238,21 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
         notes.append(f"only {result.num_inputs} inputs analysed: the plan's noise estimates are rough")
     if cost.outputs is None:
         notes.append("the output width T is unknown, so the exact estimator's cost is not compared")
-    return Plan(target, cost, plans, None if draws is None else int(draws), notes)
+    short = [g for g in plans if not g.accuracy["exact"].enough]
+    if short:
+        what = (f"the {available:,} inputs analysed are" if available == result.num_inputs
+                else f"the data set's {available:,} inputs are")
+        notes.append(f"{what} not enough for relative error ≤ {target.rho:g} with probability ≥ "
+                     f"{1 - target.delta:g} of the exact Fisher in {len(short)} of {len(plans)} layers "
+                     f"({', '.join(result.layer_name(g.group) for g in short)}): see the inputs needed")
+    return Plan(target, cost, plans, None if draws is None else int(draws), notes,
+                inputs=result.num_inputs, samples=result.samples, available=available,
+                names={g: result.layer_name(g) for g in groups})
 
 
 def plan(result, rho: float | None = None, delta: float | None = None, *,
-         cost: CostModel | None = None, draws: int | None = None, include_model: bool = True) -> Plan:
+         cost: CostModel | None = None, draws: int | None = None, include_model: bool = True,
+         available: int | None = None) -> Plan:
     """:meth:`fimvar.DiagonalResult.plan` as a function (defaults ρ = 0.1, δ = 0.05)."""
-    return make_plan(result, Target.of(rho, delta), cost=cost, draws=draws, include_model=include_model)
+    return make_plan(result, Target.of(rho, delta), cost=cost, draws=draws, include_model=include_model,
+                     available=available)
