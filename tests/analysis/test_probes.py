@@ -196,3 +196,28 @@ def test_float32_model_with_data_labels():
     for name, value in exact.empirical.items():
         assert_close(probed.empirical[name], value, "float32 empirical Fisher with probes", rtol=1e-5,
                      floor=1e-7 * float(value.abs().max()))
+
+
+class _PositionFirst(torch.nn.Module):
+    """A bare parameter registered before the layers (a learned position embedding): the graph
+    engine leaves it to its float64 autodiff fallback, which must not set the probes' precision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = torch.nn.Parameter(0.1 * torch.randn(3, 4))
+        self.embed = torch.nn.Linear(2, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(x) + self.position).mean(1))
+
+
+def test_float32_model_with_a_fallback_parameter_first():
+    torch.manual_seed(0)
+    model, x = _PositionFirst(), torch.randn(5, 3, 2)
+    exact = _quiet(fimvar.analyze, model, x, samples=2, engine="autodiff", bounds=False)
+    probed = fimvar.analyze(model, x, samples=2, engine="graph", bounds=False)
+    assert probed.estimated["position"] == ("v2", "c12", "i2")
+    for name, value in exact.fisher.items():
+        assert_close(probed.fisher[name], value, "float32 Fisher with probes, fallback first", rtol=1e-5,
+                     floor=1e-7 * float(value.abs().max()))

@@ -209,8 +209,11 @@ def with_probes(engine, x: torch.Tensor, blocks: list, draws: torch.Tensor, seed
     (left-out positions already zeroed): random signs seeded by ``seed`` and the global input
     indices from ``start``."""
     n = draws.shape[0]
+    # the probes are contracted in the model's precision (the blocks of the autodiff fallback
+    # are float64 whatever the model's)
+    dtype = next(p.dtype for p in engine.model.parameters() if p.is_floating_point())
     signs = rademacher(seed, torch.arange(start, start + n), 2 * draws.shape[1],
-                       sum(b.shape.numel() for b in blocks), blocks[0].first.dtype, draws.device)
+                       sum(b.shape.numel() for b in blocks), dtype, draws.device)
     return engine.curvature_probes(x, blocks, draws, signs)
 
 
