@@ -25,7 +25,7 @@ from fimvar.estimators.design import (
     required_inputs,
 )
 from fimvar.estimators.variance import combined_variance
-from fimvar.results.groups import with_model_group
+from fimvar.results.groups import MODEL_GROUP, with_model_group
 from fimvar.results.presentation import present
 
 
@@ -238,12 +238,13 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
         notes.append(f"only {result.num_inputs} inputs analysed: the plan's noise estimates are rough")
     if cost.outputs is None:
         notes.append("the output width T is unknown, so the exact estimator's cost is not compared")
-    short = [g for g in plans if not g.accuracy["exact"].enough]
+    layers = [g for g in plans if g.group != MODEL_GROUP]  # the whole model is not a layer
+    short = [g for g in layers if not g.accuracy["exact"].enough]
     if short:
         what = (f"the {available:,} inputs analysed are" if available == result.num_inputs
                 else f"the data set's {available:,} inputs are")
         notes.append(f"{what} not enough for relative error ≤ {target.rho:g} with probability ≥ "
-                     f"{1 - target.delta:g} of the exact Fisher in {len(short)} of {len(plans)} layers "
+                     f"{1 - target.delta:g} of the exact Fisher in {len(short)} of {len(layers)} layers "
                      f"({', '.join(result.layer_name(g.group) for g in short)}): see the inputs needed")
     return Plan(target, cost, plans, None if draws is None else int(draws), notes,
                 inputs=result.num_inputs, samples=result.samples, available=available,
