@@ -9,6 +9,9 @@
   and the empirical Fisher over resampled inputs: the users' per-input gradients (Hessians) of
   every label, by autograd, picked by 10⁴ simulated draws.
 
+The simulations run on an MLP, a 1-d CNN and a pre-norm transformer encoder block (attention by
+SDPA, LayerNorm, a GELU MLP).
+
 Sample means agree with the predicted expectation within 5 standard errors (from the predicted
 variance), sample variances with the predicted variance within 5 standard errors (from the
 sample fourth central moment). The predictions come from ``fimvar.audit`` (the engine's
@@ -24,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from cases import make_case
 from checks import assert_close
-from torch.func import functional_call, grad, hessian, vmap
+from torch.func import functional_call, grad, vmap
 
 import fimvar
+from fimvar.engine.functional import differentiable
 from fimvar.errors import FimvarError
 
 REPEATS = 10_000
@@ -148,7 +152,7 @@ def test_ewc_over_every_shuffle(batch_size):
                  rtol=1e-9)
 
 
-@pytest.mark.parametrize("model_name", ["mlp-tanh", "conv1d"])
+@pytest.mark.parametrize("model_name", ["mlp-tanh", "conv1d", "encoder-attention"])
 def test_ewc_and_gnb_one_pass_by_simulation(model_name):
     """10⁴ one-pass runs over random shuffles (``torch.randperm``) of 12 inputs in batches of 4:
     EWC (data labels) and GNB (labels sampled from the model)."""
@@ -226,17 +230,21 @@ def gradient_of(model, xi, yi):
 
 
 def hessian_diagonal_of(model, xi, yi):
-    names = [n for n, _ in model.named_parameters()]
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    """The loss Hessian's diagonal by plain double backward, one entry at a time (attention on
+    its math kernel, whose backward is differentiable)."""
+    params = list(model.parameters())
+    with differentiable(model):
+        gradients = torch.autograd.grad(F.cross_entropy(model(xi), yi), params, create_graph=True)
+        diagonal = []
+        for p, g in zip(params, gradients, strict=True):
+            flat_g = g.reshape(-1)
+            for j in range(flat_g.numel()):
+                row = torch.autograd.grad(flat_g[j], p, retain_graph=True, allow_unused=True)[0]
+                diagonal.append(torch.zeros((), dtype=p.dtype) if row is None else row.reshape(-1)[j])
+    return torch.stack(diagonal)
 
-    def loss(*values):
-        return F.cross_entropy(functional_call(model, dict(zip(names, values, strict=True)), (xi,)), yi)
 
-    blocks = hessian(loss, argnums=tuple(range(len(names))))(*params.values())
-    return torch.cat([blocks[k][k].reshape(params[n].numel(), -1).diagonal() for k, n in enumerate(names)])
-
-
-@pytest.mark.parametrize("model_name", ["mlp-tanh", "conv1d"])
+@pytest.mark.parametrize("model_name", ["mlp-tanh", "conv1d", "encoder-attention"])
 def test_sampled_label_estimators_by_simulation(model_name):
     """Î1 and MC Fisher with k = 3 samples per input (the squared per-sample gradient at labels
     drawn from the model) and Î2 (the Hessian diagonal of the loss at drawn labels), inputs fixed."""

@@ -12,6 +12,7 @@ from cases import MODELS, make_case
 from checks import assert_close
 
 import fimvar
+from fimvar.engine import graph
 from fimvar.engine.graph import GraphEngine
 
 FAMILIES = ("categorical", "gaussian", "bernoulli", "poisson")
@@ -80,3 +81,68 @@ def test_layers_shared_by_the_batch_go_to_autodiff():
     engine = GraphEngine(model, [n for n, _ in model.named_parameters()], 2**30)
     engine.chunk_size(ids, 2, 0)
     assert engine.fallback.parameter_names == ["positions.weight"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_batched_columns_match_autodiff(model_name, family, monkeypatch):
+    """Backward passes batched over the square root's columns by autograd's vmap (as for a
+    language model's many columns, here from 2 on; docs/theory.md §14.2): the same Fisher as the
+    autodiff engine."""
+    monkeypatch.setattr(graph, "BATCHED_COLUMNS_FROM", 1)
+    case = make_case(model_name, family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = fimvar.fisher_diagonal(case.model, case.x, family, engine="autodiff")
+        found = fimvar.fisher_diagonal(case.model, case.x, family, engine="graph")
+    scale = max(float(v.abs().max()) for v in expected.values())
+    for name, value in expected.items():
+        assert_close(found[name], value, f"graph engine, batched columns [{family}]", rtol=1e-11,
+                     floor=1e-9 * scale)
+
+
+class _Square(torch.autograd.Function):
+    """A custom autograd Function whose backward reads a value (``.item()``): autograd's batched
+    backward (vmap) cannot run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        scale = 2.0 if float(g.abs().max().item()) < 1e300 else 0.0
+        return scale * x * g
+
+
+class _CustomFunction(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(3, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.second(_Square.apply(torch.tanh(self.first(x))))
+
+
+def test_columns_fall_back_to_one_pass_each_without_a_batching_rule(monkeypatch):
+    """The batched backward fails on the custom Function: the engine says so (``batch_columns``
+    off) and takes one pass per column; the Fisher equals ``Σ_c p_c (∂ log p_c/∂θ)²`` summed over
+    inputs by plain autograd, class by class."""
+    monkeypatch.setattr(graph, "BATCHED_COLUMNS_FROM", 1)
+    torch.manual_seed(0)
+    model = _CustomFunction().double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    engine = GraphEngine(model, [n for n, _ in model.named_parameters()], 2**30)
+    _, sums, others = engine.fisher_sums(x, fimvar.families.get_family("categorical").fisher_factor)
+    assert not engine.batch_columns and not others
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(x)):
+        log_p = torch.log_softmax(model(x[i:i + 1])[0], -1)
+        for c in range(3):
+            grads = torch.autograd.grad(log_p[c], list(model.parameters()), retain_graph=True)
+            for (n, _), g in zip(model.named_parameters(), grads, strict=True):
+                expected[n] += log_p[c].exp().detach() * g**2
+    for name, value in expected.items():
+        assert_close(sums[name], value, "graph engine, one pass per column", rtol=1e-12)

@@ -44,6 +44,10 @@ from fimvar.engine.functional import buffers_kept, differentiable, module_output
 from fimvar.errors import FimvarError
 
 NORMALISATIONS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+#: most columns of a square root of I(h) per batched backward pass (GraphEngine.fisher_sums)
+COLUMN_GROUP = 64
+#: column counts up to which the backward passes are not batched (a classifier's T classes)
+BATCHED_COLUMNS_FROM = 16
 
 
 def _is_transposed_linear(module: nn.Module) -> bool:
@@ -106,6 +110,9 @@ class GraphEngine(Engine):
             if _supported(module) and any(id(p) in self.names for p in module.parameters(recurse=False))}
         self.fallback: AutodiffEngine | None = None
         self._discovered = False
+        #: whether fisher_sums batches its backward passes over columns (off after a model
+        #: operation without a batching rule)
+        self.batch_columns = True
 
     def _discover(self, x: torch.Tensor) -> None:
         """One probing forward: keep the layers the forward really calls as modules
@@ -153,19 +160,19 @@ class GraphEngine(Engine):
                               "engine='autodiff' for exact ones")
         with contextlib.ExitStack() as stack, torch.enable_grad():
             outputs, records = self._recorded_forward(x, stack)
-            width = outputs.shape[1]
+            n, width = outputs.shape
+            units = torch.eye(width, dtype=outputs.dtype, device=outputs.device).expand(n, width, width)
+            group = self._column_group(x, outputs, width)
             gradients = [[] for _ in records]
-            for t in range(width):
-                cotangent = torch.zeros_like(outputs)
-                cotangent[:, t] = 1
-                found = torch.autograd.grad(outputs, [z for _, _, z in records], cotangent,
-                                            retain_graph=t < width - 1, allow_unused=True)
+            for start in range(0, width, group):  # the unit columns e_t, batched (see fisher_sums)
+                chosen = units[:, :, start:start + group]
+                found = self._column_gradients(outputs, [z for _, _, z in records], chosen,
+                                               retain=start + group < width)
                 for store, (_, _, z), g in zip(gradients, records, found, strict=True):
-                    store.append(torch.zeros_like(z) if g is None else g)
-        n = x.shape[0]
+                    store.append(z.new_zeros(n, chosen.shape[2], *z.shape[1:]) if g is None else g)
         parts: dict[str, list[ParameterDerivatives]] = {}
         for (module, a, _), store in zip(records, gradients, strict=True):
-            delta = torch.stack(store, 1)  # (n, T, *z), in the model's dtype like its derivatives
+            delta = torch.cat(store, 1)  # (n, T, *z), in the model's dtype like its derivatives
             for part in self._layer_derivatives(module, a, delta):
                 parts.setdefault(part.name, []).append(part)
         blocks = [self._combine(parts[name], n, width) for name in self.parameter_names if name in parts]
@@ -219,25 +226,28 @@ class GraphEngine(Engine):
             cotangents = roots.to(outputs.dtype)
             square_precision = torch.promote_types(outputs.dtype, torch.float32)
             contexts: list[dict] = [{} for _ in records]  # per layer: unfolded patches, â
-            for i, k in enumerate(columns):
-                found = torch.autograd.grad(outputs, [z for _, _, z in records], cotangents[:, :, k],
-                                            retain_graph=i < len(columns) - 1, allow_unused=True)
+            group = self._column_group(x, outputs, len(columns))
+            for start in range(0, len(columns), group):
+                chosen = columns[start:start + group]
+                found = self._column_gradients(outputs, [z for _, _, z in records], cotangents[:, :, chosen],
+                                               retain=start + group < len(columns))
                 parts: dict[str, list[ParameterDerivatives]] = {}
                 for (module, a, _), g, context in zip(records, found, contexts, strict=True):
                     if g is not None:
-                        for part in self._layer_derivatives(module, a, g[:, None], context):
+                        for part in self._layer_derivatives(module, a, g, context):
                             parts.setdefault(part.name, []).append(part)
                 for name, used in parts.items():
-                    block = self._combine(used, x.shape[0], 1)
+                    block = self._combine(used, x.shape[0], len(chosen))
                     # the chunk's squares are summed over its inputs in (at least) float32 when
                     # the model is: all terms are positive, so the relative error stays below
-                    # log₂(n)·2⁻²⁴ (pairwise summation); over columns and chunks in float64
-                    first = block.first[:, 0]
+                    # log₂(n·G)·2⁻²⁴ (pairwise summation); over column groups and chunks in float64
+                    first = block.first
                     if block.inputs is None:
                         first = first.to(square_precision)
-                        square = torch.einsum("nj,nj->j", first, first).to(torch.float64).reshape(block.shape)
+                        square = torch.einsum("ngj,ngj->j", first, first).to(torch.float64)
+                        square = square.reshape(block.shape)
                     else:
-                        square = block.reduce(first.to(torch.float64) ** 2, 2)
+                        square = block.reduce((first.to(torch.float64) ** 2).sum(1), 2)
                     sums[name] = sums[name] + square if name in sums else square
         for module in self.layers.values():  # a hooked parameter no output depends on
             for p in module.parameters(recurse=False):
@@ -245,6 +255,41 @@ class GraphEngine(Engine):
                     sums[self.names[id(p)]] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
         others = self.fallback.derivatives(x, second=False)[1] if self.fallback is not None else []
         return h, sums, others
+
+    def _column_group(self, x: torch.Tensor, outputs: torch.Tensor, columns: int) -> int:
+        """Columns of the square root per batched backward pass: as many as the memory budget
+        holds (each one a copy of the chunk's activation gradients and of the per-input
+        gradients of one layer at a time), at most :data:`COLUMN_GROUP`; one when there are at
+        most :data:`BATCHED_COLUMNS_FROM` columns (a classifier: batching would only multiply the
+        memory, the per-input products dominate; measured on ResNet-18)."""
+        if not self.batch_columns or columns <= BATCHED_COLUMNS_FROM:
+            return 1
+        # the per-input gradients are formed layer by layer: the largest layer's count
+        widest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in self.layers.values()),
+                     default=0)
+        per_column = x.shape[0] * (8 * self._activation_elements + 3 * widest) * outputs.element_size()
+        return max(1, min(columns, COLUMN_GROUP, self.memory_budget // max(per_column, 1)))
+
+    def _column_gradients(self, outputs: torch.Tensor, nodes: list[torch.Tensor], cotangents: torch.Tensor,
+                          retain: bool) -> list[torch.Tensor | None]:
+        """``∂(S_k·h)/∂z`` at every recorded node for the columns ``cotangents`` (``(n, T, G)``),
+        each ``(n, G, *z)``: one backward pass batched over the G columns by autograd's vmap
+        (``is_grads_batched``; first order, where its cost is linear in G), or G passes if an
+        operation of the model has no batching rule (then for the rest of the run)."""
+        if cotangents.shape[2] > 1 and self.batch_columns:
+            try:
+                found = torch.autograd.grad(outputs, nodes, cotangents.permute(2, 0, 1), retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+                return [None if g is None else g.transpose(0, 1) for g in found]
+            except RuntimeError:
+                self.batch_columns = False
+        gradients: list[list[torch.Tensor | None]] = []
+        for index in range(cotangents.shape[2]):
+            found = torch.autograd.grad(outputs, nodes, cotangents[:, :, index], allow_unused=True,
+                                        retain_graph=retain or index < cotangents.shape[2] - 1)
+            gradients.append(list(found))
+        return [None if column[0] is None else torch.stack(column, 1)
+                for column in zip(*gradients, strict=True)]
 
     def curvature_probes(self, x: torch.Tensor, blocks: list[ParameterDerivatives], draws: torch.Tensor,
                          signs: torch.Tensor) -> list[ParameterDerivatives]:
