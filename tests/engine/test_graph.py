@@ -146,3 +146,30 @@ def test_columns_fall_back_to_one_pass_each_without_a_batching_rule(monkeypatch)
                 expected[n] += log_p[c].exp().detach() * g**2
     for name, value in expected.items():
         assert_close(sums[name], value, "graph engine, one pass per column", rtol=1e-12)
+
+
+@pytest.mark.parametrize("model_name", ["conv1d", "conv2d", "resnet-batchnorm"])
+def test_convolutions_by_position_grams_match_autodiff(model_name, monkeypatch):
+    """Convolutions with few output positions square their per-input gradients as a product of
+    Gram matrices over positions (docs/theory.md §14.2); here every convolution does (the limit
+    raised), and the Fisher is the autodiff engine's."""
+    calls = []
+    original = GraphEngine._position_gram_square
+
+    def counted(context, shape):
+        calls.append(shape)
+        return original(context, shape)
+
+    monkeypatch.setattr(GraphEngine, "_position_gram_square", staticmethod(counted))
+    monkeypatch.setattr(graph, "GRAM_POSITIONS_PER_COLUMN", 10**6)
+    case = make_case(model_name, "categorical")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = fimvar.fisher_diagonal(case.model, case.x, "categorical", engine="autodiff")
+        found = fimvar.fisher_diagonal(case.model, case.x, "categorical", engine="graph")
+    convolutions = [m for m in case.model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    assert len(calls) >= len(convolutions) > 0
+    scale = max(float(v.abs().max()) for v in expected.values())
+    for name, value in expected.items():
+        assert_close(found[name], value, "graph engine, convolutions by position Grams", rtol=1e-11,
+                     floor=1e-9 * scale)

@@ -48,6 +48,9 @@ NORMALISATIONS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 COLUMN_GROUP = 64
 #: column counts up to which the backward passes are not batched (a classifier's T classes)
 BATCHED_COLUMNS_FROM = 16
+#: a convolution with at most this many output positions per column of the square root squares
+#: its per-input gradients by position Gram matrices (GraphEngine._prepare_position_grams)
+GRAM_POSITIONS_PER_COLUMN = 2
 
 
 def _is_transposed_linear(module: nn.Module) -> bool:
@@ -226,6 +229,7 @@ class GraphEngine(Engine):
             cotangents = roots.to(outputs.dtype)
             square_precision = torch.promote_types(outputs.dtype, torch.float32)
             contexts: list[dict] = [{} for _ in records]  # per layer: unfolded patches, â
+            self._prepare_position_grams(records, contexts, len(columns))
             group = self._column_group(x, outputs, len(columns))
             for start in range(0, len(columns), group):
                 chosen = columns[start:start + group]
@@ -249,12 +253,49 @@ class GraphEngine(Engine):
                     else:
                         square = block.reduce((first.to(torch.float64) ** 2).sum(1), 2)
                     sums[name] = sums[name] + square if name in sums else square
+        for (module, _, _), context in zip(records, contexts, strict=True):
+            if "gram" in context and "patches" in context:
+                name = self.names[id(module.weight)]
+                sums[name] = sums.get(name, 0) + self._position_gram_square(context, module.weight.shape)
         for module in self.layers.values():  # a hooked parameter no output depends on
             for p in module.parameters(recurse=False):
                 if id(p) in self.names and self.names[id(p)] not in sums:
                     sums[self.names[id(p)]] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
         others = self.fallback.derivatives(x, second=False)[1] if self.fallback is not None else []
         return h, sums, others
+
+    def _prepare_position_grams(self, records, contexts: list[dict], columns: int) -> None:
+        """Mark the convolutions whose weight's squared per-input gradients are cheaper as a
+        product of Gram matrices over output positions (docs/theory.md §14.2): with ``δ_k`` the
+        ``(C_out, L)`` gradient at the output for column k and ``X`` the ``(K, L)`` unfolded
+        input, ``Σ_k (δ_k Xᵀ)²`` entry by entry is ``Σ_{l,m} (Σ_k δ_kl δ_km) (X_l X_m)`` — one
+        float64 matrix product per chunk over ``n L²`` terms instead of a ``C_out × K`` per-input
+        gradient per column, worth it where ``L ≤`` :data:`GRAM_POSITIONS_PER_COLUMN` ``× columns``
+        (a ResNet's last stage: 4×4 positions, 10 classes), and done only for a weight used by
+        one layer (tied weights sum their per-input gradients before the square)."""
+        uses: dict[int, int] = {}
+        for module, _, _ in records:
+            weight = getattr(module, "weight", None)
+            if weight is not None:
+                uses[id(weight)] = uses.get(id(weight), 0) + 1
+        for (module, _, z), context in zip(records, contexts, strict=True):
+            if not isinstance(module, (nn.Conv1d, nn.Conv2d)) or id(module.weight) not in self.names:
+                continue
+            positions = z[0, 0].numel()
+            size = z.shape[0] * positions**2 * (z.shape[1] + module.weight[0].numel()) * 8
+            cheaper = positions <= GRAM_POSITIONS_PER_COLUMN * columns
+            if uses[id(module.weight)] == 1 and cheaper and 4 * size <= self.memory_budget:
+                context["gram"] = torch.zeros(z.shape[0], positions, positions, z.shape[1],
+                                              dtype=torch.float64, device=z.device)
+
+    @staticmethod
+    def _position_gram_square(context: dict, shape: torch.Size) -> torch.Tensor:
+        """``Σ_x Σ_k (δ_k Xᵀ)²`` from the accumulated ``Σ_k δ_k δ_kᵀ`` (``(n, L, L, C)``) and the
+        unfolded inputs ``X`` (``(n, K, L)``), in float64."""
+        gram = context["gram"]
+        patches = context["patches"].to(torch.float64)
+        inputs = torch.einsum("nkl,nkm->nlmk", patches, patches)
+        return (gram.reshape(-1, gram.shape[-1]).T @ inputs.reshape(-1, inputs.shape[-1])).reshape(shape)
 
     def _column_group(self, x: torch.Tensor, outputs: torch.Tensor, columns: int) -> int:
         """Columns of the square root per batched backward pass: as many as the memory budget
@@ -379,7 +420,10 @@ class GraphEngine(Engine):
                                                           stride=stride)
             patches = context["patches"]
             d = delta.reshape(n, width, delta.shape[2], -1)  # (n, T, C_out, L)
-            if wanted(module.weight):
+            if wanted(module.weight) and "gram" in context:  # fisher_sums: Σ_k δ_k δ_kᵀ per input
+                d64 = d.to(torch.float64)
+                context["gram"] += torch.einsum("ntcl,ntcm->nlmc", d64, d64)
+            elif wanted(module.weight):
                 products = torch.einsum("ntcl,nkl->ntck", d, patches)
                 yield self._block(module.weight, products.reshape(n, width, -1))
             if wanted(module.bias):
