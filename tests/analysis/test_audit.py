@@ -376,10 +376,51 @@ def test_ewc_extremes_against_autograd(family):
     assert_close(flat(whole["gnb"].mean), flat(whole.fisher), "audit gnb mean = Fisher", rtol=1e-14)
 
 
-def test_sequence_outputs_are_refused():
+def test_sequence_outputs_refuse_the_batch_and_data_label_estimators():
     case = make_case("sequence-tagger", "categorical", inputs=4, seed=0)
     with pytest.raises(FimvarError, match="per-position"):
-        fimvar.audit(case.model, case.x, "categorical", labels=case.labels, batch_size=2)
+        fimvar.audit(case.model, case.x, "categorical", labels=case.labels, estimator="ewc", batch_size=2)
+    flat_case = make_case("mlp-tanh", "categorical", inputs=4, seed=0)
+    with pytest.raises(FimvarError, match="per-position"):
+        fimvar.audit(flat_case.model, flat_case.x, "categorical", estimator="token")
+    a = fimvar.audit(case.model, case.x, "categorical", labels=case.labels, batch_size=2)
+    assert set(a.entries) == {"exact", "i1", "token", "i2", "combined"}
+    assert any("per-position outputs" in note for note in a.notes)
+
+
+@pytest.mark.parametrize("model_name", ["sequence-tagger", "causal-lm"])
+def test_per_token_squares_by_simulation(model_name):
+    """The per-token squares of a sequence model as users write them — one label per position
+    sampled from the model, ``Σ_t (∂ CE(h_t, y_t)/∂θ)²`` by autograd, averaged over the inputs —
+    10⁴ times (each position's gradients of every label enumerated, then picked by the draws):
+    mean and variance equal the audit's ``token`` entry (docs/theory.md §13.1), and its variance
+    is below the per-sequence square's (Î1)."""
+    case = make_case(model_name, "categorical", inputs=3, seed=2)
+    model, x = case.model, case.x
+    with torch.no_grad():
+        probs = torch.softmax(model(x), -1)  # (n, L, T)
+    n, length, width = probs.shape
+    per_token = torch.stack([torch.stack([torch.stack([
+        gradient_of_position(model, x[i:i + 1], t, c) for c in range(width)]) for t in range(length)])
+        for i in range(n)]) ** 2  # (n, L, T, P)
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.multinomial(probs.reshape(-1, width), REPEATS, replacement=True,
+                               generator=generator).reshape(n, length, REPEATS)
+    picked = per_token.gather(2, labels[..., None].expand(-1, -1, -1, per_token.shape[-1]))
+    values = picked.sum(1).mean(0)  # (R, P): the per-token squares averaged over the n inputs
+    a = fimvar.audit(model, x, "categorical", estimator=["token", "i1"])
+    token = a["token"]
+    check_moments(values, flat(token.mean), flat(token.variance_given_inputs), f"per-token {model_name}")
+    assert_close(flat(token.mean), flat(a.fisher), "per-token mean = Fisher", rtol=1e-14)
+    assert (flat(token.variance_given_inputs) <= flat(a["i1"].variance_given_inputs) * (1 + 1e-12)).all()
+    assert token.cost_per_input == a.cost.forward + length * a.cost.backward
+
+
+def gradient_of_position(model, xi, t, c):
+    """The users' per-token gradient: ``F.cross_entropy`` of position ``t`` at label ``c``."""
+    model.zero_grad()
+    F.cross_entropy(model(xi)[0, t:t + 1], torch.tensor([c])).backward()
+    return gradient(model)
 
 
 def test_a_resumed_audit_equals_an_uninterrupted_one(tmp_path):

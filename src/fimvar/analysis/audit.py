@@ -35,6 +35,7 @@ from fimvar.analysis.inputs import (
     output_family,
     trainable_parameters,
 )
+from fimvar.analysis.masking import masked_derivatives, masked_residuals, position_mask
 from fimvar.engine import make_engine
 from fimvar.engine.base import ParameterDerivatives
 from fimvar.engine.full import FullDerivatives
@@ -46,7 +47,7 @@ from fimvar.estimators.diagonal import block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.estimators.variance import combined_variance, joint_variance
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import Positions
+from fimvar.families.positions import Positions, with_positions
 from fimvar.results.audit import AUDIT_TARGET, ESTIMATORS, AuditResult, EstimatorAudit
 from fimvar.results.diagonal import DiagonalResult
 
@@ -59,6 +60,9 @@ GRADIENT_MOMENTS = ("gradient", "gradient_p2", "gradient_p3", "gradient_p4")
 TILE_ELEMENTS = 1 << 22
 #: estimators audited only when asked for: Hutchinson's probe term needs per-input Hessians
 ON_REQUEST = ("mc", "hutchinson")
+#: the estimators audited for per-position (sequence) outputs: the per-input and sampled-label
+#: ones; the batch and data-label estimators have per-token conventions of their own
+SEQUENCE_ESTIMATORS = ("exact", "i1", "mc", "token", "i2", "combined")
 #: the accumulated probe term of Hutchinson's estimate (docs/theory.md §15.7)
 PROBE_TERM = "hutchinson_probe"
 #: bytes of the per-input Hessians per output and squared parameter count (float64, the
@@ -129,9 +133,14 @@ class AuditAnalysis(StreamingAnalysis):
     def prepare(self, x: torch.Tensor) -> None:
         if self.width is None:
             family, outputs = output_family(self.model, x[:1], self.family)
-            if isinstance(family, Positions):
-                raise FimvarError("the audit takes one output distribution per input, (n, T) outputs; "
-                                  "per-position (sequence) outputs are not audited yet")
+            sequence = isinstance(family, Positions)
+            refused = [e for e in self.estimators if e not in audited_for(family)]
+            if refused and self.explicit:
+                raise FimvarError(
+                    f"the {'/'.join(refused)} estimator is not audited for "
+                    + ("per-position (sequence) outputs; audit one of " + ", ".join(SEQUENCE_ESTIMATORS)
+                       if sequence else "one output distribution per input: the per-token squares need "
+                       "per-position (N, L, T) outputs"))
             self.family, self.width = family, outputs.shape[1]
         if self.hessians is not None:
             size = self.hessians.size
@@ -157,9 +166,15 @@ class AuditAnalysis(StreamingAnalysis):
         h, blocks = self.engine.derivatives(x)
         family.check_outputs(h)
         n = h.shape[0]
+        mask = position_mask(family, self.packing, x, labels)  # padding left out (§13)
+        if mask is not None:
+            blocks = masked_derivatives(blocks, mask, h.shape[1] // family.positions)
+        if isinstance(family, Positions):  # labels only mark padding: no data-label estimator here
+            labels = None
         draws = draw_residuals(family, h, self.samples, self.seed, self.count)
         if self.engine.estimates_second:  # v2, c12 from probes (docs/theory.md §14.1)
-            blocks = with_probes(self.engine, x, blocks, draws, self.seed, self.count)
+            kept = draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
+            blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.count)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -220,10 +235,11 @@ class AuditAnalysis(StreamingAnalysis):
                 "model": checkpoints.model_hash(self.model)}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width}
+        return {"width": self.width, "positions": getattr(self.family, "positions", None)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.width = state.get("width")
+        self.family = with_positions(self.family, state.get("positions"))
 
     def result(self) -> AuditResult:
         n = self.count
@@ -234,7 +250,7 @@ class AuditAnalysis(StreamingAnalysis):
         base = diagonal_result(self.accumulator, family=self.family.name, samples=self.samples,
                                engine=self.engine.name, shapes=shapes, groups=self.groups)
         notes: list[str] = []
-        chosen = list(self.estimators)
+        chosen = [e for e in self.estimators if e in audited_for(self.family)]
         if not self.has_labels:
             missing = [e for e in chosen if e in NEED_LABELS]
             if missing and self.explicit:
@@ -250,7 +266,12 @@ class AuditAnalysis(StreamingAnalysis):
         elif any(e in NEED_BATCHES for e in chosen):
             formulas.check_partition(n, self.batch_size)
         cost = self.cost or CostModel(outputs=self.width)
-        entries = {e: entry(e, base, self.accumulator, cost, self.batch_size, self.probes) for e in chosen}
+        positions = getattr(self.family, "positions", 1)
+        entries = {e: entry(e, base, self.accumulator, cost, self.batch_size, self.probes, positions)
+                   for e in chosen}
+        if isinstance(self.family, Positions) and not self.explicit:
+            notes.append("per-position outputs: EWC, GNB, the empirical Fisher and Hutchinson are not "
+                         "audited (their per-token conventions differ); the per-token squares are")
         if n < 30:
             notes.append(f"only {n} inputs: the input-noise terms and the sample sizes are rough")
         if self.labels_from == "batches":
@@ -262,6 +283,14 @@ class AuditAnalysis(StreamingAnalysis):
         return AuditResult(family=self.family.name, num_inputs=n, batch_size=self.batch_size,
                            samples=self.samples, shapes=shapes, groups=self.groups, fisher=base.fisher,
                            entries=entries, target=self.target, cost=cost, notes=notes)
+
+
+def audited_for(family: ExponentialFamily) -> tuple[str, ...]:
+    """The estimators an audit of ``family``'s outputs can hold: for per-position outputs
+    :data:`SEQUENCE_ESTIMATORS`, otherwise all but the per-token squares."""
+    if isinstance(family, Positions):
+        return SEQUENCE_ESTIMATORS
+    return tuple(e for e in ESTIMATORS if e != "token")
 
 
 def check_estimators(estimator: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -285,6 +314,9 @@ DESCRIPTIONS = {
           "FIM_MonteCarlo, laplace-torch stochastic=True): Î1 with M = k",
     "i2": "Î2: negative Hessian diagonal at labels sampled from the model ([B] §2)",
     "combined": "α*Î1 + (1−α*)Î2, α* per parameter (docs/theory.md §8.1)",
+    "token": "per-token squares Σ_t (∂ log p(y_t|h_t)/∂θ)² of a sequence model, one label per position "
+             "sampled from the model, M per input (ASDL, LLM pruning and quantisation codes; docs/theory.md "
+             "§13.1); unbiased, with a lower label variance than the per-sequence square (Î1)",
     "hutchinson": "Hutchinson's Hessian diagonal z ⊙ (H z) of the per-input loss, Rademacher z, at labels "
                   "sampled from the model (AdaHessian, Sophia-H, curvlinops hutchinson_diag; Hutchinson "
                   "1989; docs/theory.md §15.7)",
@@ -298,7 +330,7 @@ DESCRIPTIONS = {
 
 
 def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size: int | None,
-          probes: int = 1) -> EstimatorAudit:
+          probes: int = 1, positions: int = 1) -> EstimatorAudit:
     """The :class:`EstimatorAudit` of one estimator from the accumulated sums (docs/theory.md §15)."""
     n, m = base.num_inputs, base.samples
     names = list(base.fisher)
@@ -324,6 +356,14 @@ def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size
         unit = {k: joint_variance(base.input_var[k], label[k], 1, m) for k in names}
         return make(fisher, base.variance(kind), given, zero, unit, over_inputs,
                     cost.per_input(kind, m), draws=m)
+    if estimator == "token":  # the per-token squares of a sequence model, docs/theory.md §13.1
+        label = base.v1_token
+        given = {k: joint_variance(0.0, label[k], n, m) for k in names}
+        unit = {k: joint_variance(base.input_var[k], label[k], 1, m) for k in names}
+        variance = {k: joint_variance(base.input_var[k], label[k], n, m) for k in names}
+        return make(fisher, variance, given, zero, unit,
+                    f"over the {n} inputs as a sample of the data and the label draws ({m} per position)",
+                    cost.per_token(m, positions), draws=m)
     if estimator == "hutchinson":  # docs/theory.md §15.7
         probe = {k: acc.sums[parameter(k, PROBE_TERM)] / n for k in names}
         label = {k: formulas.hutchinson_label_variance(base.v2[k], probe[k], probes) for k in names}

@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--inputs", "-N", type=int, default=None, metavar="N", help="the first N inputs")
     how = audit.add_argument_group("estimators")
     how.add_argument("--estimator", "-e", action="append", default=None, metavar="NAME",
-                     help="exact, i1, mc, i2, combined, hutchinson, gnb, empirical or ewc (repeatable; "
-                          "default: all but mc and hutchinson)")
+                     help="exact, i1, mc, token, i2, combined, hutchinson, gnb, empirical or ewc "
+                          "(repeatable; default: all but mc and hutchinson; token for sequence outputs)")
     how.add_argument("--batch-size", "-B", type=int, default=None, metavar="B",
                      help="batch size of EWC and GNB")
     how.add_argument("--samples", "-M", type=int, default=1, metavar="M",

@@ -132,6 +132,11 @@ class CostModel:
             return None if self.outputs is None else self.forward + self.outputs * self.backward
         return self.forward + draws * self.per_draw(estimator)
 
+    def per_token(self, draws: int, positions: int) -> float:
+        """Cost of one input of the per-token squares of a sequence model: ``F + M L B``, one
+        backward pass per position and draw for the per-token gradients (docs/theory.md §13.1)."""
+        return self.forward + draws * positions * self.backward
+
     def hutchinson(self, draws: int, probes: int) -> float:
         """Cost of one input of Hutchinson's Hessian-diagonal estimate with ``draws`` sampled labels
         and ``probes`` Rademacher probes per label: ``F + M k H``, one Hessian-vector product

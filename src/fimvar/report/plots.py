@@ -36,10 +36,10 @@ FORMATS = ("png", "svg")
 COLORS = {"fisher": "#222222", "i1": "#1f77b4", "i2": "#d95f02", "combined": "#1b9e77",
           "exact": "#7570b3", "input": "#999999", "mc": "#17becf", "gnb": "#e7298a",
           "empirical": "#8c564b", "ewc": "#d62728",
-          "hutchinson": "#bcbd22"}
+          "hutchinson": "#bcbd22", "token": "#9467bd"}
 #: one marker per estimator of the audit figure (with :data:`COLORS`)
 MARKERS = {"exact": "D", "i1": "^", "mc": "<", "i2": "v", "combined": "o", "gnb": "s",
-           "empirical": "P", "ewc": "X", "hutchinson": "*"}
+           "empirical": "P", "ewc": "X", "hutchinson": "*", "token": ">"}
 _STYLE = {"svg.hashsalt": "fimvar", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}
 
 

@@ -19,10 +19,11 @@ from fimvar.results.presentation import present
 Tensors = dict[str, torch.Tensor]
 
 #: every estimator an audit knows, in the order of its tables
-ESTIMATORS = ("exact", "i1", "mc", "i2", "combined", "hutchinson", "gnb", "empirical", "ewc")
+ESTIMATORS = ("exact", "i1", "mc", "token", "i2", "combined", "hutchinson", "gnb", "empirical", "ewc")
 #: display names
 LABELS = {"exact": "exact", "i1": "Î1", "mc": "MC Fisher", "i2": "Î2", "combined": "combined",
-          "hutchinson": "Hutchinson", "gnb": "GNB", "empirical": "empirical", "ewc": "EWC"}
+          "hutchinson": "Hutchinson", "token": "per-token MC", "gnb": "GNB", "empirical": "empirical",
+          "ewc": "EWC"}
 #: the target of an audit unless the user gives one: 5 % relative error with probability 95 %
 AUDIT_TARGET = Target(0.05, 0.05)
 
