@@ -440,6 +440,19 @@ def test_a_resumed_audit_equals_an_uninterrupted_one(tmp_path):
                      checkpoint=path)
 
 
+def test_a_resumed_sequence_audit_keeps_its_per_token_entry(tmp_path):
+    """The per-position family comes back with the checkpoint: the resumed audit still holds the
+    per-token squares, equal to the uninterrupted one's."""
+    case = make_case("sequence-tagger", "categorical", inputs=6, seed=0)
+    arguments = {"estimator": ["token", "i1"], "block_size": 4}
+    whole = fimvar.audit(case.model, case.x, "categorical", **arguments)
+    path = tmp_path / "audit.ckpt"
+    fimvar.audit(case.model, case.x, "categorical", **arguments, checkpoint=path, checkpoint_interval=0)
+    resumed = fimvar.audit(case.model, case.x, "categorical", **arguments, checkpoint=path)
+    for name in arguments["estimator"]:
+        assert torch.equal(flat(resumed[name].variance), flat(whole[name].variance))
+
+
 def test_one_input_audits_without_nan():
     case = make_case("conv1d", "categorical", inputs=1, seed=0)
     a = fimvar.audit(case.model, case.x, "categorical", labels=case.labels, batch_size=1)
