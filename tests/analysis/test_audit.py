@@ -265,10 +265,11 @@ def test_sampled_label_estimators_by_simulation(model_name):
         check_moments(values, flat(a.mean), flat(e.variance_given_inputs), f"{estimator} {model_name}")
 
 
-def test_empirical_fisher_over_resampled_inputs():
+@pytest.mark.parametrize("model_name", ["mlp-tanh", "conv1d", "encoder-attention"])
+def test_empirical_fisher_over_resampled_inputs(model_name):
     """The empirical Fisher of N inputs drawn with replacement from a population of 10: its mean
     is the population's EF (bias EF − I), its variance (1/N)·Var(g²) (population variance)."""
-    case = make_case("conv1d", "categorical", inputs=10, seed=7)
+    case = make_case(model_name, "categorical", inputs=10, seed=7)
     model, x, y = case.model, case.x, case.labels
     squares = torch.stack([gradient_of(model, x[i:i + 1], y[i:i + 1]) ** 2 for i in range(10)])
     generator = torch.Generator().manual_seed(9)

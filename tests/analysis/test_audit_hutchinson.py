@@ -23,6 +23,7 @@ from oracle import log_likelihood, support
 from torch.func import functional_call, grad, jvp, vmap
 
 import fimvar
+from fimvar.engine.functional import differentiable
 from fimvar.errors import FimvarError
 
 REPEATS = 10_000
@@ -104,7 +105,8 @@ def check_moments(values, mean, variance, label) -> float:
     return max(z_mean, z_variance)
 
 
-@pytest.mark.parametrize(("model_name", "probes"), [("mlp-tanh", 1), ("mlp-tanh", 3), ("conv1d", 1)])
+@pytest.mark.parametrize(("model_name", "probes"), [("mlp-tanh", 1), ("mlp-tanh", 3), ("conv1d", 1),
+                                                 ("encoder-attention", 1)])
 def test_hutchinson_by_simulation(model_name, probes):
     case = make_case(model_name, "categorical", inputs=4, seed=6)
     model, x = case.model, case.x
@@ -115,8 +117,9 @@ def test_hutchinson_by_simulation(model_name, probes):
         probs = torch.softmax(model(x), -1)
     labels = torch.multinomial(probs, REPEATS, replacement=True, generator=generator).T  # (R, n)
     z = torch.randint(0, 2, (REPEATS, n, probes, size), generator=generator).to(torch.float64) * 2 - 1
-    values = hutchinson_replicates(model, x, labels, z)
-    literal = torch.stack([hutchinson_literal(model, x, labels[r], z[r]) for r in range(LITERAL)])
+    with differentiable(model):  # attention on its math kernel: forward AD and double backward
+        values = hutchinson_replicates(model, x, labels, z)
+        literal = torch.stack([hutchinson_literal(model, x, labels[r], z[r]) for r in range(LITERAL)])
     assert_close(values[:LITERAL], literal, "vectorised Hutchinson = users' loop", rtol=1e-12)
     a = fimvar.audit(model, x, "categorical", estimator="hutchinson", probes=probes)
     e = a["hutchinson"]
