@@ -16,6 +16,7 @@ from fimvar.analysis.diagonal import Analysis, analyze
 from fimvar.analysis.fisher import fisher_diagonal
 from fimvar.analysis.full import analyze_full
 from fimvar.analysis.hidden import hidden_fisher
+from fimvar.analysis.sampled import analyze_sampled
 from fimvar.analysis.weight_norms import weight_norm_bounds
 from fimvar.errors import FimvarError
 from fimvar.estimators.design import CostModel, Target
@@ -28,6 +29,7 @@ from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.full import FullResult
 from fimvar.results.hidden import HiddenFisher, HiddenResult
 from fimvar.results.plan import Plan, plan
+from fimvar.results.sampled import SampledResult
 from fimvar.results.weight_norms import LayerNormBound, WeightNormResult
 
 __version__ = "0.1.0"
@@ -53,10 +55,12 @@ __all__ = [
     "LayerNormBound",
     "Plan",
     "Poisson",
+    "SampledResult",
     "Target",
     "WeightNormResult",
     "analyze",
     "analyze_full",
+    "analyze_sampled",
     "audit",
     "ewc_penalty",
     "fisher_diagonal",

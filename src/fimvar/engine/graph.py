@@ -264,6 +264,57 @@ class GraphEngine(Engine):
         others = self.fallback.derivatives(x, second=False)[1] if self.fallback is not None else []
         return h, sums, others
 
+    def draw_gradients(self, x: torch.Tensor, residuals) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
+        """Per-input gradients of ``ε_m·h`` for label draws ``ε_m`` — the scores whose squares are
+        Î1 (docs/theory.md §16) — at every hooked layer: one backward pass per draw (batched),
+        whatever the number of outputs T. ``residuals(h)`` gives ``(n, M, T)``; returns ``h``
+        (float64) and one block per parameter whose ``first`` is ``(n, M, J)`` (``T`` replaced by
+        the draws; factored for a ``Linear`` on one position). Parameters outside the hooked
+        layers (a batch-shared position embedding, attention projections used functionally) get
+        theirs input by input from ``torch.func`` (vmapped over the draws)."""
+        self._discover(x)
+        with contextlib.ExitStack() as stack, torch.enable_grad():
+            outputs, records = self._recorded_forward(x, stack)
+            h = outputs.detach().to(torch.float64)
+            draws = residuals(h)  # (n, M, T)
+            cotangents = draws.transpose(1, 2).to(outputs.dtype)
+            found = self._column_gradients(outputs, [z for _, _, z in records], cotangents, retain=False)
+        parts: dict[str, list[ParameterDerivatives]] = {}
+        for (module, a, _), g in zip(records, found, strict=True):
+            if g is not None:
+                for part in self._layer_derivatives(module, a, g):
+                    parts.setdefault(part.name, []).append(part)
+        blocks = [self._combine(parts[name], x.shape[0], draws.shape[1]) for name in self.parameter_names
+                  if name in parts]
+        if self.fallback is not None:
+            blocks += self._functional_draw_gradients(x, draws.to(outputs.dtype))
+        order = {name: i for i, name in enumerate(self.parameter_names)}
+        blocks.sort(key=lambda b: order[b.name])
+        return h, blocks
+
+    def _functional_draw_gradients(self, x: torch.Tensor, draws: torch.Tensor) -> list[ParameterDerivatives]:
+        """:meth:`draw_gradients` of the parameters outside the hooked layers: per input, the
+        gradient of ``ε_m·h`` by ``torch.func.grad`` of a functional call, vmapped over the draws."""
+        names = self.fallback.parameter_names
+        named = dict(self.model.named_parameters())
+        selected = {k: named[k].detach() for k in names}
+        constants = {k: v.detach() for k, v in named.items() if k not in selected}
+        constants.update(dict(self.model.named_buffers()))
+        per_input = []
+        with differentiable(self.model):
+            for i in range(x.shape[0]):
+                def contracted(params, coefficients, x1=x[i : i + 1]):
+                    outputs = functional_call(self.model, (params, constants), (x1,))
+                    return output_tensor(outputs).reshape(-1) @ coefficients
+
+                per_input.append(vmap(grad(contracted), in_dims=(None, 0))(selected, draws[i]))
+        blocks = []
+        for name in names:
+            first = torch.stack([g[name].reshape(draws.shape[1], -1) for g in per_input])  # (n, M, J)
+            zero = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
+            blocks.append(ParameterDerivatives(name, named[name].shape, first, zero))
+        return blocks
+
     def _prepare_position_grams(self, records, contexts: list[dict], columns: int) -> None:
         """Mark the convolutions whose weight's squared per-input gradients are cheaper as a
         product of Gram matrices over output positions (docs/theory.md §14.2): with ``δ_k`` the
