@@ -42,6 +42,19 @@ def audit_tensors(result) -> dict[str, torch.Tensor]:
     return out
 
 
+def full_and_hidden(model, x) -> dict[str, torch.Tensor]:
+    """The tensors of the full-matrix and hidden-layer modes (M = 2 draws)."""
+    import fimvar
+
+    full = fimvar.analyze_full(model, x, FAMILY, samples=2)
+    out = {f"full/{q}": getattr(full, q) for q in ("fisher", "i1", "i2", "v1", "v2", "input_var")}
+    out.update({f"full/frobenius/{k}": torch.tensor(v) for k, v in full.frobenius.items()})
+    for name, module in fimvar.hidden_fisher(model, x, ["1"], FAMILY, samples=2).items():
+        for q in ("fisher_diagonal", "estimate_diagonal", "v1_diagonal", "input_var_diagonal"):
+            out[f"hidden/{name}/{q}"] = getattr(module, q)
+    return out
+
+
 def diagonal(result) -> dict:
     from fimvar.report.tensors import tensors_of
 
@@ -76,6 +89,7 @@ def scenarios(rank: int, world: int, out: Path) -> dict:
     got["fisher"] = fimvar.fisher_diagonal(model, x, FAMILY)
     got["audit"] = audit_tensors(fimvar.audit(model, x, FAMILY, labels=labels, batch_size=3, samples=2))
     got["audit_world_size"] = fimvar.audit(model, x, FAMILY, estimator="exact").world_size
+    got["full_and_hidden"] = full_and_hidden(model, x)
 
     # shards fed by hand: update(…, start=global index) on every process, then merge_ranks
     analysis = Analysis(model, FAMILY, samples=2)

@@ -1,9 +1,9 @@
 """Many processes (docs/theory.md §16): two processes of a gloo process group on 127.0.0.1
 (``torch.multiprocessing.spawn``; tests/distributed_worker.py) analyse shards of the same data,
 and every result — analyze with bounds and M = 2 draws, with blocks dealt round robin, from a
-DataLoader, with Hutchinson probes; fisher_diagonal; the audit; shards fed by hand — equals the
-independent single-process computation of this process to 1e-12 relative, on both processes, with
-an uneven split (9 inputs). Checkpoints are per process and resume (bit for bit); another number of
+DataLoader, with Hutchinson probes; fisher_diagonal; the audit; analyze_full and hidden_fisher;
+shards fed by hand — equals the independent single-process computation of this process to 1e-12
+relative, on both processes, with an uneven split (9 inputs). Checkpoints are per process and resume (bit for bit); another number of
 processes, another block size, a DistributedSampler and different data are refused. The command
 line runs under ``python -m torch.distributed.run --nproc_per_node 2``."""
 
@@ -80,6 +80,7 @@ def single():
         "graph": fimvar.analyze(model, x, "categorical", samples=2, engine="graph", bounds=False),
         "fisher": fimvar.fisher_diagonal(model, x, "categorical"),
         "audit": fimvar.audit(model, x, "categorical", labels=labels, batch_size=3, samples=2),
+        "full_and_hidden": worker.full_and_hidden(model, x),
         "case": c,
     }
 
@@ -110,7 +111,7 @@ def test_every_process_gets_the_same_result(ranks):
         assert all(torch.equal(first[k], second[k]) for k in first), scenario
 
 
-def test_probes_and_the_exact_fisher_and_the_audit(ranks, single):
+def test_probes_the_exact_fisher_the_audit_and_the_other_modes(ranks, single):
     got, _ = ranks
     assert_close(got[0]["analyze_graph"]["tensors"], tensors_of(single["graph"]), "analyze (graph, probes)")
     for rank in range(2):
@@ -119,6 +120,7 @@ def test_probes_and_the_exact_fisher_and_the_audit(ranks, single):
         assert any(k.startswith("ewc/") for k in want)  # the fourth-order centred moments (Pébay)
         assert_close(got[rank]["audit"], want, "audit")
         assert got[rank]["audit_world_size"] == 2 and got[rank]["world_size"] == 2
+        assert_close(got[rank]["full_and_hidden"], single["full_and_hidden"], "analyze_full, hidden_fisher")
     assert single["audit"].world_size == 1
 
 
@@ -136,7 +138,7 @@ def test_checkpoints_per_process_resume(ranks, tmp_path):
     assert got[0]["interrupted"] == "RuntimeError: stopped for the test"
     assert got[1]["interrupted"].startswith("FimvarError: process 0 of 2 failed (RuntimeError: stopped")
     # one process cannot resume the two processes' files, nor two processes one process's file
-    c = single_case()
+    c = worker.case()
     with pytest.raises(FimvarError, match="written by 2 processes.*torchrun --nproc_per_node 2"):
         fimvar.analyze(c.model, c.x, "categorical", samples=2, labels=c.labels, batch_size=2,
                        checkpoint=out / "run.ckpt")
@@ -146,15 +148,45 @@ def test_checkpoints_per_process_resume(ranks, tmp_path):
     distributed.check_world_size(tmp_path / "other.ckpt", 2)  # nothing there: fine
 
 
-def single_case():
-    return worker.case()
-
-
 def test_refused(ranks):
     got, _ = ranks
     for rank in range(2):
         assert "DistributedSampler" in got[rank]["sampler"]
         assert "different data" in got[rank]["different_data"]
+
+
+def test_merge_of_two_accumulators_is_exact():
+    """Two processes' accumulators (5 and 4 inputs, fed in chunks of 2) merged equal the sums and
+    central moments of all 9 values computed directly in two passes, far from 0 (no cancellation)."""
+    from fimvar.analysis.accumulator import Accumulator, parameter
+    from fimvar.estimators.practical import central_moments
+
+    values = 1e3 + torch.randn(9, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain, chan = parameter("w", "squares"), (parameter("w", "total"), parameter("w", "m2"))
+    pebay = tuple(parameter("w", q) for q in ("g", "p2", "p3", "p4"))
+
+    def accumulate(rows: torch.Tensor) -> Accumulator:
+        accumulator = Accumulator()
+        for chunk in rows.split(2):
+            accumulator.add(plain, (chunk**2).sum(0))
+            mean = chunk.mean(0)
+            accumulator.add_moments(*chan, len(chunk), chunk.sum(0), ((chunk - mean) ** 2).sum(0))
+            accumulator.add_central_moments(pebay, len(chunk), central_moments(chunk))
+            accumulator.finish_chunk(len(chunk))
+        return accumulator
+
+    first = accumulate(values[:5])
+    restored = Accumulator.from_state_dict(*first.state_dict(), first.count, centred=first.centred_state())
+    assert restored.centred == first.centred == [chan, pebay]
+    merged = restored.merge(accumulate(values[5:]))
+    centred = values - values.mean(0)
+    assert merged.count == 9
+    want = {plain: (values**2).sum(0), chan[0]: values.sum(0), chan[1]: (centred**2).sum(0),
+            pebay[0]: values.sum(0), pebay[1]: (centred**2).sum(0), pebay[2]: (centred**3).sum(0),
+            pebay[3]: (centred**4).sum(0)}
+    for key, value in want.items():
+        scale = float((centred.abs() ** 3).sum(0).max()) if key == pebay[2] else 0.0  # Σ c³ may be ~0
+        assert relative_error(merged.sums[key], value, floor=scale) <= TOLERANCE, key
 
 
 def test_rank_paths_and_blocks():
@@ -188,7 +220,8 @@ def test_command_line_under_torchrun(tmp_path):
     print(f"\ntorchrun, two processes: {time.monotonic() - started:.1f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("wrote summary.json") == 1  # only process 0 reports
-    assert sorted(p.name for p in tmp_path.glob("run.ckpt*")) == ["run.ckpt.rank0-of-2", "run.ckpt.rank1-of-2"]
+    files = sorted(p.name for p in tmp_path.glob("run.ckpt*"))
+    assert files == ["run.ckpt.rank0-of-2", "run.ckpt.rank1-of-2"]
     assert main(["analyze", *options, "--out", str(tmp_path / "one"), "--quiet"]) == 0
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     one = json.loads((tmp_path / "one" / "summary.json").read_text())

@@ -60,7 +60,8 @@ def check_sampler(data) -> None:
     needs every rank to read all of it (to give each input its global index)."""
     from torch.utils.data import DistributedSampler
 
-    samplers = [getattr(data, "sampler", None), getattr(getattr(data, "batch_sampler", None), "sampler", None)]
+    batch_sampler = getattr(data, "batch_sampler", None)
+    samplers = [getattr(data, "sampler", None), getattr(batch_sampler, "sampler", None)]
     if any(isinstance(s, DistributedSampler) for s in samplers):
         raise FimvarError(
             "the DataLoader has a DistributedSampler, but fimvar shards the data itself: give every "
@@ -213,7 +214,8 @@ def merge_accumulators(accumulator: Accumulator, device: torch.device) -> Accumu
         running = None
         for r in ranks:  # rank order
             part = Accumulator()
-            part.count, part.centred, part.sums = gathered[r]["count"], list(centred), unflat(pieces[r], grouped)
+            part.count, part.centred = gathered[r]["count"], list(centred)
+            part.sums = unflat(pieces[r], grouped)
             running = part if running is None else running.merge(part)
         sums.update(running.sums)
     merged.sums = {k: sums[k] for k in order}

@@ -138,7 +138,8 @@ class StreamingAnalysis(ABC):
             self.bar.set_postfix_str(text, refresh=True)
 
     # ------------------------------------------------------------------ the loop
-    def update(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, start: int | None = None) -> None:
+    def update(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
+               start: int | None = None) -> None:
         """Analyse one batch of inputs (and optional data labels), chunk by chunk.
 
         ``start`` is the global index of the batch's first input (its position in the whole data
@@ -363,14 +364,13 @@ class StreamingAnalysis(ABC):
         """This process's share of a distributed run (blocks ``b ≡ rank mod world``), then the check
         that every process succeeded and was given the same model, arguments and data."""
         error: Exception | None = None
-        read = None
+        state: dict[str, Any] = {"config": None, "data": None}
         try:
             read = self._shard(data, labels, batch_size, checkpoint, checkpoint_interval, progress, like,
                                rank, world)
+            state = {"config": distributed.config_digest(self.config()), "data": read.state()}
         except Exception as failure:  # reported to every process, so that none waits in the merge
             error = failure
-        state = {"config": distributed.config_digest(self.config()),
-                 "data": None if read is None else read.state()}
         distributed.check_ranks(error, state)
 
     def _shard(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress,
