@@ -3,9 +3,10 @@
 and every result — analyze with bounds and M = 2 draws, with blocks dealt round robin, from a
 DataLoader, with Hutchinson probes; fisher_diagonal; the audit; analyze_full and hidden_fisher;
 shards fed by hand — equals the independent single-process computation of this process to 1e-12
-relative, on both processes, with an uneven split (9 inputs). Checkpoints are per process and resume (bit for bit); another number of
-processes, another block size, a DistributedSampler and different data are refused. The command
-line runs under ``python -m torch.distributed.run --nproc_per_node 2``."""
+relative, on both processes, with an uneven split (9 inputs). Checkpoints are per process and
+resume (bit for bit); another number of processes, another block size, a DistributedSampler and
+different data are refused. The command line runs under
+``python -m torch.distributed.run --nproc_per_node 2``."""
 
 from __future__ import annotations
 
