@@ -29,6 +29,7 @@ from fimvar.models import accuracy, digits_mlp, mlp, train_classifier
 from fimvar.reproduce.common import Claim, Outcome, fmt, load_mnist5k, save_figure, setup_matplotlib
 from fimvar.results.groups import MODEL_GROUP
 
+
 class DigitsTransformer(torch.nn.Module):
     """A one-block pre-norm transformer over the 8 rows of a digit (docs/estimators.md)."""
 
