@@ -1,4 +1,4 @@
-"""``fimvar.analyze_sampled`` (docs/theory.md §16): Î1 from per-input gradients of the draws on
+"""``fimvar.analyze_sampled`` (docs/theory.md §17): Î1 from per-input gradients of the draws on
 the graph engine, against the analysis from the exact derivatives with the same draws, and its
 variance estimates against the closed forms over 10⁴ draws per input."""
 

@@ -171,10 +171,10 @@ class AuditAnalysis(StreamingAnalysis):
             blocks = masked_derivatives(blocks, mask, h.shape[1] // family.positions)
         if isinstance(family, Positions):  # labels only mark padding: no data-label estimator here
             labels = None
-        draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
         if self.engine.estimates_second:  # v2, c12 from probes (docs/theory.md §14.1)
             kept = draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
-            blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.count)
+            blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.chunk_start)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -218,10 +218,7 @@ class AuditAnalysis(StreamingAnalysis):
                 part[:, cols] = value.reshape(rows, -1)
         chunk = tuple(p.reshape(shape) for p in parts)
         acc, name = self.accumulator, block.name
-        keys = [parameter(name, q) for q in GRADIENT_MOMENTS]
-        previous = tuple(acc.sums[k] for k in keys) if keys[0] in acc.sums else None
-        merged = formulas.merge_central_moments(acc.count, previous, n, chunk[:4])
-        acc.sums.update(zip(keys, merged, strict=True))
+        acc.add_central_moments(tuple(parameter(name, q) for q in GRADIENT_MOMENTS), n, chunk[:4])
         acc.add_moments(parameter(name, "empirical"), parameter(name, "empirical_m2"), n, chunk[4], chunk[5])
 
     # ------------------------------------------------------------------ state and result
@@ -282,7 +279,8 @@ class AuditAnalysis(StreamingAnalysis):
                                        "bias_independent", "unit_variance")})
         return AuditResult(family=self.family.name, num_inputs=n, batch_size=self.batch_size,
                            samples=self.samples, shapes=shapes, groups=self.groups, fisher=base.fisher,
-                           entries=entries, target=self.target, cost=cost, notes=notes)
+                           entries=entries, target=self.target, cost=cost, notes=notes,
+                           world_size=self.world_size)
 
 
 def audited_for(family: ExponentialFamily) -> tuple[str, ...]:

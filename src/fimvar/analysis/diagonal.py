@@ -107,11 +107,11 @@ class Analysis(StreamingAnalysis):
             blocks = masked_derivatives(blocks, mask, h.shape[1] // family.positions)
             labels = unmasked_labels(labels)
             self.masked_positions += int((~mask).sum())
-        draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
         probed = self.engine.estimates_second
         if probed:  # second-order quantities from probes (docs/theory.md §14.1)
             kept = draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
-            blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.count)
+            blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.chunk_start)
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
@@ -167,6 +167,9 @@ class Analysis(StreamingAnalysis):
         self.width = state.get("width")
         self.family = with_positions(self.family, state.get("positions"))
         self.masked_positions = int(state.get("masked_positions", 0))
+
+    def merge_extra_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**states[0], "masked_positions": sum(int(s.get("masked_positions", 0)) for s in states)}
 
     def result(self) -> DiagonalResult:
         shapes = {name: p.shape for name, p in self.model.named_parameters()

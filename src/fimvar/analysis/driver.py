@@ -9,6 +9,10 @@ and says only what one chunk of inputs adds to the :class:`~fimvar.analysis.accu
 (:meth:`~StreamingAnalysis.result`). Label draws are seeded by the global index of each input
 (:mod:`fimvar.estimators.labels`), so no result depends on how the data is split into batches or
 chunks, and a resumed run equals an uninterrupted one bit for bit.
+
+Inside an initialised ``torch.distributed`` process group of more than one process, :meth:`run`
+shards the data over the processes and merges their sums (:mod:`fimvar.analysis.distributed`,
+docs/theory.md §16): every process gets the single-process result up to summation order.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
+from fimvar.analysis import distributed
 from fimvar.analysis.accumulator import Accumulator
 from fimvar.analysis.inputs import (
     batches,
@@ -79,6 +84,13 @@ class StreamingAnalysis(ABC):
         self.precision = model_precision(model)
         #: the progress bar of the current run (tqdm), or None
         self.bar = None
+        #: the global index (position in the whole data stream) of the first input of the chunk
+        #: being analysed: what its label draws and probes are seeded by
+        self.chunk_start = 0
+        #: the processes whose sums this analysis holds (:meth:`merge_ranks`); 1 for one process
+        self.world_size = 1
+        #: whether the sums are already those of every process (no more inputs may be added)
+        self.merged = False
 
     @property
     def count(self) -> int:
@@ -92,8 +104,9 @@ class StreamingAnalysis(ABC):
 
     @abstractmethod
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Add the sums of one chunk (its first input has the global index :attr:`count`) to
-        :attr:`accumulator`; the driver then counts the chunk's inputs."""
+        """Add the sums of one chunk (its first input has the global index :attr:`chunk_start`:
+        seed its label draws with it) to :attr:`accumulator`; the driver then counts the chunk's
+        inputs."""
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -113,6 +126,11 @@ class StreamingAnalysis(ABC):
     def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore :meth:`extra_state`."""
 
+    def merge_extra_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The :meth:`extra_state` of several processes' analyses merged (those with inputs, in rank
+        order); by default the first one's (what the first batch told, e.g. the output width)."""
+        return dict(states[0])
+
     def stage(self, text: str) -> None:
         """Show what the current chunk is doing (e.g. ``parameter 3/12``) next to the progress bar,
         so that a long chunk does not look frozen; nothing without a progress bar."""
@@ -120,14 +138,27 @@ class StreamingAnalysis(ABC):
             self.bar.set_postfix_str(text, refresh=True)
 
     # ------------------------------------------------------------------ the loop
-    def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    def update(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
+               start: int | None = None) -> None:
         """Analyse one batch of inputs (and optional data labels), chunk by chunk.
+
+        ``start`` is the global index of the batch's first input (its position in the whole data
+        stream, which seeds the label draws; default :attr:`count`, the inputs analysed so far).
+        Processes that feed their own shards by hand give the global indices of their inputs here,
+        then call :meth:`merge_ranks` on every process.
 
         Any exception other than a :class:`FimvarError` raised while the model is differentiated
         (e.g. a forward that writes into a buffer, which ``torch.func`` forbids) becomes one
         :class:`FimvarError` with the original message, chained to the original exception; the
         sums of the chunk that failed are discarded, so the analysis stays as it was before it.
         """
+        if self.merged:
+            raise FimvarError("this analysis already holds the merged sums of every process "
+                              "(merge_ranks); start a new one to analyse more inputs")
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+            raise FimvarError(f"start must be the global index (an integer ≥ 0) of the batch's first "
+                              f"input, got {start!r}")
+        first = self.count if start is None else int(start)
         check_inputs(self.model, x)
         check_labels(x, labels)
         if labels is not None and not self.takes_labels:
@@ -145,6 +176,7 @@ class StreamingAnalysis(ABC):
                     sums = dict(self.accumulator.sums)
                     if x.shape[0] > chunk:
                         self.stage(f"chunk of inputs {self.count + 1}–{self.count + stop - start}")
+                    self.chunk_start = first + start
                     self.update_chunk(x[start:stop], None if labels is None else labels[start:stop])
                     self.accumulator.finish_chunk(stop - start)
                     if self.bar is not None:  # inputs done, chunk by chunk
@@ -192,14 +224,34 @@ class StreamingAnalysis(ABC):
         Tensor data is fingerprinted by a hash of all of it. For an iterable, the checkpoint holds
         a hash of the inputs and labels consumed so far; a resumed run hashes the part it skips
         again and refuses data that differs there.
+
+        Inside an initialised ``torch.distributed`` process group of ``W > 1`` processes, call it on
+        every process with the same data (not a ``DistributedSampler``): block ``b`` of
+        ``batch_size`` inputs (default 256, at most ``⌈N/W⌉``) is analysed by process ``b mod W``
+        with the label draws of its global input indices, the sums are merged over the processes
+        (:meth:`merge_ranks`), and every process holds the single-process result up to summation
+        order (docs/theory.md §16). A checkpoint is one file per process, ``PATH.rank{r}-of-{W}``,
+        resumed only with the same ``W`` and ``batch_size``.
         """
+        if self.merged:
+            raise FimvarError("this analysis already holds the merged sums of every process "
+                              "(merge_ranks); start a new one to analyse more inputs")
         like = floating_reference(self.model)
         given = labels is not None
         data, labels = numpy_inputs(data, like), numpy_labels(labels, like)
+        group = distributed.process_group()
+        if group is not None:
+            distributed.check_sampler(data)
         data, packing, labels = pack_arguments(self.model, data, labels, like)
         self.packing = packing
         with packed_forward(self.model, packing):
-            self._run(data, labels, batch_size, checkpoint, checkpoint_interval, progress, like)
+            if group is None:
+                self._run(data, labels, batch_size, checkpoint, checkpoint_interval, progress, like)
+            else:
+                self._run_sharded(data, labels, batch_size, checkpoint, checkpoint_interval, progress,
+                                  like, *group)
+        if group is not None:
+            self.merge_ranks()
         self.labels_from = None if not self.has_labels else ("labels=" if given else "batches")
         if self.labels_from == "batches":
             warn(f"the batches carry data labels ((inputs, labels) pairs, or a dict entry 'labels' that "
@@ -216,7 +268,35 @@ class StreamingAnalysis(ABC):
             metadata["precision"] = self.precision
         if self.has_labels:
             metadata["data_labels"] = self.labels_from or "given"
+        metadata["world_size"] = self.world_size
         return metadata
+
+    def merge_ranks(self) -> None:
+        """Merge the sums of every process of the default ``torch.distributed`` process group into
+        this analysis (a collective: call it on every process, after the last :meth:`update`);
+        :meth:`run` calls it itself. Plain sums are all-reduced in float64, centred sums gathered
+        and merged pairwise in rank order (:func:`~fimvar.analysis.distributed.merge_accumulators`);
+        every process then holds the same sums, and :attr:`world_size` is the number of processes.
+        Nothing happens with one process."""
+        group = distributed.process_group()
+        if group is None:
+            return
+        if self.merged:
+            raise FimvarError("this analysis already holds the merged sums of every process")
+        states = distributed.all_gather({"count": self.count, "has_labels": self.has_labels,
+                                         "extra": self.extra_state()})
+        with_inputs = [s for s in states if s["count"] > 0]
+        labelled = {s["has_labels"] for s in with_inputs}
+        if len(labelled) > 1:
+            raise FimvarError("some processes analysed data labels and others did not; give labels to "
+                              "every process or to none")
+        device = model_reference(self.model).device
+        self.accumulator = distributed.merge_accumulators(self.accumulator, device)
+        if with_inputs:
+            self.has_labels = with_inputs[0]["has_labels"]
+            self.load_extra_state(self.merge_extra_states([s["extra"] for s in with_inputs]))
+        self.world_size = group[1]
+        self.merged = True
 
     def _run(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress,
              like: torch.Tensor | None) -> StreamingAnalysis:
@@ -230,6 +310,7 @@ class StreamingAnalysis(ABC):
         fingerprint = consumed = None
         if checkpoint is not None:
             checkpoints.check_writable(checkpoint)
+            distributed.check_world_size(checkpoint, 1)
             checkpoints.remove_leftovers(checkpoint)
             fingerprint = {**self.config(), "data": data_fingerprint(data, labels)}
             saved = self._resume(checkpoint, fingerprint)
@@ -278,12 +359,112 @@ class StreamingAnalysis(ABC):
             save()
         return self
 
+    def _run_sharded(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress,
+                     like: torch.Tensor | None, rank: int, world: int) -> None:
+        """This process's share of a distributed run (blocks ``b ≡ rank mod world``), then the check
+        that every process succeeded and was given the same model, arguments and data."""
+        error: Exception | None = None
+        state: dict[str, Any] = {"config": None, "data": None}
+        try:
+            read = self._shard(data, labels, batch_size, checkpoint, checkpoint_interval, progress, like,
+                               rank, world)
+            state = {"config": distributed.config_digest(self.config()), "data": read.state()}
+        except Exception as failure:  # reported to every process, so that none waits in the merge
+            error = failure
+        distributed.check_ranks(error, state)
+
+    def _shard(self, data, labels, batch_size, checkpoint, checkpoint_interval, progress,
+               like: torch.Tensor | None, rank: int, world: int) -> ConsumedData:
+        """Analyse the blocks of this process; returns the hashes of all the data it read."""
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise FimvarError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+        total = data_length(data)
+        block = distributed.default_block(total, world, int(batch_size or DEFAULT_BLOCK))
+        shard = {"rank": rank, "world_size": world, "block": block, "position": 0}
+        path = fingerprint = saved = None
+        if checkpoint is not None:
+            distributed.check_world_size(checkpoint, world)
+            path = distributed.rank_path(checkpoint, rank, world)
+            checkpoints.check_writable(path)
+            checkpoints.remove_leftovers(path)
+            fingerprint = {**self.config(), "data": data_fingerprint(data, labels), "world_size": world,
+                           "rank": rank, "block": block}
+            saved = self._resume(path, fingerprint)
+            if saved is not None:
+                position = (saved.get("shard") or {}).get("position")
+                if isinstance(position, bool) or not isinstance(position, int) or position < self.count:
+                    raise FimvarError(f"the checkpoint {path} is corrupted (it lacks the position of "
+                                      "its process in the data); delete it to start over")
+                shard["position"] = position
+        position = shard["position"]
+        # every block is hashed: the processes compare what they read, and a resumed run what it skips
+        iterable = not isinstance(data, torch.Tensor)
+        read = ConsumedData(path, saved if iterable else None, position)
+        from tqdm import tqdm
+
+        share = None if total is None else sum(min(block, total - b) for b in range(rank * block, total,
+                                                                                    world * block))
+        done_before = self.count
+        bar = tqdm(total=share, initial=done_before, unit="input", desc=f"fimvar (process {rank})",
+                   disable=None if (progress and rank == 0) else True, file=sys.stderr, dynamic_ncols=True,
+                   leave=False)
+        self.bar = None if bar.disable else bar
+
+        failed = False
+
+        def save(rows: int) -> None:
+            nonlocal failed
+            try:
+                self.save_checkpoint(path, fingerprint, consumed=read.state() if iterable else None,
+                                     shard={**shard, "position": rows})
+            except FimvarError as error:
+                if failed:
+                    return
+                failed = True
+                reason = getattr(error.__cause__, "strerror", None) or error.__cause__ or error
+                warn(f"could not save the checkpoint {path} ({reason}); the analysis goes on and its "
+                     "result is kept, but it cannot be resumed from this checkpoint")
+
+        rows = skipped = 0
+        last_save = time.monotonic()
+        try:
+            for index, (x, y) in enumerate(data_blocks(data, labels, block, 0, None, like)):
+                start, rows = rows, rows + x.shape[0]
+                read.add(x, y)
+                mine = index % world == rank
+                if start < position:  # analysed before the checkpoint
+                    if rows > position:
+                        raise FimvarError(f"the checkpoint {path} stops inside a block of this data; "
+                                          "resume with the same data and batch_size")
+                    skipped += x.shape[0] if mine else 0
+                    if rows == position:
+                        read.verify()
+                        if skipped != self.count:
+                            raise FimvarError(f"the checkpoint {path} holds {self.count} inputs of this "
+                                              f"process, but its blocks of the first {position} inputs "
+                                              f"have {skipped}; resume with the same data and batch_size")
+                    continue
+                if not mine:
+                    continue
+                self.update(x, y, start=start)
+                if path is not None and time.monotonic() - last_save >= checkpoint_interval:
+                    save(rows)
+                    last_save = time.monotonic()
+        finally:
+            self.bar = None
+            bar.close()
+        read.verify()  # the data ended before the checkpoint's position
+        if path is not None:
+            save(rows)
+        return read
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The accumulated state: ``{"sums", "keys", "count", "has_labels", "extra", "config"}``."""
         tensors, keys = self.accumulator.state_dict()
         return {"sums": tensors, "keys": keys, "count": self.count, "has_labels": self.has_labels,
-                "extra": self.extra_state(), "config": self.config()}
+                "extra": self.extra_state(), "config": self.config(),
+                "centred": self.accumulator.centred_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (from an analysis with the same :meth:`config`)."""
@@ -291,15 +472,16 @@ class StreamingAnalysis(ABC):
             checkpoints.check_fingerprint("state", state["config"], self.config())
         device = model_reference(self.model).device
         self.accumulator = Accumulator.from_state_dict(state["sums"], state["keys"], state["count"],
-                                                       device)
+                                                       device, state.get("centred"))
         self.has_labels = state.get("has_labels")
         self.load_extra_state(state.get("extra") or {})
 
     def save_checkpoint(self, path: str | os.PathLike, fingerprint: dict[str, Any] | None = None, *,
-                        consumed: dict[str, Any] | None = None) -> None:
+                        consumed: dict[str, Any] | None = None, shard: dict[str, Any] | None = None) -> None:
         """Atomically write the accumulated sums to ``path`` (see :mod:`fimvar.analysis.checkpoint`),
         with the ``fingerprint`` of the run and, for an iterable, the hashes of the ``consumed`` data
-        (:meth:`ConsumedData.state`)."""
+        (:meth:`ConsumedData.state`); in a distributed run, ``shard`` says which process wrote it
+        and how far into the data stream it got."""
         from fimvar import __version__
 
         tensors, keys = self.accumulator.state_dict()
@@ -307,9 +489,12 @@ class StreamingAnalysis(ABC):
         metadata = {
             "kind": self.kind, "fingerprint": fingerprint, "count": self.count, "keys": keys,
             "has_labels": self.has_labels, "extra": self.extra_state(), "fimvar_version": __version__,
+            "centred": self.accumulator.centred_state(),
         }
         if consumed is not None:
             metadata["consumed"] = consumed
+        if shard is not None:
+            metadata["shard"] = shard
         checkpoints.save(path, tensors, metadata)
 
     def _resume(self, path: str | os.PathLike, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -324,7 +509,8 @@ class StreamingAnalysis(ABC):
         checkpoints.check_fingerprint(path, metadata["fingerprint"], fingerprint)
         try:
             self.load_state_dict({"sums": tensors, "keys": metadata["keys"], "count": metadata["count"],
-                                  "has_labels": metadata["has_labels"], "extra": metadata["extra"]})
+                                  "has_labels": metadata["has_labels"], "extra": metadata["extra"],
+                                  "centred": metadata.get("centred")})
         except FimvarError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:

@@ -69,7 +69,7 @@ class FullAnalysis(StreamingAnalysis):
         family = self.family
         h, jacobian, hessians = self.engine.derivatives(x)
         family.check_outputs(h)
-        draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
         gamma = bilinear_fourth_upper(family, h) if self.bounds else None
         for quantity, value in chunk_sums(family, h, jacobian, hessians, draws, gamma).items():
             self.accumulator.add(_matrix(quantity), value)

@@ -54,7 +54,7 @@ class HiddenAnalysis(StreamingAnalysis):
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
         h = family_outputs(self.model, x, family)
-        draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
         for name, jacobian in output_jacobians(self.model, x, self.modules).items():
             b = jacobian.flatten(2)
             for quantity, value in chunk_sums(family, h, b, draws).items():

@@ -1,5 +1,5 @@
 """``fimvar.analyze_sampled``: Î1 and its variance from the label draws alone, whatever the number
-of outputs T (docs/theory.md §16).
+of outputs T (docs/theory.md §17).
 
 The exact quantities need one backward pass per output column — L·V of them for a language model.
 Î1 needs one per label draw: the per-input gradients of ``ε_m·h`` (the graph engine,
@@ -78,7 +78,7 @@ class SampledAnalysis(StreamingAnalysis):
 
         def residuals(h: torch.Tensor) -> torch.Tensor:
             family.check_outputs(h)
-            draws = draw_residuals(family, h, self.samples, self.seed, self.count)
+            draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
             return draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
 
         _, blocks = self.engine.draw_gradients(x, residuals)
@@ -166,7 +166,7 @@ def analyze_sampled(
     progress: bool = False,
 ) -> SampledResult:
     """Î1 with ``samples`` labels drawn from the model per input and the unbiased estimates of its
-    variance's two terms from the draws (docs/theory.md §16), at the cost of ``samples`` backward
+    variance's two terms from the draws (docs/theory.md §17), at the cost of ``samples`` backward
     passes per chunk whatever the number of outputs — a language model's vocabulary included.
 
     ``v1 = Σ_x Σ_m (s²_xm − s̄²_x)² / (N (M − 1))`` (label noise, unbiased for ``E_x v1(x)``),

@@ -203,17 +203,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- helpers
-def _err(message: str) -> None:
-    print(f"fimvar: {message}", file=sys.stderr)
+def _launched() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when started by ``torchrun`` (or any launcher that sets
+    ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) with more than one process, else ``None``."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        return None
+    return (rank, world, local) if world > 1 else None
+
+
+def _rank() -> int:
+    """This process's rank: of the initialised process group, else of the launcher's environment."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for --help or an error
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    launched = _launched()
+    return 0 if launched is None else launched[0]
+
+
+def _err(message: str, always: bool = False) -> None:
+    """Print ``fimvar: message`` on stderr; under ``torchrun`` only process 0 does, except errors
+    (``always``), which every process prints with its rank."""
+    rank = _rank()
+    if rank == 0:
+        print(f"fimvar: {message}", file=sys.stderr)
+    elif always:
+        print(f"fimvar (process {rank}): {message}", file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"fimvar: warning: {message}", file=sys.stderr)
+    if _rank() == 0:
+        print(f"fimvar: warning: {message}", file=sys.stderr)
+
+
+#: whether this command initialised the torch.distributed process group (and so destroys it)
+_JOINED: list[bool] = []
+
+
+def _join_processes(device) -> tuple[int, int] | None:
+    """Under ``torchrun`` with more than one process, join the process group (gloo on CPU, NCCL
+    on CUDA) unless the caller already did; returns ``(rank, world_size)``, or ``None`` for one
+    process. The analysis then shards the data over the processes (docs/theory.md §16)."""
+    launched = _launched()
+    if launched is None:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise FimvarError("this command was started with several processes (WORLD_SIZE > 1), but this "
+                          "PyTorch has no torch.distributed; run one process")
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _JOINED.append(True)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _leave_processes() -> None:
+    if _JOINED:
+        import torch.distributed as dist
+
+        _JOINED.clear()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _resolve_device(name: str):
     import torch
 
+    launched = _launched()
+    if launched is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", launched[2] % torch.cuda.device_count())  # one GPU per process
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -255,6 +320,8 @@ def _finish(args, analysis, result, run: dict, started: float) -> int:
     from fimvar.results.plan import make_plan
 
     result.metadata.update(run)
+    if _rank() != 0:  # under torchrun only process 0 writes the report and prints
+        return EXIT_OK
     target = Target(args.rho, args.delta)
     plan = make_plan(result, target)
     if not args.quiet:
@@ -275,16 +342,28 @@ def _finish(args, analysis, result, run: dict, started: float) -> int:
 def _run_analysis(args, model, x, y, run: dict, started: float, checkpoint: str | None = None,
                   batch_size: int | None = None, interval: float = 60.0) -> int:
     from fimvar.analysis import checkpoint as checkpoints
+    from fimvar.analysis import distributed
     from fimvar.analysis.diagonal import Analysis
 
     analysis = Analysis(model, args.family, args.samples, args.seed, args.engine,
                         bounds=not args.no_bounds)
     run["engine"] = analysis.engine.name
-    if checkpoint is not None:
+    group = distributed.process_group()
+    if checkpoint is not None and group is None:
         loaded = checkpoints.load(checkpoint)
         if loaded is not None:
             done = int(loaded[1].get("count", 0))
             _err(f"resuming from checkpoint {checkpoint}: {done} of {x.shape[0]} inputs already done")
+    elif checkpoint is not None and group[0] == 0:
+        path = distributed.rank_path(checkpoint, *group)
+        try:  # a bad file is reported by the run itself, to every process
+            loaded = checkpoints.load(path)
+        except FimvarError:
+            loaded = None
+        if loaded is not None:
+            done = int(loaded[1].get("count", 0))
+            _err(f"resuming from checkpoint {path} (process 0 of {group[1]}): {done} of its inputs "
+                 "already done")
     analysis.run(x, y, batch_size=batch_size, checkpoint=checkpoint, checkpoint_interval=interval,
                  progress=_progress_enabled(args))
     return _finish(args, analysis, analysis.result(), run, started)
@@ -303,12 +382,14 @@ def cmd_analyze(args) -> int:
     started = time.monotonic()
     _check_numbers(args)
     family = get_family(args.family)
-    writable_directory(args.out)
+    if _rank() == 0:  # under torchrun only process 0 writes the report
+        writable_directory(args.out)
     if args.checkpoint and Path(args.checkpoint).is_dir():
         raise FimvarError(f"--checkpoint {args.checkpoint} is a folder; give a file path (e.g. run.ckpt)")
     if args.checkpoint:  # before any work, not at the first save
         checkpoints.check_writable(args.checkpoint)
     device = _resolve_device(args.device)
+    _join_processes(device)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     data = load_data(args.data, split=args.split, normalize=args.normalize, inputs=args.inputs,
                      input_shape=shape)
@@ -428,6 +509,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    import torch
+
     from fimvar.analysis.audit import audit
     from fimvar.data import load_data, parse_shape
     from fimvar.models import load_model, parse_model_args
@@ -437,7 +520,8 @@ def cmd_audit(args) -> int:
     if args.out is not None:  # before any work
         from fimvar.report.files import writable_directory
 
-        writable_directory(args.out)
+        if _rank() == 0:  # under torchrun only process 0 writes the report
+            writable_directory(args.out)
     elif args.no_figures or args.no_html:
         raise FimvarError("--no-figures and --no-html apply to the report folder; give --out DIR")
     shape = parse_shape(args.input_shape) if args.input_shape else None
@@ -449,10 +533,13 @@ def cmd_audit(args) -> int:
                        example=data.x[:2])
     reference = next((t for t in model.parameters() if t.is_floating_point()), None)
     x = data.x.to(reference.dtype) if reference is not None else data.x
+    _join_processes(torch.device("cpu"))  # the audit command runs on the CPU
     result = audit(model, x, args.family, labels=data.y if args.labels else None,
                    estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
                    samples=args.samples, probes=args.probes, rho=args.rho, delta=args.delta,
                    engine=args.engine)
+    if _rank() != 0:  # under torchrun only process 0 prints and writes the report
+        return EXIT_OK
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
@@ -491,8 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``fimvar`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = bool(os.environ.get("FIMVAR_DEBUG"))
-    with warnings.catch_warnings():
+    silent = _rank() != 0  # under torchrun only process 0 prints its output
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.showwarning = _show_warning
+        if silent:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         try:
             if argv and argv[0] == "reproduce":
                 return cmd_reproduce(argv[1:])
@@ -518,10 +608,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:  # leave an in-process caller's setting as it was
                 torch.set_num_threads(previous)
         except FimvarError as error:
-            _err(f"error: {error}")
+            _err(f"error: {error}", always=True)
             return EXIT_USAGE
         except KeyboardInterrupt:
-            _err("interrupted (with --checkpoint, rerun the same command to resume)")
+            _err("interrupted (with --checkpoint, rerun the same command to resume)", always=True)
             return EXIT_INTERRUPTED
         except SystemExit as exit_:  # argparse: --help, --version, usage errors
             return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE
@@ -534,8 +624,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             _err(f"internal error: {type(error).__name__}: {error}\n"
                  "This is a bug in fimvar or an unexpected model; rerun with FIMVAR_DEBUG=1 for the "
-                 "traceback and report it.")
+                 "traceback and report it.", always=True)
             return EXIT_INTERNAL
+        finally:
+            _leave_processes()
 
 
 if __name__ == "__main__":

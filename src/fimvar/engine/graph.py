@@ -266,7 +266,7 @@ class GraphEngine(Engine):
 
     def draw_gradients(self, x: torch.Tensor, residuals) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
         """Per-input gradients of ``ε_m·h`` for label draws ``ε_m`` — the scores whose squares are
-        Î1 (docs/theory.md §16) — at every hooked layer: one backward pass per draw (batched),
+        Î1 (docs/theory.md §17) — at every hooked layer: one backward pass per draw (batched),
         whatever the number of outputs T. ``residuals(h)`` gives ``(n, M, T)``; returns ``h``
         (float64) and one block per parameter whose ``first`` is ``(n, M, J)`` (``T`` replaced by
         the draws; factored for a ``Linear`` on one position). Parameters outside the hooked

@@ -121,6 +121,8 @@ class AuditResult:
     target: Target = AUDIT_TARGET
     cost: CostModel = field(default_factory=CostModel)
     notes: list[str] = field(default_factory=list)
+    #: the processes that shared the pass (``torch.distributed``, docs/theory.md §16); 1 for one
+    world_size: int = 1
 
     # ------------------------------------------------------------------ per estimator
     def __getitem__(self, estimator: str) -> EstimatorAudit:
@@ -216,7 +218,8 @@ class AuditResult:
         unreachable sample size), with the recommendation per method."""
         return {
             "family": self.family, "inputs": self.num_inputs, "batch_size": self.batch_size,
-            "samples": self.samples, "target": {"rho": self.target.rho, "delta": self.target.delta},
+            "samples": self.samples, "world_size": self.world_size,
+            "target": {"rho": self.target.rho, "delta": self.target.delta},
             "estimators": {k: {"description": e.description, "randomness": e.randomness,
                                "cost_per_input": e.cost_per_input,
                                **({"probes": e.probes} if e.probes is not None else {}),

@@ -1,4 +1,4 @@
-"""The result of the sampled analysis (:func:`fimvar.analyze_sampled`, docs/theory.md §16): Î1
+"""The result of the sampled analysis (:func:`fimvar.analyze_sampled`, docs/theory.md §17): Î1
 and the unbiased estimates of its two noise terms, from the draws themselves, at any number of
 outputs."""
 
@@ -49,7 +49,7 @@ class SampledResult:
                  draws: int | None = None) -> Tensors:
         """Estimated variance of Î1 over ``inputs`` inputs × ``draws`` draws (default this run's),
         ``(Var_x I + E_x v1 / M) / N`` ([B] Thm 4.7) with both terms estimated without bias
-        (docs/theory.md §16); at this run's design it is ``between / N``. ``"exact"``: the exact
+        (docs/theory.md §17); at this run's design it is ``between / N``. ``"exact"``: the exact
         Fisher averaged over ``inputs`` inputs (input noise only)."""
         inputs = self.num_inputs if inputs is None else int(inputs)
         draws = self.samples if draws is None else int(draws)
