@@ -100,7 +100,7 @@ def test_bad_designs_raise_one_error():
         fimvar.analyze_sampled(case.model, case.x, samples=1)
     with pytest.raises(fimvar.FimvarError, match="at least 2 inputs"):
         fimvar.analyze_sampled(case.model, case.x[:1])
-    with pytest.raises(fimvar.FimvarError, match="draws its labels from the model"):
+    with pytest.raises(fimvar.FimvarError, match="takes its labels from the model"):
         fimvar.analyze_sampled(case.model, case.x, labels=torch.zeros(4, dtype=torch.long))
     s = fimvar.analyze_sampled(case.model, case.x)
     with pytest.raises(fimvar.FimvarError, match="'i1' and 'exact'"):

@@ -23,13 +23,13 @@ from fimvar.analysis.inputs import (
     output_family,
     trainable_parameters,
 )
-from fimvar.analysis.masking import masked_derivatives, masked_rows, position_mask
+from fimvar.analysis.masking import check_masking_labels, masked_derivatives, masked_rows, position_mask
 from fimvar.engine import make_engine
 from fimvar.engine.graph import GraphEngine
 from fimvar.errors import FimvarError
 from fimvar.estimators.diagonal import fisher_sum
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import Positions, with_positions
+from fimvar.families.positions import with_positions
 
 
 class FisherAnalysis(StreamingAnalysis):
@@ -60,13 +60,7 @@ class FisherAnalysis(StreamingAnalysis):
         return self.engine.chunk_size(x, self.width, 0)
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        masks_positions = isinstance(self.family, Positions) and self.family.base.name == "categorical"
-        if labels is not None and not (masks_positions and not labels.is_floating_point()):
-            raise FimvarError("the exact Fisher takes its labels from the model: fisher_diagonal uses "
-                              "data labels only to leave out the positions of a per-position "
-                              "categorical model labelled -100; drop them (labels=, or the labels of "
-                              "(inputs, labels) batches: give batches of inputs only, e.g. "
-                              "DataLoader(TensorDataset(x)))")
+        check_masking_labels(self.family, labels, "the exact Fisher (fisher_diagonal)")
         mask = position_mask(self.family, self.packing, x, labels)
         sums: dict[str, torch.Tensor] = {}
         if isinstance(self.engine, GraphEngine):  # a square root of I(h) backpropagated (§14.2)

@@ -25,6 +25,19 @@ from fimvar.families.positions import Positions
 IGNORED_LABEL = -100
 
 
+def check_masking_labels(family: ExponentialFamily, labels: torch.Tensor | None, what: str) -> None:
+    """For the analyses that draw their labels from the model (``what``: who says so): data labels
+    are accepted only as the ``-100`` marks of a per-position categorical model's padding."""
+    if labels is None:
+        return
+    if not (isinstance(family, Positions) and family.base.name == "categorical"
+            and not labels.is_floating_point()):
+        raise FimvarError(f"{what} takes its labels from the model: data labels only leave out the "
+                          "positions of a per-position categorical model labelled -100; drop them "
+                          "(labels=, or the labels of (inputs, labels) batches: give batches of inputs "
+                          "only, e.g. DataLoader(TensorDataset(x)))")
+
+
 def position_mask(family: ExponentialFamily, packing: Packing | None, x: torch.Tensor,
                   labels: torch.Tensor | None) -> torch.Tensor | None:
     """The positions that count, ``(n, L)`` bool, or ``None`` when all do."""

@@ -27,7 +27,7 @@ from fimvar.analysis.inputs import (
     output_family,
     trainable_parameters,
 )
-from fimvar.analysis.masking import masked_residuals, position_mask
+from fimvar.analysis.masking import check_masking_labels, masked_residuals, position_mask
 from fimvar.engine.graph import GraphEngine
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
@@ -35,7 +35,7 @@ from fimvar.estimators.diagonal import centred_fisher_squares
 from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.estimators.tiling import tiles
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import Positions, with_positions
+from fimvar.families.positions import with_positions
 from fimvar.results.sampled import SampledResult
 
 
@@ -70,10 +70,7 @@ class SampledAnalysis(StreamingAnalysis):
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
-        if labels is not None and not (isinstance(family, Positions) and family.base.name == "categorical"
-                                       and not labels.is_floating_point()):
-            raise FimvarError("the sampled analysis draws its labels from the model: data labels only "
-                              "leave out the positions of a per-position categorical model labelled -100")
+        check_masking_labels(family, labels, "the sampled analysis")
         mask = position_mask(family, self.packing, x, labels)
 
         def residuals(h: torch.Tensor) -> torch.Tensor:
