@@ -24,7 +24,7 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter
 from fimvar.analysis.diagonal import add_block_sums, diagonal_result, with_probes
-from fimvar.analysis.driver import StreamingAnalysis
+from fimvar.analysis.driver import FamilyAnalysis
 from fimvar.analysis.groups import resolve_groups
 from fimvar.analysis.inputs import (
     check_derivatives_finite,
@@ -32,7 +32,6 @@ from fimvar.analysis.inputs import (
     check_probes,
     check_result_finite,
     check_samples,
-    output_family,
     trainable_parameters,
 )
 from fimvar.analysis.masking import masked_derivatives, masked_residuals, position_mask
@@ -47,7 +46,7 @@ from fimvar.estimators.diagonal import block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.estimators.variance import combined_variance, joint_variance
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import Positions, with_positions
+from fimvar.families.positions import Positions
 from fimvar.results.audit import AUDIT_TARGET, ESTIMATORS, AuditResult, EstimatorAudit
 from fimvar.results.diagonal import DiagonalResult
 
@@ -92,7 +91,7 @@ def gradient_values(block: ParameterDerivatives, residual: torch.Tensor) -> list
     return tiles
 
 
-class AuditAnalysis(StreamingAnalysis):
+class AuditAnalysis(FamilyAnalysis):
     """A streaming estimator audit: feed batches with :meth:`update`, read :meth:`result`."""
 
     kind = "audit"
@@ -124,24 +123,21 @@ class AuditAnalysis(StreamingAnalysis):
         check_parameters_finite(model, self.parameter_names)
         self.groups = resolve_groups(self.parameter_names, None)
         self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
-        self.width: int | None = None
         self.hessians: FullDerivatives | None = None
         if "hutchinson" in self.estimators:
             self.hessians = FullDerivatives(model, self.parameter_names, self.memory_budget)
 
     # ------------------------------------------------------------------ one chunk
     def prepare(self, x: torch.Tensor) -> None:
-        if self.width is None:
-            family, outputs = output_family(self.model, x[:1], self.family)
-            sequence = isinstance(family, Positions)
-            refused = [e for e in self.estimators if e not in audited_for(family)]
-            if refused and self.explicit:
-                raise FimvarError(
-                    f"the {'/'.join(refused)} estimator is not audited for "
-                    + ("per-position (sequence) outputs; audit one of " + ", ".join(SEQUENCE_ESTIMATORS)
-                       if sequence else "one output distribution per input: the per-token squares need "
-                       "per-position (N, L, T) outputs"))
-            self.family, self.width = family, outputs.shape[1]
+        first = self.width is None
+        super().prepare(x)
+        refused = [e for e in self.estimators if e not in audited_for(self.family)]
+        if first and refused and self.explicit:
+            raise FimvarError(
+                f"the {'/'.join(refused)} estimator is not audited for "
+                + ("per-position (sequence) outputs; audit one of " + ", ".join(SEQUENCE_ESTIMATORS)
+                   if isinstance(self.family, Positions) else "one output distribution per input: the "
+                   "per-token squares need per-position (N, L, T) outputs"))
         if self.hessians is not None:
             size = self.hessians.size
             needed = HESSIAN_BYTES * self.width * (size * size + size)
@@ -230,13 +226,6 @@ class AuditAnalysis(StreamingAnalysis):
                 **({"probes": self.probes} if self.hessians is not None else {}),
                 "engine": self.engine.name, "parameters": list(self.parameter_names),
                 "model": checkpoints.model_hash(self.model)}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width, "positions": getattr(self.family, "positions", None)}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.width = state.get("width")
-        self.family = with_positions(self.family, state.get("positions"))
 
     def result(self) -> AuditResult:
         n = self.count

@@ -11,14 +11,13 @@ from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import Accumulator, Key, parameter, parameter_bound
-from fimvar.analysis.driver import StreamingAnalysis
+from fimvar.analysis.driver import FamilyAnalysis
 from fimvar.analysis.groups import GroupSpec, describe_groups, resolve_groups
 from fimvar.analysis.inputs import (
     check_derivatives_finite,
     check_parameters_finite,
     check_result_finite,
     check_samples,
-    output_family,
     trainable_parameters,
     warn_piecewise_linear,
 )
@@ -37,7 +36,7 @@ from fimvar.estimators.bounds.trace import (
 from fimvar.estimators.diagonal import PROBE_SPREAD, PROBED, block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals, rademacher
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import Positions, with_positions
+from fimvar.families.positions import Positions
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.groups import with_model_group
 
@@ -45,7 +44,7 @@ from fimvar.results.groups import with_model_group
 DRAW_MOMENTS = ("i1_within", "i2_within", "i12_within")
 
 
-class Analysis(StreamingAnalysis):
+class Analysis(FamilyAnalysis):
     """A resumable diagonal analysis: feed batches with :meth:`update`, read :meth:`result`.
 
     Label draws are seeded by the global index of each input (:mod:`fimvar.estimators.labels`),
@@ -78,16 +77,10 @@ class Analysis(StreamingAnalysis):
         self.groups = resolve_groups(self.parameter_names, groups)
         self.bounds = bounds
         self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
-        self.width: int | None = None
         self.masked_positions = 0  # per-position outputs left out (fimvar.analysis.masking)
         warn_piecewise_linear(model)
 
     # ------------------------------------------------------------------ one chunk
-    def prepare(self, x: torch.Tensor) -> None:
-        if self.width is None:
-            self.family, outputs = output_family(self.model, x[:1], self.family)
-            self.width = outputs.shape[1]
-
     def chunk_size(self, x: torch.Tensor) -> int:
         if not self.bounds:
             return self.engine.chunk_size(x, self.width, self.samples)
@@ -160,12 +153,10 @@ class Analysis(StreamingAnalysis):
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width, "positions": getattr(self.family, "positions", None),
-                "masked_positions": self.masked_positions}
+        return {**super().extra_state(), "masked_positions": self.masked_positions}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.width = state.get("width")
-        self.family = with_positions(self.family, state.get("positions"))
+        super().load_extra_state(state)
         self.masked_positions = int(state.get("masked_positions", 0))
 
     def merge_extra_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from fimvar.analysis.inputs import (
     model_reference,
     numpy_inputs,
     numpy_labels,
+    output_family,
 )
 from fimvar.analysis.packing import (
     Packing,
@@ -53,6 +54,8 @@ from fimvar.analysis.packing import (
 )
 from fimvar.engine.functional import buffers_kept
 from fimvar.errors import FimvarError, warn
+from fimvar.families import ExponentialFamily
+from fimvar.families.positions import with_positions
 
 #: inputs per block when a run is checkpointed or shows progress and no batch size is given
 DEFAULT_BLOCK = 256
@@ -517,6 +520,27 @@ class StreamingAnalysis(ABC):
             raise FimvarError(f"the checkpoint {path} is corrupted (its state cannot be restored: "
                               f"{error}); delete it to start over") from error
         return metadata
+
+
+class FamilyAnalysis(StreamingAnalysis):
+    """A streaming analysis of one output family (set by the subclass as :attr:`family`): the
+    first input fixes the outputs' width and, for per-position outputs ``(n, L, T)``, turns the
+    family into the product over the L positions; both are kept in checkpoints."""
+
+    family: ExponentialFamily
+    width: int | None = None
+
+    def prepare(self, x: torch.Tensor) -> None:
+        if self.width is None:
+            self.family, outputs = output_family(self.model, x[:1], self.family)
+            self.width = outputs.shape[1]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"width": self.width, "positions": getattr(self.family, "positions", None)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.width = state.get("width")
+        self.family = with_positions(self.family, state.get("positions"))
 
 
 def data_fingerprint(data, labels) -> str:

@@ -16,11 +16,10 @@ from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter
-from fimvar.analysis.driver import StreamingAnalysis
+from fimvar.analysis.driver import FamilyAnalysis
 from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
-    output_family,
     trainable_parameters,
 )
 from fimvar.analysis.masking import check_masking_labels, masked_derivatives, masked_rows, position_mask
@@ -29,10 +28,9 @@ from fimvar.engine.graph import GraphEngine
 from fimvar.errors import FimvarError
 from fimvar.estimators.diagonal import fisher_sum
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import with_positions
 
 
-class FisherAnalysis(StreamingAnalysis):
+class FisherAnalysis(FamilyAnalysis):
     """A resumable computation of the exact diagonal Fisher (see :func:`fisher_diagonal`)."""
 
     kind = "fisher"
@@ -47,12 +45,6 @@ class FisherAnalysis(StreamingAnalysis):
         self.parameter_names = trainable_parameters(model, parameters)
         check_parameters_finite(model, self.parameter_names)
         self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget, second=False)
-        self.width: int | None = None
-
-    def prepare(self, x: torch.Tensor) -> None:
-        if self.width is None:
-            self.family, outputs = output_family(self.model, x[:1], self.family)
-            self.width = outputs.shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:
         if isinstance(self.engine, GraphEngine):
@@ -87,13 +79,6 @@ class FisherAnalysis(StreamingAnalysis):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "family": self.family.name, "engine": self.engine.name,
                 "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width, "positions": getattr(self.family, "positions", None)}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.width = state.get("width")
-        self.family = with_positions(self.family, state.get("positions"))
 
     def result(self) -> dict[str, torch.Tensor]:
         if self.count == 0:

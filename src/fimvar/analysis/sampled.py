@@ -19,12 +19,11 @@ from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter
-from fimvar.analysis.driver import StreamingAnalysis
+from fimvar.analysis.driver import FamilyAnalysis
 from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
     check_samples,
-    output_family,
     trainable_parameters,
 )
 from fimvar.analysis.masking import check_masking_labels, masked_residuals, position_mask
@@ -35,11 +34,10 @@ from fimvar.estimators.diagonal import centred_fisher_squares
 from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.estimators.tiling import tiles
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.families.positions import with_positions
 from fimvar.results.sampled import SampledResult
 
 
-class SampledAnalysis(StreamingAnalysis):
+class SampledAnalysis(FamilyAnalysis):
     """A resumable sampled analysis (see :func:`analyze_sampled`)."""
 
     kind = "sampled"
@@ -58,12 +56,6 @@ class SampledAnalysis(StreamingAnalysis):
         self.parameter_names = trainable_parameters(model, parameters)
         check_parameters_finite(model, self.parameter_names)
         self.engine = GraphEngine(model, self.parameter_names, self.memory_budget)
-        self.width: int | None = None
-
-    def prepare(self, x: torch.Tensor) -> None:
-        if self.width is None:
-            self.family, outputs = output_family(self.model, x[:1], self.family)
-            self.width = outputs.shape[1]
 
     def chunk_size(self, x: torch.Tensor) -> int:
         return self.engine.chunk_size(x, self.samples, 0, factored=True)
@@ -116,13 +108,6 @@ class SampledAnalysis(StreamingAnalysis):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "family": self.family.name, "samples": self.samples, "seed": self.seed,
                 "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"width": self.width, "positions": getattr(self.family, "positions", None)}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.width = state.get("width")
-        self.family = with_positions(self.family, state.get("positions"))
 
     def result(self) -> SampledResult:
         n, m = self.count, self.samples
