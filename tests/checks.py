@@ -29,3 +29,27 @@ def assert_close(actual, expected, label: str, rtol: float = 1e-10, floor: float
     error = relative_error(actual, expected, floor)
     LARGEST_ERRORS[label] = max(LARGEST_ERRORS.get(label, 0.0), error)
     assert error <= rtol, f"{label}: relative error {error:.3e} > {rtol:.0e}"
+
+
+def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A dict of per-parameter tensors as one flat vector (in the dict's order)."""
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def check_moments(values: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor, label: str) -> float:
+    """Sample mean and variance of Monte Carlo replicates ``values`` (R, P) against predicted ones,
+    each within 5 standard errors: of the mean from the predicted variance, of the sample variance
+    from the sample fourth central moment. Returns the largest |z|."""
+    repeats = values.shape[0]
+    scale = float(mean.abs().max())
+    centred = values - values.mean(0)
+    sample_variance = centred.pow(2).sum(0) / (repeats - 1)
+    fourth = centred.pow(4).mean(0)
+    se_mean = (variance / repeats).sqrt() + 1e-12 * scale
+    se_variance = ((fourth - sample_variance**2).clamp_min(0) / repeats).sqrt() + 1e-12 * scale**2
+    z_mean = float(((values.mean(0) - mean).abs() / se_mean).max())
+    z_variance = float(((sample_variance - variance).abs() / se_variance).max())
+    print(f"{label}: max |z| mean {z_mean:.2f}, variance {z_variance:.2f}")
+    assert z_mean <= 5, f"{label}: mean off by {z_mean:.1f} standard errors"
+    assert z_variance <= 5, f"{label}: variance off by {z_variance:.1f} standard errors"
+    return max(z_mean, z_variance)

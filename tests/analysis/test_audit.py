@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cases import make_case
-from checks import assert_close
+from checks import assert_close, check_moments, flat
 from torch.func import functional_call, grad, vmap
 
 import fimvar
@@ -34,8 +34,6 @@ from fimvar.engine.functional import differentiable
 from fimvar.errors import FimvarError
 
 REPEATS = 10_000
-#: the largest |z| of every Monte Carlo comparison (printed with -s)
-Z_SCORES: dict[str, float] = {}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,29 +45,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors.values()])
-
-
 def gradient(model) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-
-
-def check_moments(values: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor, label: str) -> None:
-    """Sample mean and variance of ``values`` (R, P) against the predictions, 5 standard errors."""
-    repeats = values.shape[0]
-    scale = float(mean.abs().max())
-    centred = values - values.mean(0)
-    sample_variance = centred.pow(2).sum(0) / (repeats - 1)
-    fourth = centred.pow(4).mean(0)
-    se_mean = (variance / repeats).sqrt() + 1e-12 * scale
-    se_variance = ((fourth - sample_variance**2).clamp_min(0) / repeats).sqrt() + 1e-12 * scale**2
-    z_mean = (values.mean(0) - mean).abs() / se_mean
-    z_variance = (sample_variance - variance).abs() / se_variance
-    Z_SCORES[label] = max(float(z_mean.max()), float(z_variance.max()))
-    print(f"{label}: max |z| mean {float(z_mean.max()):.2f}, variance {float(z_variance.max()):.2f}")
-    assert (z_mean <= 5).all(), f"{label}: mean off by {float(z_mean.max()):.1f} standard errors"
-    assert (z_variance <= 5).all(), f"{label}: variance off by {float(z_variance.max()):.1f} standard errors"
 
 
 def ewc_pass(model, x, y, order, batch_size) -> torch.Tensor:

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cases import make_case
-from checks import assert_close
+from checks import assert_close, check_moments, flat
 from oracle import log_likelihood, support
 from torch.func import functional_call, grad, jvp, vmap
 
@@ -36,10 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors.values()])
 
 
 def unflatten(vector: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -86,23 +82,6 @@ def hutchinson_replicates(model, x, labels, probes) -> torch.Tensor:
     per_input = vmap(per_probe, in_dims=(0, 0, 0))                   # n inputs
     per_replicate = vmap(per_input, in_dims=(None, 0, 0), chunk_size=500)
     return per_replicate(x, labels, probes).mean((1, 2))            # (R, P)
-
-
-def check_moments(values, mean, variance, label) -> float:
-    """Sample mean and variance of ``values`` (R, P) against the predictions, 5 standard errors."""
-    repeats = values.shape[0]
-    scale = float(mean.abs().max())
-    centred = values - values.mean(0)
-    sample_variance = centred.pow(2).sum(0) / (repeats - 1)
-    fourth = centred.pow(4).mean(0)
-    se_mean = (variance / repeats).sqrt() + 1e-12 * scale
-    se_variance = ((fourth - sample_variance**2).clamp_min(0) / repeats).sqrt() + 1e-12 * scale**2
-    z_mean = float(((values.mean(0) - mean).abs() / se_mean).max())
-    z_variance = float(((sample_variance - variance).abs() / se_variance).max())
-    print(f"{label}: max |z| mean {z_mean:.2f}, variance {z_variance:.2f}")
-    assert z_mean <= 5, f"{label}: mean off by {z_mean:.1f} standard errors"
-    assert z_variance <= 5, f"{label}: variance off by {z_variance:.1f} standard errors"
-    return max(z_mean, z_variance)
 
 
 @pytest.mark.parametrize(("model_name", "probes"), [("mlp-tanh", 1), ("mlp-tanh", 3), ("conv1d", 1),
