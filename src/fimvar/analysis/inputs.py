@@ -254,17 +254,21 @@ def _looks_like_pair(data) -> bool:
     return x.shape[0] == y.shape[0] and (x.shape[1:] != y.shape[1:] or x.dtype != y.dtype)
 
 
+def _numpy_tensor(value, what: str, hint: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, RuntimeError) as error:
+        raise FimvarError(f"cannot convert the NumPy {what} ({value.dtype}) to a tensor: {error}; give "
+                          f"{hint}") from error
+
+
 def numpy_inputs(value, like: torch.Tensor | None):
     """A NumPy array of inputs as a tensor on ``like``'s device, floating arrays in ``like``'s
     dtype (the conversion a user would write: ``torch.as_tensor(x, dtype=model_dtype)``); other
     values unchanged. Without ``like`` (a model with no floating tensor) only ``torch.as_tensor``."""
     if not is_numpy(value):
         return value
-    try:
-        tensor = torch.as_tensor(value)
-    except (TypeError, RuntimeError) as error:
-        raise FimvarError(f"cannot convert the NumPy inputs ({value.dtype}) to a tensor: {error}; give "
-                          "numbers (a float or integer array)") from error
+    tensor = _numpy_tensor(value, "inputs", "numbers (a float or integer array)")
     if like is None:
         return tensor
     return tensor.to(device=like.device, dtype=like.dtype if tensor.is_floating_point() else None)
@@ -274,11 +278,7 @@ def numpy_labels(value, like: torch.Tensor | None):
     """NumPy labels as a tensor (their dtype kept) on ``like``'s device; other values unchanged."""
     if not is_numpy(value):
         return value
-    try:
-        tensor = torch.as_tensor(value)
-    except (TypeError, RuntimeError) as error:
-        raise FimvarError(f"cannot convert the NumPy labels ({value.dtype}) to a tensor: {error}; give "
-                          "class indices or numbers") from error
+    tensor = _numpy_tensor(value, "labels", "class indices or numbers")
     return tensor if like is None else tensor.to(like.device)
 
 
