@@ -173,18 +173,28 @@ class GraphEngine(Engine):
                                                retain=start + group < width)
                 for store, (_, _, z), g in zip(gradients, records, found, strict=True):
                     store.append(z.new_zeros(n, chosen.shape[2], *z.shape[1:]) if g is None else g)
-        parts: dict[str, list[ParameterDerivatives]] = {}
-        for (module, a, _), store in zip(records, gradients, strict=True):
-            delta = torch.cat(store, 1)  # (n, T, *z), in the model's dtype like its derivatives
-            for part in self._layer_derivatives(module, a, delta):
-                parts.setdefault(part.name, []).append(part)
-        blocks = [self._combine(parts[name], n, width) for name in self.parameter_names if name in parts]
+        # (n, T, *z) per layer, in the model's dtype like its derivatives
+        blocks = list(self._combined_blocks(records, [torch.cat(store, 1) for store in gradients]).values())
         if self.fallback is not None:
-            _, more = self.fallback.derivatives(x, second=False)
-            blocks += more
+            blocks += self.fallback.derivatives(x, second=False)[1]
+        return outputs.detach().to(torch.float64), self._in_order(blocks)
+
+    def _combined_blocks(self, records, gradients: list[torch.Tensor | None],
+                         contexts: list[dict] | None = None) -> dict[str, ParameterDerivatives]:
+        """One block per hooked parameter from the recorded layers and their output gradients
+        (``(n, G, *z)`` each, ``None`` where no output depends on the layer): the layer rules of
+        :meth:`_layer_derivatives`, the uses of a tied parameter summed."""
+        parts: dict[str, list[ParameterDerivatives]] = {}
+        for index, ((module, a, _), g) in enumerate(zip(records, gradients, strict=True)):
+            if g is not None:
+                context = None if contexts is None else contexts[index]
+                for part in self._layer_derivatives(module, a, g, context):
+                    parts.setdefault(part.name, []).append(part)
+        return {name: self._combine(used) for name, used in parts.items()}
+
+    def _in_order(self, blocks: list[ParameterDerivatives]) -> list[ParameterDerivatives]:
         order = {name: i for i, name in enumerate(self.parameter_names)}
-        blocks.sort(key=lambda b: order[b.name])
-        return outputs.detach().to(torch.float64), blocks
+        return sorted(blocks, key=lambda b: order[b.name])
 
     def _recorded_forward(self, x: torch.Tensor, stack: contextlib.ExitStack
                           ) -> tuple[torch.Tensor, list[tuple[nn.Module, torch.Tensor, torch.Tensor]]]:
@@ -235,13 +245,7 @@ class GraphEngine(Engine):
                 chosen = columns[start:start + group]
                 found = self._column_gradients(outputs, [z for _, _, z in records], cotangents[:, :, chosen],
                                                retain=start + group < len(columns))
-                parts: dict[str, list[ParameterDerivatives]] = {}
-                for (module, a, _), g, context in zip(records, found, contexts, strict=True):
-                    if g is not None:
-                        for part in self._layer_derivatives(module, a, g, context):
-                            parts.setdefault(part.name, []).append(part)
-                for name, used in parts.items():
-                    block = self._combine(used, x.shape[0], len(chosen))
+                for name, block in self._combined_blocks(records, found, contexts).items():
                     # the chunk's squares are summed over its inputs in (at least) float32 when
                     # the model is: all terms are positive, so the relative error stays below
                     # log₂(n·G)·2⁻²⁴ (pairwise summation); over column groups and chunks in float64
@@ -279,18 +283,10 @@ class GraphEngine(Engine):
             draws = residuals(h)  # (n, M, T)
             cotangents = draws.transpose(1, 2).to(outputs.dtype)
             found = self._column_gradients(outputs, [z for _, _, z in records], cotangents, retain=False)
-        parts: dict[str, list[ParameterDerivatives]] = {}
-        for (module, a, _), g in zip(records, found, strict=True):
-            if g is not None:
-                for part in self._layer_derivatives(module, a, g):
-                    parts.setdefault(part.name, []).append(part)
-        blocks = [self._combine(parts[name], x.shape[0], draws.shape[1]) for name in self.parameter_names
-                  if name in parts]
+        blocks = list(self._combined_blocks(records, found).values())
         if self.fallback is not None:
             blocks += self._functional_draw_gradients(x, draws.to(outputs.dtype))
-        order = {name: i for i, name in enumerate(self.parameter_names)}
-        blocks.sort(key=lambda b: order[b.name])
-        return h, blocks
+        return h, self._in_order(blocks)
 
     def _functional_draw_gradients(self, x: torch.Tensor, draws: torch.Tensor) -> list[ParameterDerivatives]:
         """:meth:`draw_gradients` of the parameters outside the hooked layers: per input, the
@@ -523,7 +519,7 @@ class GraphEngine(Engine):
         return values.reshape(n, width, values.shape[2], -1).sum(-1)  # channels: dim 1 of z
 
     @staticmethod
-    def _combine(parts: list[ParameterDerivatives], n: int, width: int) -> ParameterDerivatives:
+    def _combine(parts: list[ParameterDerivatives]) -> ParameterDerivatives:
         """One block per parameter: the sum of its uses (tied weights), plain layout when several."""
         if len(parts) == 1:
             return parts[0]
