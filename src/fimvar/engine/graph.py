@@ -292,24 +292,34 @@ class GraphEngine(Engine):
         """:meth:`draw_gradients` of the parameters outside the hooked layers: per input, the
         gradient of ``ε_m·h`` by ``torch.func.grad`` of a functional call, vmapped over the draws."""
         names = self.fallback.parameter_names
-        named = dict(self.model.named_parameters())
-        selected = {k: named[k].detach() for k in names}
-        constants = {k: v.detach() for k, v in named.items() if k not in selected}
-        constants.update(dict(self.model.named_buffers()))
+        selected, constants = self._split_parameters(names)
         per_input = []
         with differentiable(self.model):
             for i in range(x.shape[0]):
-                def contracted(params, coefficients, x1=x[i : i + 1]):
-                    outputs = functional_call(self.model, (params, constants), (x1,))
-                    return output_tensor(outputs).reshape(-1) @ coefficients
-
+                contracted = self._contraction(x[i : i + 1], constants)
                 per_input.append(vmap(grad(contracted), in_dims=(None, 0))(selected, draws[i]))
         blocks = []
         for name in names:
             first = torch.stack([g[name].reshape(draws.shape[1], -1) for g in per_input])  # (n, M, J)
             zero = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
-            blocks.append(ParameterDerivatives(name, named[name].shape, first, zero))
+            blocks.append(ParameterDerivatives(name, selected[name].shape, first, zero))
         return blocks
+
+    def _split_parameters(self, names) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The parameters ``names`` (detached) and every other parameter and buffer: the two halves
+        of a functional call that differentiates the first."""
+        named = dict(self.model.named_parameters())
+        selected = {k: named[k].detach() for k in names}
+        constants = {k: v.detach() for k, v in named.items() if k not in selected}
+        constants.update(dict(self.model.named_buffers()))
+        return selected, constants
+
+    def _contraction(self, x1: torch.Tensor, constants: dict[str, torch.Tensor]):
+        """``f(params, c) = c·h(x1; params)`` for one input ``x1``, a functional call."""
+        def contracted(params, coefficients):
+            outputs = functional_call(self.model, (params, constants), (x1,))
+            return output_tensor(outputs).reshape(-1) @ coefficients
+        return contracted
 
     def _prepare_position_grams(self, records, contexts: list[dict], columns: int) -> None:
         """Mark the convolutions whose weight's squared per-input gradients are cheaper as a
@@ -389,23 +399,16 @@ class GraphEngine(Engine):
         and, the two being independent given the draw, ``E[g_k g'_k] = (w_k·ε_m)²``."""
         n, samples = draws.shape[:2]
         sizes = [block.shape.numel() for block in blocks]
-        named = dict(self.model.named_parameters())
-        selected = {block.name: named[block.name].detach() for block in blocks}
-        constants = {k: v.detach() for k, v in named.items() if k not in selected}
-        constants.update(dict(self.model.named_buffers()))
+        selected, constants = self._split_parameters([block.name for block in blocks])
         estimates = signs.new_empty(n, samples, 2, sum(sizes))
         # probes per vmap call: each holds the gradients and one pass's activations, with a factor
         per_probe = 8 * (sum(sizes) + self._activation_elements) * signs.element_size()
         group = max(1, min(samples, self.memory_budget // max(2 * per_probe, 1)))
         with differentiable(self.model):  # double backward through attention, RNNs
             for i in range(n):  # per input: its Hessian is not that of the batch
-                x1 = x[i : i + 1]
+                contracted = self._contraction(x[i : i + 1], constants)
 
-                def contracted(params, coefficients, x1=x1):
-                    outputs = functional_call(self.model, (params, constants), (x1,))
-                    return output_tensor(outputs).reshape(-1) @ coefficients
-
-                def product(coefficients, direction):  # Hz = ∇_θ (zᵀ ∇_θ f), reverse over reverse
+                def product(coefficients, direction, contracted=contracted):  # Hz = ∇_θ (zᵀ ∇_θ f)
                     return grad(lambda p: sum((g * direction[k]).sum()
                                               for k, g in grad(contracted)(p, coefficients).items())
                                 )(selected)
