@@ -105,3 +105,32 @@ def test_bad_designs_raise_one_error():
     s = fimvar.analyze_sampled(case.model, case.x)
     with pytest.raises(fimvar.FimvarError, match="'i1' and 'exact'"):
         s.variance("i2")
+
+
+def test_standard_errors_of_the_variance_estimates_match_their_spread():
+    """Over 300 independent runs (inputs drawn with replacement from a pool, fresh label draws),
+    the reported standard error of each summed variance estimate against the spread of the
+    estimates themselves: that of the label noise (from every input's own estimate) matches it,
+    those from the pairs of inputs (input noise, between, Var(Î1) at this and another design) are
+    upper estimates (docs/theory.md §17.1), but not vacuous ones."""
+    case = make_case("mlp-tanh", "categorical", inputs=64, seed=5)
+    runs, inputs = 300, 40
+    queries = {"v1": ("v1", None, {}), "input_var": ("input_var", None, {}),
+               "between": ("between", None, {}), "variance": ("variance", None, {}),
+               "variance at 100 × 8": ("variance", None, {"inputs": 100, "draws": 8}),
+               "variance of 0.weight": ("variance", ["0.weight"], {})}
+    values = {k: [] for k in queries}
+    errors = {k: [] for k in queries}
+    generator = torch.Generator().manual_seed(0)
+    for seed in range(runs):
+        chosen = case.x[torch.randint(0, 64, (inputs,), generator=generator)]
+        result = fimvar.analyze_sampled(case.model, chosen, "categorical", samples=2, seed=seed)
+        for key, (quantity, tensors, design) in queries.items():
+            value, error = result.estimate(quantity, tensors, **design)
+            values[key].append(value)
+            errors[key].append(error)
+    for key in queries:
+        spread = torch.tensor(values[key]).std()
+        ratio = float(torch.tensor(errors[key]).mean() / spread)
+        low, high = (0.8, 1.25) if key == "v1" else (0.8, 3.0)
+        assert low <= ratio <= high, f"{key}: reported standard error / spread of the estimates = {ratio:.2f}"

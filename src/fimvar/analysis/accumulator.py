@@ -21,8 +21,9 @@ from fimvar.estimators import moments
 from fimvar.estimators.practical import merge_central_moments
 
 #: scopes of the sums: per parameter tensor, per parameter group (trace and Frobenius forms),
-#: per module (hidden-layer Fisher, weight-norm bounds), or one P×P matrix (full mode)
-SCOPES = ("parameter", "group", "module", "matrix")
+#: per module (hidden-layer Fisher, weight-norm bounds), one P×P matrix (full mode), or the whole
+#: run (the sampled analysis's moments across parameter tensors)
+SCOPES = ("parameter", "group", "module", "matrix", "run")
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +43,10 @@ class Key:
 
 def parameter(owner: str, quantity: str) -> Key:
     return Key("parameter", owner, quantity)
+
+
+def run_key(quantity: str) -> Key:
+    return Key("run", "", quantity)
 
 
 def parameter_bound(owner: str, bound: str) -> Key:

@@ -22,8 +22,10 @@ from fimvar.analysis.inputs import (
     warn_piecewise_linear,
 )
 from fimvar.analysis.masking import masked_derivatives, masked_residuals, position_mask, unmasked_labels
+from fimvar.analysis.path import choose_path, output_columns
+from fimvar.analysis.sampled import analyze_sampled
 from fimvar.engine import make_engine
-from fimvar.errors import FimvarError
+from fimvar.errors import FimvarError, warn
 from fimvar.estimators import moments
 from fimvar.estimators.bounds.spectrum import BOUND_TERMS, Spectrum, bound_coefficients
 from fimvar.estimators.bounds.trace import (
@@ -39,6 +41,7 @@ from fimvar.families import ExponentialFamily, get_family
 from fimvar.families.positions import Positions
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.groups import with_model_group
+from fimvar.results.sampled import SampledResult
 
 #: the per-parameter sums of the within-input moments of the draws (M ≥ 2)
 DRAW_MOMENTS = ("i1_within", "i2_within", "i12_within")
@@ -337,8 +340,12 @@ def analyze(
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,
     progress: bool = False,
-) -> DiagonalResult:
-    """Exact diagonal Fisher, the estimators Î1/Î2, their variances, covariance and bounds.
+    path: str = "auto",
+) -> DiagonalResult | SampledResult:
+    """Exact diagonal Fisher, the estimators Î1/Î2, their variances, covariance and bounds —
+    or, for a model with more than :data:`~fimvar.analysis.path.EXACT_COLUMNS_UP_TO` output columns
+    per input (a language model: positions × vocabulary), Î1 and its variance from the label draws
+    (:func:`fimvar.analyze_sampled`, docs/theory.md §17).
 
     Args:
         model: any ``nn.Module`` mapping a batch of inputs to ``(batch, T)`` natural parameters.
@@ -378,10 +385,33 @@ def analyze(
     Returns:
         A :class:`~fimvar.DiagonalResult` of float64 tensors (``result.fisher_as(model)``: in the
         parameters' dtype and device); ``result.metadata["precision"]`` names the dtype the model
-        computed in (float16 and bfloat16 models are analysed with a warning).
+        computed in (float16 and bfloat16 models are analysed with a warning); on the sampled
+        path a :class:`~fimvar.SampledResult` (``i1``, ``variance("i1")`` as here).
     """
+    columns = None
+    if path == "auto" and engine == "auto":
+        columns, x = output_columns(model, x, get_family(family))
+    chosen, reason = choose_path(path, engine, columns)
+    if chosen == "sampled":
+        if check_samples(samples) < 2:
+            raise FimvarError(f"analyze takes the sampled path ({reason}), which estimates the label noise "
+                              "from the spread of several draws per input: give samples=2 or more")
+        if groups is not None:
+            raise FimvarError("the sampled path has no parameter groups: leave groups out (its results "
+                              "are per parameter tensor)")
+        if bounds:
+            warn(f"analyze takes the sampled path ({reason}); the bounds of [B] need the exact path and "
+                 "are not computed: pass bounds=False to silence this warning")
+        result = analyze_sampled(model, x, family, samples, seed, labels=labels, parameters=parameters,
+                                 memory_budget=memory_budget, checkpoint=checkpoint,
+                                 checkpoint_interval=checkpoint_interval, batch_size=batch_size,
+                                 progress=progress)
+        result.metadata.update(path="sampled", path_reason=reason)
+        return result
     analysis = Analysis(model, family, samples, seed, engine, parameters=parameters,
                         groups=groups, bounds=bounds, memory_budget=memory_budget)
     analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)
-    return analysis.result()
+    result = analysis.result()
+    result.metadata.update(path="exact", path_reason=reason)
+    return result

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fimvar.analysis import checkpoint as checkpoints
-from fimvar.analysis.accumulator import parameter
+from fimvar.analysis.accumulator import parameter, run_key
 from fimvar.analysis.driver import FamilyAnalysis
 from fimvar.analysis.inputs import (
     check_parameters_finite,
@@ -32,9 +32,10 @@ from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.diagonal import centred_fisher_squares
 from fimvar.estimators.labels import check_seed, draw_residuals
-from fimvar.estimators.tiling import tiles
+from fimvar.estimators.sampled import entry_totals, pair_half_distances
+from fimvar.estimators.tiling import TILE_ELEMENTS, tiles
 from fimvar.families import ExponentialFamily, get_family
-from fimvar.results.sampled import SampledResult
+from fimvar.results.sampled import SampledResult, SpreadSums
 
 
 class SampledAnalysis(FamilyAnalysis):
@@ -58,7 +59,10 @@ class SampledAnalysis(FamilyAnalysis):
         self.engine = GraphEngine(model, self.parameter_names, self.memory_budget)
 
     def chunk_size(self, x: torch.Tensor) -> int:
-        return self.engine.chunk_size(x, self.samples, 0, factored=True)
+        """Chunks of an even number of inputs (at least 2, whatever the budget): the standard errors
+        pair consecutive inputs within a chunk."""
+        size = self.engine.chunk_size(x, self.samples, 0, factored=True)
+        return max(2, size - size % 2)
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         family = self.family
@@ -72,41 +76,86 @@ class SampledAnalysis(FamilyAnalysis):
 
         _, blocks = self.engine.draw_gradients(x, residuals)
         n = x.shape[0]
-        done = set()
+        spreads = {}
         for block in blocks:
-            self._add_block(block, n)
-            done.add(block.name)
+            spreads[block.name] = self._add_block(block, n)
+        zero_input, zero_pair = torch.zeros(n, dtype=torch.float64), torch.zeros(n // 2, dtype=torch.float64)
         for name, p in self.model.named_parameters():  # no output depends on it
-            if name in self.parameter_names and name not in done:
+            if name in self.parameter_names and name not in spreads:
                 zero = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
-                for quantity in ("i1", "i1_within"):
-                    self.accumulator.add(parameter(name, quantity), zero)
+                self.accumulator.add(parameter(name, "i1_within"), zero)
                 self.accumulator.add_moments(parameter(name, "score"), parameter(name, "score_m2"), n,
                                              zero, zero)
+                spreads[name] = (zero_input, zero_pair)
+        self._add_spreads([spreads[k] for k in self.parameter_names])
 
-    def _add_block(self, block, n: int) -> None:
-        """The chunk's sums for one parameter: ``Σ_x Σ_m s²``, the within-input sums of squares
-        ``Σ_x Σ_m (s_m² − s̄²)²`` and the per-input means' total and centred sum of squares, all
-        float64 and free of cancellation (a factored weight's ``s_m = δ_m a`` shares ``a²``)."""
-        first = block.first  # (n, M, J)
-        columns = first.shape[2]
-        totals = torch.empty(n, columns, dtype=torch.float64, device=first.device)
-        within = torch.empty_like(totals)
-        for rows, cols in tiles(n, first.shape[1], columns):
-            squares = first[rows, :, cols].to(torch.float64) ** 2
-            mean = squares.mean(1)
-            totals[rows, cols] = squares.sum(1)
-            within[rows, cols] = ((squares - mean[:, None]) ** 2).sum(1)
-        per_input = totals / self.samples
+    def _add_block(self, block, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's sums for one parameter: the within-input sums of squares
+        ``Σ_x Σ_m (s_m² − s̄²)²`` and the per-input means' total and centred sum of squares (Î1 is
+        their total over N), all float64 and free of cancellation. Returns the tensor's per-input
+        label-noise estimates ``w_x`` and its pairs' ``D`` (:mod:`fimvar.estimators.sampled`)."""
+        if block.inputs is None:
+            within, total, m2, label_noise, pairs = self._plain_sums(block.first, n)
+        else:  # a factored weight's s_m = δ_m a shares a²: sums over inputs are matrix products
+            first = block.first
+            per_input = torch.empty(n, first.shape[2], dtype=torch.float64, device=first.device)
+            spread = torch.empty_like(per_input)
+            for rows, cols in tiles(n, first.shape[1], first.shape[2]):
+                spread_tile, mean = torch.var_mean(first[rows, :, cols].to(torch.float64).square_(), 1,
+                                                   correction=0)
+                per_input[rows, cols], spread[rows, cols] = mean, spread_tile.mul_(self.samples)
+            within = block.reduce(spread, 4)
+            total, total_sq = block.reduce(per_input, 2), block.reduce(per_input**2, 4)
+            m2 = centred_fisher_squares(block, per_input, total, total_sq)
+            label_noise = entry_totals(block, spread, 4)
+            pairs = pair_half_distances(block, per_input)
         acc, name = self.accumulator, block.name
-        acc.add(parameter(name, "i1"), block.reduce(totals, 2))
-        acc.add(parameter(name, "i1_within"), block.reduce(within, 4))
-        total, total_sq = block.reduce(per_input, 2), block.reduce(per_input**2, 4)
-        acc.add_moments(parameter(name, "score"), parameter(name, "score_m2"), n, total,
-                        centred_fisher_squares(block, per_input, total, total_sq))
+        acc.add(parameter(name, "i1_within"), within.reshape(block.shape))
+        acc.add_moments(parameter(name, "score"), parameter(name, "score_m2"), n,
+                        total.reshape(block.shape), m2.reshape(block.shape))
+        return (label_noise / (self.samples - 1)).cpu(), pairs.cpu()
+
+    def _plain_sums(self, first: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """:meth:`_add_block` for the plain layout ``first`` ``(n, M, J)``, fused a tile of entries
+        at a time (every input of the tile in cache): the within-input and between-input spreads
+        by ``var_mean`` (centred, one pass each), in float64. Returns the sums over inputs of the
+        within spreads and of the means, the means' centred sum of squares (all ``(J,)``), and per
+        input (per pair) the within spreads (the pairs' ``D``) summed over the entries."""
+        columns, samples = first.shape[2], self.samples
+        device = first.device
+        within, total, m2 = (torch.empty(columns, dtype=torch.float64, device=device) for _ in range(3))
+        label_noise = torch.zeros(n, dtype=torch.float64, device=device)
+        pairs = torch.zeros(n // 2, dtype=torch.float64, device=device)
+        step = max(1, TILE_ELEMENTS // (n * samples))
+        for start in range(0, columns, step):
+            cols = slice(start, start + step)
+            spread, mean = torch.var_mean(first[:, :, cols].to(torch.float64).square_(), 1, correction=0)
+            spread.mul_(samples)  # Σ_m (s_m² − s̄²)², (n, c)
+            within[cols] = spread.sum(0)
+            label_noise += spread.sum(1)
+            between, centre = torch.var_mean(mean, 0, correction=0)
+            total[cols], m2[cols] = centre * n, between * n
+            if n > 1:
+                pairs += 0.5 * (mean[0 : n - n % 2 : 2] - mean[1 : n - n % 2 : 2]).square_().sum(1)
+        return within, total, m2, label_noise, pairs
+
+    def _add_spreads(self, spreads: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Sums of the per-input label-noise estimates ``w`` (K tensors) and of the pairs'
+        ``z = (D, w̄)`` with their outer products, for the standard errors (docs/theory.md §17.1)."""
+        w = torch.stack([label for label, _ in spreads], 1)  # (n, K)
+        pairs = w.shape[0] // 2
+        z = torch.cat([torch.stack([d for _, d in spreads], 1),
+                       (w[0 : 2 * pairs : 2] + w[1 : 2 * pairs : 2]) / 2], 1)  # (pairs, 2K)
+        acc = self.accumulator
+        acc.add(run_key("label_noise"), w.sum(0))
+        acc.add(run_key("label_noise_outer"), w.T @ w)
+        acc.add(run_key("pairs"), torch.tensor(float(pairs)))
+        acc.add(run_key("pair"), z.sum(0))
+        acc.add(run_key("pair_outer"), z.T @ z)
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "family": self.family.name, "samples": self.samples, "seed": self.seed,
+        return {"kind": self.kind, "sums": 2, "family": self.family.name, "samples": self.samples,
+                "seed": self.seed,
                 "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
 
     def result(self) -> SampledResult:
@@ -117,7 +166,7 @@ class SampledAnalysis(FamilyAnalysis):
             raise FimvarError("the sampled analysis needs at least 2 inputs to estimate the input noise")
         names = self.parameter_names
         sums = self.accumulator.sums
-        i1 = {k: sums[parameter(k, "i1")] / (n * m) for k in names}
+        i1 = {k: sums[parameter(k, "score")] / n for k in names}
         v1 = {k: sums[parameter(k, "i1_within")] / (n * (m - 1)) for k in names}
         between = {k: moments.sample_variance(n, sums[parameter(k, "score_m2")]) for k in names}
         unbiased = {k: between[k] - v1[k] / m for k in names}
@@ -126,6 +175,9 @@ class SampledAnalysis(FamilyAnalysis):
             shapes={k: p.shape for k, p in self.model.named_parameters() if k in names},
             i1=i1, v1=v1, input_var={k: v.clamp_min(0.0) for k, v in unbiased.items()},
             input_var_unbiased=unbiased, between=between,
+            spreads=SpreadSums(names, n, sums[run_key("label_noise")], sums[run_key("label_noise_outer")],
+                               int(sums[run_key("pairs")]), sums[run_key("pair")],
+                               sums[run_key("pair_outer")]),
             metadata={"seed": self.seed, "outputs": self.width, "engine": self.engine.name,
                       **self.run_metadata()})
         check_result_finite({"i1": i1, "v1": v1, "between": between})

@@ -4,14 +4,43 @@ outputs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from fimvar.errors import FimvarError
+from fimvar.estimators.sampled import mean_standard_error
 from fimvar.estimators.variance import joint_variance
 
 Tensors = dict[str, torch.Tensor]
+SPREAD_QUANTITIES = ("v1", "input_var", "between", "variance")
+
+
+@dataclass
+class SpreadSums:
+    """Float64 sums, over the inputs and over consecutive pairs of inputs, of per-tensor statistics
+    that give the standard errors of the variance estimates (docs/theory.md §17.1): per input
+    ``w_x`` (K tensors: the label noise summed over a tensor's entries), per pair
+    ``z = (D, w̄)`` (``D`` the half squared distance of the pair's per-input means, ``w̄`` the
+    pair's mean ``w``)."""
+
+    names: list[str]
+    inputs: int
+    label_noise: torch.Tensor  # Σ_x w_x, (K,)
+    label_noise_outer: torch.Tensor  # Σ_x w_x w_xᵀ, (K, K)
+    pairs: int
+    pair: torch.Tensor  # Σ z, (2K,)
+    pair_outer: torch.Tensor  # Σ z zᵀ, (2K, 2K)
+
+    def selection(self, tensors: Iterable[str] | None) -> torch.Tensor:
+        """``(K,)`` indicator of the tensors (every tensor for ``None``), float64."""
+        chosen = set(self.names) if tensors is None else set(tensors)
+        unknown = chosen - set(self.names)
+        if unknown:
+            raise FimvarError(f"unknown parameter tensor(s) {sorted(unknown)[:3]}; the result holds "
+                              f"{self.names[:5]}{' …' if len(self.names) > 5 else ''}")
+        return torch.tensor([float(k in chosen) for k in self.names], dtype=torch.float64)
 
 
 @dataclass
@@ -31,6 +60,8 @@ class SampledResult:
         input_var_unbiased: ``s²_between − v1/M``, unbiased, possibly below 0.
         between: the sample variance over inputs of their per-input means ``(1/M) Σ_m (ε_xm·u_x)²``,
             unbiased for ``Var_x I(θ|x) + E_x v1(x)/M``.
+        spreads: the sums behind the standard errors of the variance estimates
+            (:meth:`estimate`).
         metadata: run metadata (seed, outputs, engine, precision).
     """
 
@@ -43,6 +74,7 @@ class SampledResult:
     input_var: Tensors
     input_var_unbiased: Tensors
     between: Tensors
+    spreads: SpreadSums | None = None
     metadata: dict = field(default_factory=dict)
 
     def variance(self, estimator: str = "i1", inputs: int | None = None,
@@ -63,6 +95,59 @@ class SampledResult:
         label = 0.0 if estimator == "exact" else None
         return {k: joint_variance(v, self.v1[k] if label is None else label, inputs, draws).clamp_min(0.0)
                 for k, v in self.input_var_unbiased.items()}
+
+    def estimate(self, quantity: str = "variance", tensors: Iterable[str] | None = None,
+                 inputs: int | None = None, draws: int | None = None) -> tuple[float, float]:
+        """A variance estimate summed over the entries of ``tensors`` (default every tensor: a layer
+        is the list of its tensors' names) and its standard error (docs/theory.md §17.1).
+
+        ``quantity``: ``v1`` (label noise; standard error from the spread of the inputs' own
+        estimates ``w_x``), ``input_var`` (its unbiased value ``between − v1/M``), ``between``, or
+        ``variance`` (of Î1 over ``inputs`` × ``draws``, default this run's design:
+        ``(between + (1/draws − 1/M) v1)/inputs`` before clamping, [B] Thm 4.7). The last three
+        take their standard error from the consecutive pairs of inputs ``(D, w̄)``: the mean of
+        the pairs' ``D`` uses fewer pairs than ``between`` (every pair of inputs), so by
+        Rao–Blackwell its spread is an upper estimate for independent, identically distributed
+        inputs; the value itself is the full-data estimate.
+
+        Returns ``(value, standard_error)`` as floats.
+        """
+        if quantity not in SPREAD_QUANTITIES:
+            raise FimvarError(f"quantity must be one of {', '.join(map(repr, SPREAD_QUANTITIES))}, "
+                              f"got {quantity!r}")
+        spreads = self.spreads
+        if spreads is None:
+            raise FimvarError("this result holds no spread sums; rerun the analysis")
+        g = spreads.selection(tensors)
+        names = [k for k in spreads.names if tensors is None or k in set(tensors)]
+        m = self.samples
+
+        def summed(values: Tensors) -> float:
+            return float(sum(float(values[k].sum()) for k in names))
+
+        if quantity == "v1":
+            error = mean_standard_error(spreads.inputs, spreads.label_noise, spreads.label_noise_outer, g)
+            return summed(self.v1), self._checked(error, "inputs")
+        if quantity == "variance":
+            inputs = self.num_inputs if inputs is None else int(inputs)
+            draws = m if draws is None else int(draws)
+            if inputs < 1 or draws < 1:
+                raise FimvarError("inputs and draws must be at least 1")
+            factor = 1.0 / draws - 1.0 / m
+            value = (summed(self.between) + factor * summed(self.v1)) / inputs
+            weights = torch.cat([g, factor * g]) / inputs
+        else:
+            label = -1.0 / m if quantity == "input_var" else 0.0
+            value = summed(self.between) + label * summed(self.v1)
+            weights = torch.cat([g, label * g])
+        error = mean_standard_error(spreads.pairs, spreads.pair, spreads.pair_outer, weights)
+        return value, self._checked(error, "pairs of inputs")
+
+    @staticmethod
+    def _checked(error: float | None, units: str) -> float:
+        if error is None:
+            raise FimvarError(f"a standard error needs at least 2 {units}: analyse more inputs")
+        return error
 
     def __repr__(self) -> str:
         return (f"SampledResult(family={self.family!r}, N={self.num_inputs}, M={self.samples}, "
