@@ -77,7 +77,8 @@ def test_sampled_path_from_a_generator_and_forced():
     for name, value in direct.i1.items():
         assert_close(streamed.i1[name], value, "sampled Î1 from a generator", rtol=1e-12)
     forced = fimvar.analyze(model, ids[:, :1], samples=2, bounds=False, path="sampled")
-    assert forced.metadata["path"] == "sampled" and forced.metadata["path_reason"] == "path='sampled' was given"
+    assert forced.metadata["path"] == "sampled"
+    assert forced.metadata["path_reason"] == "path='sampled' was given"
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

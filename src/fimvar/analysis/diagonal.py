@@ -381,6 +381,12 @@ def analyze(
         progress: show a progress bar (tqdm) on stderr when it is a terminal (none in a log
             file or a pipe), advanced chunk by chunk, with the step of the current chunk
             (derivatives, parameter k of K) next to it.
+        path: ``auto`` (the exact analysis up to ``EXACT_COLUMNS_UP_TO`` output columns per input,
+            read from one forward pass on the first input; the sampled one above), ``exact`` or
+            ``sampled``. The sampled path needs ``samples ≥ 2``, computes no bounds (a warning
+            when ``bounds=True``), has no ``groups`` and takes data labels only as the ``-100``
+            marks of padding (docs/theory.md §17.3); ``result.metadata["path"]`` and
+            ``["path_reason"]`` say which path ran and why.
 
     Returns:
         A :class:`~fimvar.DiagonalResult` of float64 tensors (``result.fisher_as(model)``: in the

@@ -1,4 +1,4 @@
-"""Which analysis :func:`fimvar.analyze` runs (docs/theory.md §17.2): the exact one, whose cost is
+"""Which analysis :func:`fimvar.analyze` runs (docs/theory.md §17.3): the exact one, whose cost is
 one backward pass per output column and input, or the sampled one (:mod:`fimvar.analysis.sampled`),
 one backward pass per label draw whatever the number of columns.
 

@@ -5,7 +5,10 @@ The exact quantities need one backward pass per output column — L·V of them f
 Î1 needs one per label draw: the per-input gradients of ``ε_m·h`` (the graph engine,
 :meth:`~fimvar.engine.graph.GraphEngine.draw_gradients`), squared. With M ≥ 2 draws per input,
 the spread of the squares within an input estimates the label noise and the spread of their
-per-input means between inputs the rest ([B] Thm 4.7): no exact Fisher is formed.
+per-input means between inputs the rest ([B] Thm 4.7): no exact Fisher is formed — except for the
+parameters of a linear output layer (an untied language-model head), whose exact Fisher, label
+noise and input noise have closed forms at any number of outputs (docs/theory.md §17.1,
+:mod:`fimvar.estimators.head`).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from fimvar.engine.graph import GraphEngine
 from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.diagonal import centred_fisher_squares
+from fimvar.estimators.head import output_layer_sums, position_moments
 from fimvar.estimators.labels import check_seed, draw_residuals
 from fimvar.estimators.sampled import entry_totals, pair_half_distances
 from fimvar.estimators.tiling import TILE_ELEMENTS, tiles
 from fimvar.families import ExponentialFamily, get_family
+from fimvar.families.positions import Positions
 from fimvar.results.sampled import SampledResult, SpreadSums
 
 
@@ -57,6 +62,25 @@ class SampledAnalysis(FamilyAnalysis):
         self.parameter_names = trainable_parameters(model, parameters)
         check_parameters_finite(model, self.parameter_names)
         self.engine = GraphEngine(model, self.parameter_names, self.memory_budget)
+        #: the model's linear output layer, whose parameters' exact quantities are computed in
+        #: closed form (docs/theory.md §17.1), and those parameters; ``None`` until the first chunk
+        self.output_layer: str | None = None
+        self.exact: list[str] | None = None
+
+    def _find_output_layer(self, x: torch.Tensor) -> None:
+        """Set :attr:`output_layer` and :attr:`exact` (once): the ``nn.Linear`` the graph engine
+        proves to give the model's output (:meth:`GraphEngine.output_linear`), with one output
+        per class of the family at each position; none otherwise."""
+        name = self.engine.output_linear(x)
+        module = None if name is None else self.engine.layers[name]
+        classes = self.width // (self.family.positions if isinstance(self.family, Positions) else 1)
+        if module is None or module.out_features != classes:
+            self.output_layer, self.exact = None, []
+            return
+        self.output_layer = name
+        names = self.engine.names
+        own = {names[id(p)] for p in module.parameters(recurse=False) if id(p) in names}
+        self.exact = [n for n in self.parameter_names if n in own]
 
     def chunk_size(self, x: torch.Tensor) -> int:
         """Chunks of an even number of inputs (at least 2, whatever the budget): the standard errors
@@ -74,8 +98,13 @@ class SampledAnalysis(FamilyAnalysis):
             draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
             return draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
 
-        _, blocks = self.engine.draw_gradients(x, residuals)
+        if self.exact is None:
+            self._find_output_layer(x)
+        keep = () if self.output_layer is None else (self.output_layer,)
+        h, blocks, kept = self.engine.draw_gradients(x, residuals, keep)
         n = x.shape[0]
+        if self.output_layer is not None:
+            self._add_output_layer(h, kept[self.output_layer], mask)
         spreads = {}
         for block in blocks:
             spreads[block.name] = self._add_block(block, n)
@@ -88,6 +117,31 @@ class SampledAnalysis(FamilyAnalysis):
                                              zero, zero)
                 spreads[name] = (zero_input, zero_pair)
         self._add_spreads([spreads[k] for k in self.parameter_names])
+
+    def _add_output_layer(self, h: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """The exact sums of the output layer's parameters (docs/theory.md §17.1): the Fisher and
+        its centred sum of squares over the chunk (merged by Chan's update), and the label noise
+        ``v1`` of the per-sequence square."""
+        module = self.engine.layers[self.output_layer]
+        quadratic, fourth = position_moments(self.family, h, mask)
+        squares = a.to(torch.float64).reshape(h.shape[0], quadratic.shape[1], -1) ** 2
+        names = self.engine.names
+        for p, inputs in ((module.weight, squares), (module.bias, None)):
+            if p is None or id(p) not in names or names[id(p)] not in self.exact:
+                continue
+            elements = max(1, min(TILE_ELEMENTS, self.memory_budget // 64))  # ~8 float64 tiles
+            sums, name = output_layer_sums(quadratic, fourth, inputs, elements), names[id(p)]
+            self.accumulator.add(parameter(name, "exact_v1"), sums.v1)
+            self.accumulator.add_moments(parameter(name, "exact_fisher"), parameter(name, "exact_fisher_m2"),
+                                         h.shape[0], sums.fisher, sums.fisher_m2)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "output_layer": self.output_layer, "exact": self.exact}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        # a checkpoint written before the output layer was exact holds no exact sums: it stays sampled
+        self.output_layer, self.exact = state.get("output_layer"), state.get("exact", [])
 
     def _add_block(self, block, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's sums for one parameter: the within-input sums of squares
@@ -141,7 +195,7 @@ class SampledAnalysis(FamilyAnalysis):
 
     def _add_spreads(self, spreads: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Sums of the per-input label-noise estimates ``w`` (K tensors) and of the pairs'
-        ``z = (D, w̄)`` with their outer products, for the standard errors (docs/theory.md §17.1)."""
+        ``z = (D, w̄)`` with their outer products, for the standard errors (docs/theory.md §17.2)."""
         w = torch.stack([label for label, _ in spreads], 1)  # (n, K)
         pairs = w.shape[0] // 2
         z = torch.cat([torch.stack([d for _, d in spreads], 1),
@@ -170,17 +224,22 @@ class SampledAnalysis(FamilyAnalysis):
         v1 = {k: sums[parameter(k, "i1_within")] / (n * (m - 1)) for k in names}
         between = {k: moments.sample_variance(n, sums[parameter(k, "score_m2")]) for k in names}
         unbiased = {k: between[k] - v1[k] / m for k in names}
+        exact = [k for k in names if k in (self.exact or [])]
+        fisher = {k: sums[parameter(k, "exact_fisher")] / n for k in exact}
+        for k in exact:  # the output layer's exact terms (docs/theory.md §17.1)
+            v1[k] = sums[parameter(k, "exact_v1")] / n
+            unbiased[k] = moments.sample_variance(n, sums[parameter(k, "exact_fisher_m2")])
         result = SampledResult(
             family=self.family.name, samples=m, num_inputs=n,
             shapes={k: p.shape for k, p in self.model.named_parameters() if k in names},
             i1=i1, v1=v1, input_var={k: v.clamp_min(0.0) for k, v in unbiased.items()},
-            input_var_unbiased=unbiased, between=between,
+            input_var_unbiased=unbiased, between=between, fisher=fisher,
             spreads=SpreadSums(names, n, sums[run_key("label_noise")], sums[run_key("label_noise_outer")],
                                int(sums[run_key("pairs")]), sums[run_key("pair")],
                                sums[run_key("pair_outer")]),
             metadata={"seed": self.seed, "outputs": self.width, "engine": self.engine.name,
-                      **self.run_metadata()})
-        check_result_finite({"i1": i1, "v1": v1, "between": between})
+                      "exact": exact, **self.run_metadata()})
+        check_result_finite({"i1": i1, "v1": v1, "between": between, "fisher": fisher})
         return result
 
 
@@ -208,7 +267,13 @@ def analyze_sampled(
     ``Var_x I(θ|x) + E_x v1/M``), the input noise ``between − v1/M``; ``variance()`` combines them
     for any design ([B] Thm 4.7). The draws are those of :func:`fimvar.analyze` with the same seed
     (so its ``i1`` equals analyze's). Runs on the graph engine (hooked layers only). ``labels``
-    only leave out positions labelled ``-100``. Other arguments as in :func:`fimvar.analyze`."""
+    only leave out positions labelled ``-100``. Other arguments as in :func:`fimvar.analyze`.
+
+    The parameters of a linear output layer whose output is the model's output (checked by one
+    probing forward; not a head tied to the embedding, whose score sums both uses) get their exact
+    Fisher (``result.fisher``), exact ``v1`` and exact input noise in closed form (docs/theory.md
+    §17.1), listed in ``result.metadata["exact"]``; ``variance`` uses them; their ``i1`` stays
+    the sampled Î1."""
     analysis = SampledAnalysis(model, family, samples, seed, parameters=parameters,
                                memory_budget=memory_budget)
     analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,

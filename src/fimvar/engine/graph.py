@@ -97,6 +97,35 @@ def _batch_free(model: nn.Module, x: torch.Tensor, modules) -> set[nn.Module]:
     return found
 
 
+def _graph_uses(root, tensor: torch.Tensor) -> int:
+    """How many edges of the autograd graph below ``root`` lead into ``tensor``'s gradient
+    accumulator: the uses of a parameter by the differentiated forward (a weight tied to another
+    layer, or used by custom code, has more than one)."""
+    count, seen, stack = 0, set(), [root]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            if getattr(child, "variable", None) is tensor:
+                count += 1
+            stack.append(child)
+    return count
+
+
+def _same_values(output: torch.Tensor, recorded: torch.Tensor) -> bool:
+    """Whether ``output`` is ``recorded`` itself or a reshaped view of it with the same elements in
+    the same order (same storage, offset, count, both contiguous)."""
+    if output is recorded:
+        return True
+    return (output.dtype == recorded.dtype and output.numel() == recorded.numel()
+            and output.data_ptr() == recorded.data_ptr() and output.is_contiguous()
+            and recorded.is_contiguous() and output.dim() >= 1 and output.shape[0] == recorded.shape[0])
+
+
 class GraphEngine(Engine):
     """Hook-based first derivatives for any module graph (see the module docs)."""
 
@@ -268,17 +297,58 @@ class GraphEngine(Engine):
         others = self.fallback.derivatives(x, second=False)[1] if self.fallback is not None else []
         return h, sums, others
 
-    def draw_gradients(self, x: torch.Tensor, residuals) -> tuple[torch.Tensor, list[ParameterDerivatives]]:
+    def output_linear(self, x: torch.Tensor) -> str | None:
+        """The hooked ``nn.Linear`` whose output is provably the model's output (docs/theory.md
+        §17.1), or ``None``. One probing forward of the first input checks that the layer is a
+        plain ``nn.Linear`` (its own forward, no hooks of the user's on it), called once, that the
+        model returns its output tensor itself or a reshaped view of it (same elements in the same
+        order, not modified in place afterwards: nothing is applied after the layer) and that each
+        of its selected parameters has exactly one use in the autograd graph (so the layer's
+        input does not depend on them: a weight tied to an embedding has two)."""
+        self._discover(x)
+        candidates = {name: m for name, m in self.layers.items()
+                      if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
+                      and not m._forward_hooks and not m._forward_pre_hooks}
+        if not candidates:
+            return None
+        calls: dict[str, list[tuple[torch.Tensor, int]]] = {}
+
+        def record(name):
+            def hook(module, inputs, output):
+                calls.setdefault(name, []).append((output, output._version))
+            return hook
+
+        with contextlib.ExitStack() as stack, torch.enable_grad():
+            stack.enter_context(buffers_kept(self.model))
+            for name, module in candidates.items():
+                stack.callback(module.register_forward_hook(record(name)).remove)
+            output = output_tensor(self.model(x[:1]))
+            if output.grad_fn is None:
+                return None
+            for name, module in candidates.items():
+                seen = calls.get(name, [])
+                if len(seen) != 1 or not _same_values(output, seen[0][0]) or output._version != seen[0][1]:
+                    continue
+                selected = [p for p in module.parameters(recurse=False) if id(p) in self.names]
+                if selected and all(_graph_uses(output.grad_fn, p) == 1 for p in selected):
+                    return name
+        return None
+
+    def draw_gradients(self, x: torch.Tensor, residuals, keep: tuple[str, ...] = ()
+                       ) -> tuple[torch.Tensor, list[ParameterDerivatives], dict[str, torch.Tensor]]:
         """Per-input gradients of ``ε_m·h`` for label draws ``ε_m`` — the scores whose squares are
         Î1 (docs/theory.md §17) — at every hooked layer: one backward pass per draw (batched),
         whatever the number of outputs T. ``residuals(h)`` gives ``(n, M, T)``; returns ``h``
         (float64) and one block per parameter whose ``first`` is ``(n, M, J)`` (``T`` replaced by
         the draws; factored for a ``Linear`` on one position). Parameters outside the hooked
         layers (a batch-shared position embedding, attention projections used functionally) get
-        theirs input by input from ``torch.func`` (vmapped over the draws)."""
+        theirs input by input from ``torch.func`` (vmapped over the draws). ``keep``: hooked
+        layers (called once) whose recorded inputs are returned too, ``{name: a}``."""
         self._discover(x)
         with contextlib.ExitStack() as stack, torch.enable_grad():
             outputs, records = self._recorded_forward(x, stack)
+            modules = {id(module): name for name, module in self.layers.items() if name in keep}
+            kept = {modules[id(module)]: a for module, a, _ in records if id(module) in modules}
             h = outputs.detach().to(torch.float64)
             draws = residuals(h)  # (n, M, T)
             cotangents = draws.transpose(1, 2).to(outputs.dtype)
@@ -286,7 +356,7 @@ class GraphEngine(Engine):
         blocks = list(self._combined_blocks(records, found).values())
         if self.fallback is not None:
             blocks += self._functional_draw_gradients(x, draws.to(outputs.dtype))
-        return h, self._in_order(blocks)
+        return h, self._in_order(blocks), kept
 
     def _functional_draw_gradients(self, x: torch.Tensor, draws: torch.Tensor) -> list[ParameterDerivatives]:
         """:meth:`draw_gradients` of the parameters outside the hooked layers: per input, the

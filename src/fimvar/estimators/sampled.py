@@ -1,5 +1,5 @@
 """Per-input statistics of the sampled analysis that carry the standard errors of its variance
-estimates (docs/theory.md §17.1), and those standard errors.
+estimates (docs/theory.md §17.2), and those standard errors.
 
 For one parameter tensor, ``w_x = Σ_entries Σ_m (a_xm − ā_x)² / (M − 1)`` is an input's unbiased
 estimate of its label noise summed over the tensor's entries, and for two inputs ``x, y`` of a

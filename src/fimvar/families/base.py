@@ -153,6 +153,13 @@ class ExponentialFamily(ABC):
         fourth = torch.einsum("nabcd,nak,nbk,nck,ndk->nk", self.fourth_moment(h), u, u, u, u)
         return (fourth - self.quadratic(h, u) ** 2).clamp_min(0.0)
 
+    def unit_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`quadratic` and :meth:`fourth_variance` along the unit directions ``u = e_c``,
+        ``(I_cc, Var[ε_c²])``, each ``(n, T)``: what a linear output layer's parameters need
+        (docs/theory.md §17.1). Generic form (T² per input); subclasses give it in O(T)."""
+        units = torch.eye(h.shape[1], dtype=h.dtype, device=h.device).expand(h.shape[0], -1, -1)
+        return self.quadratic(h, units), self.fourth_variance(h, units)
+
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``E[(u·ε)² (w·ε)] = κ3(u, u, w)`` per column."""
         return torch.einsum("nabc,nak,nbk,nck->nk", self.third_cumulant(h), u, u, w)

@@ -115,6 +115,15 @@ class Categorical(ExponentialFamily):
         centred_sq = self._centred(p, u) ** 2
         return self._fourth(p, centred_sq, (p * centred_sq).sum(1))
 
+    def unit_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Along ``e_c`` (``ũ = e_c − p``): ``I_cc = p_c(1 − p_c)`` and ``Var[ε_c²] = p_c (1 − p_c)²
+        (1 − 2p_c)² + (1 − p_c) p_c² (1 − 2p_c)² = p_c(1 − p_c)(1 − 2p_c)²`` (the closed form above
+        at ``u = e_c``), in O(T), ``1 − p_c`` as ``Σ_{d≠c} p_d`` (accurate for confident outputs)."""
+        p = self.probabilities(h)
+        rest = exclusive_sum(p, dim=-1)
+        quadratic = p * rest
+        return quadratic, quadratic * (rest - p) ** 2
+
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         p = self._weights(h)
         return (p * self._centred(p, u) ** 2 * self._centred(p, w)).sum(1)

@@ -28,6 +28,13 @@ def _pairs(q: torch.Tensor) -> torch.Tensor:
     return (q * (q.cumsum(1) - q)).sum(1)
 
 
+def sequence_fourth_variance(q: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """``Var[(Σ_t s_t)²] = Σ_t Var[s_t²] + 4 Σ_{s<t} q_s q_t`` over dim 1 (the positions) from the
+    positions' ``q_t = E s_t²`` and ``own = Var[s_t²]``: the label variance of the per-sequence
+    square (docs/theory.md §13), a sum of non-negative terms."""
+    return own.sum(1) + 4 * _pairs(q)
+
+
 class Positions(ExponentialFamily):
     """``positions`` independent outputs of ``base``; outputs ``h`` are ``(n, L·T)``, the
     flattened ``(n, L, T)`` (position-major)."""
@@ -148,7 +155,7 @@ class Positions(ExponentialFamily):
         hp, up, n = self.split(h), self._columns(u), h.shape[0]
         q = self._per_input(self.base.quadratic(hp, up), n)
         own = self._per_input(self.base.fourth_variance(hp, up), n)
-        return own.sum(1) + 4 * _pairs(q)
+        return sequence_fourth_variance(q, own)
 
     def token_fourth_variance(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``Var[Σ_t (u_t·ε_t)²] = Σ_t Var[(u_t·ε_t)²]`` per column: the label variance of the
@@ -165,7 +172,7 @@ class Positions(ExponentialFamily):
         n = h.shape[0]
         q, fourth, second, third = (self._per_input(v, n) for v in self.base.contractions(
             self.split(h), self._columns(u), self._columns(w)))
-        return q.sum(1), fourth.sum(1) + 4 * _pairs(q), second.sum(1), third.sum(1)
+        return q.sum(1), sequence_fourth_variance(q, fourth), second.sum(1), third.sum(1)
 
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``Var[(a·ε)(b·ε)] = Σ_t Var[α_tβ_t] + Σ_{t≠s} A_t B_s + Σ_{t≠s} c_t c_s`` with

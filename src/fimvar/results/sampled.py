@@ -20,7 +20,7 @@ SPREAD_QUANTITIES = ("v1", "input_var", "between", "variance")
 @dataclass
 class SpreadSums:
     """Float64 sums, over the inputs and over consecutive pairs of inputs, of per-tensor statistics
-    that give the standard errors of the variance estimates (docs/theory.md §17.1): per input
+    that give the standard errors of the variance estimates (docs/theory.md §17.2): per input
     ``w_x`` (K tensors: the label noise summed over a tensor's entries), per pair
     ``z = (D, w̄)`` (``D`` the half squared distance of the pair's per-input means, ``w̄`` the
     pair's mean ``w``)."""
@@ -52,17 +52,25 @@ class SampledResult:
         samples: label draws M per input (≥ 2).
         num_inputs: inputs N analysed.
         shapes: parameter shapes.
-        i1: Î1, ``(1/(N M)) Σ_x Σ_m (ε_xm·u_x)²`` (for a sequence model the per-sequence square).
+        i1: Î1, ``(1/(N M)) Σ_x Σ_m (ε_xm·u_x)²`` (for a sequence model the per-sequence square),
+            sampled for every tensor (the output layer's too).
         v1: unbiased estimate of the label noise ``E_x v1(x)``: the within-input sample variance
-            of the M squares, pooled over the inputs.
+            of the M squares, pooled over the inputs; for the tensors of ``metadata["exact"]``
+            the exact ``E_x v1(x)`` of the analysed inputs (docs/theory.md §17.1).
         input_var: estimate of the input noise ``Var_x I(θ|x)``, ``s²_between − v1/M`` clamped
             at 0 (never farther from the truth); the unbiased value is :attr:`input_var_unbiased`.
-        input_var_unbiased: ``s²_between − v1/M``, unbiased, possibly below 0.
+            For the tensors of ``metadata["exact"]`` the sample variance of the exact ``I(θ|x)``
+            over the analysed inputs.
+        input_var_unbiased: ``s²_between − v1/M``, unbiased, possibly below 0 (exact tensors: as
+            :attr:`input_var`).
         between: the sample variance over inputs of their per-input means ``(1/M) Σ_m (ε_xm·u_x)²``,
-            unbiased for ``Var_x I(θ|x) + E_x v1(x)/M``.
+            unbiased for ``Var_x I(θ|x) + E_x v1(x)/M`` (from the draws, for every tensor).
+        fisher: the exact Fisher ``(1/N) Σ_x I(θ|x)`` of the tensors computed in closed form — the
+            parameters of a linear output layer (an untied language-model head), listed in
+            ``metadata["exact"]`` (docs/theory.md §17.1); no entry for the others.
         spreads: the sums behind the standard errors of the variance estimates
             (:meth:`estimate`).
-        metadata: run metadata (seed, outputs, engine, precision).
+        metadata: run metadata (seed, outputs, engine, precision, ``exact``).
     """
 
     family: str
@@ -74,6 +82,7 @@ class SampledResult:
     input_var: Tensors
     input_var_unbiased: Tensors
     between: Tensors
+    fisher: Tensors = field(default_factory=dict)
     spreads: SpreadSums | None = None
     metadata: dict = field(default_factory=dict)
 
@@ -82,7 +91,9 @@ class SampledResult:
         """Estimated variance of Î1 over ``inputs`` inputs × ``draws`` draws (default this run's),
         ``(Var_x I + E_x v1 / M) / N`` ([B] Thm 4.7) with both terms estimated without bias
         (docs/theory.md §17); at this run's design it is ``between / N``. ``"exact"``: the exact
-        Fisher averaged over ``inputs`` inputs (input noise only)."""
+        Fisher averaged over ``inputs`` inputs (input noise only). For the tensors of
+        ``metadata["exact"]`` both use the exact input and label noise (docs/theory.md §17.1),
+        at every design."""
         inputs = self.num_inputs if inputs is None else int(inputs)
         draws = self.samples if draws is None else int(draws)
         if inputs < 1 or draws < 1:
@@ -90,16 +101,20 @@ class SampledResult:
         if estimator not in ("i1", "exact"):
             raise FimvarError("the sampled analysis estimates the variance of 'i1' and 'exact', "
                               f"not {estimator!r}")
-        if estimator == "i1" and inputs == self.num_inputs and draws == self.samples:
-            return {k: v / inputs for k, v in self.between.items()}
-        label = 0.0 if estimator == "exact" else None
-        return {k: joint_variance(v, self.v1[k] if label is None else label, inputs, draws).clamp_min(0.0)
+        own_design = estimator == "i1" and inputs == self.num_inputs and draws == self.samples
+        exact = set(self.fisher)
+
+        def label(k: str):
+            return 0.0 if estimator == "exact" else self.v1[k]
+
+        return {k: (self.between[k] / inputs if own_design and k not in exact else
+                    joint_variance(v, label(k), inputs, draws).clamp_min(0.0))
                 for k, v in self.input_var_unbiased.items()}
 
     def estimate(self, quantity: str = "variance", tensors: Iterable[str] | None = None,
                  inputs: int | None = None, draws: int | None = None) -> tuple[float, float]:
         """A variance estimate summed over the entries of ``tensors`` (default every tensor: a layer
-        is the list of its tensors' names) and its standard error (docs/theory.md §17.1).
+        is the list of its tensors' names) and its standard error (docs/theory.md §17.2).
 
         ``quantity``: ``v1`` (label noise; standard error from the spread of the inputs' own
         estimates ``w_x``), ``input_var`` (its unbiased value ``between − v1/M``), ``between``, or
@@ -108,7 +123,9 @@ class SampledResult:
         take their standard error from the consecutive pairs of inputs ``(D, w̄)``: the mean of
         the pairs' ``D`` uses fewer pairs than ``between`` (every pair of inputs), so by
         Rao–Blackwell its spread is an upper estimate for independent, identically distributed
-        inputs; the value itself is the full-data estimate.
+        inputs; the value itself is the full-data estimate. For the tensors computed in closed
+        form (``metadata["exact"]``) the value is the closed form's and the error that of the draws,
+        an upper estimate again (the closed form is the draws' estimate averaged over the labels).
 
         Returns ``(value, standard_error)`` as floats.
         """
@@ -133,13 +150,12 @@ class SampledResult:
             draws = m if draws is None else int(draws)
             if inputs < 1 or draws < 1:
                 raise FimvarError("inputs and draws must be at least 1")
-            factor = 1.0 / draws - 1.0 / m
-            value = (summed(self.between) + factor * summed(self.v1)) / inputs
-            weights = torch.cat([g, factor * g]) / inputs
+            value = (summed(self.input_var_unbiased) + summed(self.v1) / draws) / inputs
+            weights = torch.cat([g, (1.0 / draws - 1.0 / m) * g]) / inputs
+        elif quantity == "input_var":
+            value, weights = summed(self.input_var_unbiased), torch.cat([g, -g / m])
         else:
-            label = -1.0 / m if quantity == "input_var" else 0.0
-            value = summed(self.between) + label * summed(self.v1)
-            weights = torch.cat([g, label * g])
+            value, weights = summed(self.between), torch.cat([g, 0.0 * g])
         error = mean_standard_error(spreads.pairs, spreads.pair, spreads.pair_outer, weights)
         return value, self._checked(error, "pairs of inputs")
 
