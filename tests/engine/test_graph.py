@@ -70,9 +70,23 @@ class _SharedPositions(torch.nn.Module):
         return self.head((self.tokens(ids) + positions).flatten(1))
 
 
-def test_layers_shared_by_the_batch_go_to_autodiff():
+class _PickedPositions(_SharedPositions):
+    """The batch-free output's first copy picked (``[0]``): expanding it to the batch keeps the
+    outputs but not their per-input derivatives."""
+
+    def forward(self, ids):
+        positions = self.positions(torch.arange(ids.shape[1])[None])[0]
+        return self.head((self.tokens(ids) + positions).flatten(1))
+
+
+@pytest.mark.parametrize(("model_class", "fallback"), [(_SharedPositions, None),
+                                                       (_PickedPositions, ["positions.weight"])])
+def test_layers_shared_by_the_batch(model_class, fallback):
+    """An embedding called on batch-free ids and only broadcast afterwards is expanded to one
+    copy per input and served by the hooks; one whose copies the forward picks goes to autodiff.
+    Both give the autodiff engine's Fisher."""
     torch.manual_seed(0)
-    model = _SharedPositions().double()
+    model = model_class().double()
     ids = torch.randint(0, 7, (4, 4), generator=torch.Generator().manual_seed(1))
     expected = fimvar.fisher_diagonal(model, ids, engine="autodiff")
     found = fimvar.fisher_diagonal(model, ids, engine="graph")
@@ -80,7 +94,8 @@ def test_layers_shared_by_the_batch_go_to_autodiff():
         assert_close(found[name], value, "graph engine: broadcast embedding", rtol=1e-12)
     engine = GraphEngine(model, [n for n, _ in model.named_parameters()], 2**30)
     engine.chunk_size(ids, 2, 0)
-    assert engine.fallback.parameter_names == ["positions.weight"]
+    assert (None if engine.fallback is None else engine.fallback.parameter_names) == fallback
+    assert (model.positions in engine.expanded) == (fallback is None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

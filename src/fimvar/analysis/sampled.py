@@ -42,6 +42,10 @@ from fimvar.families import ExponentialFamily, get_family
 from fimvar.families.positions import Positions
 from fimvar.results.sampled import SampledResult, SpreadSums
 
+#: float64 elements of one tile of :meth:`SampledAnalysis._plain_sums` (2 MiB: its few passes stay in
+#: cache, and a language model's ~10⁸ entries take ~10³ tiles, not 10⁴ small ones)
+PLAIN_TILE_ELEMENTS = 1 << 18
+
 
 class SampledAnalysis(FamilyAnalysis):
     """A resumable sampled analysis (see :func:`analyze_sampled`)."""
@@ -155,9 +159,10 @@ class SampledAnalysis(FamilyAnalysis):
             per_input = torch.empty(n, first.shape[2], dtype=torch.float64, device=first.device)
             spread = torch.empty_like(per_input)
             for rows, cols in tiles(n, first.shape[1], first.shape[2]):
-                spread_tile, mean = torch.var_mean(first[rows, :, cols].to(torch.float64).square_(), 1,
-                                                   correction=0)
-                per_input[rows, cols], spread[rows, cols] = mean, spread_tile.mul_(self.samples)
+                squares = first[rows, :, cols].to(torch.float64).square_()
+                mean = squares.mean(1)
+                per_input[rows, cols] = mean
+                spread[rows, cols] = (squares - mean[:, None]).square_().sum(1)
             within = block.reduce(spread, 4)
             total, total_sq = block.reduce(per_input, 2), block.reduce(per_input**2, 4)
             m2 = centred_fisher_squares(block, per_input, total, total_sq)
@@ -171,8 +176,9 @@ class SampledAnalysis(FamilyAnalysis):
 
     def _plain_sums(self, first: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         """:meth:`_add_block` for the plain layout ``first`` ``(n, M, J)``, fused a tile of entries
-        at a time (every input of the tile in cache): the within-input and between-input spreads
-        by ``var_mean`` (centred, one pass each), in float64. Returns the sums over inputs of the
+        at a time (every input of the tile in cache), in float64: the squares' means over the draws
+        and their centred within-input spreads, the means' centred spread over the inputs (each
+        centred on its own mean, two passes over cached data). Returns the sums over inputs of the
         within spreads and of the means, the means' centred sum of squares (all ``(J,)``), and per
         input (per pair) the within spreads (the pairs' ``D``) summed over the entries."""
         columns, samples = first.shape[2], self.samples
@@ -180,17 +186,24 @@ class SampledAnalysis(FamilyAnalysis):
         within, total, m2 = (torch.empty(columns, dtype=torch.float64, device=device) for _ in range(3))
         label_noise = torch.zeros(n, dtype=torch.float64, device=device)
         pairs = torch.zeros(n // 2, dtype=torch.float64, device=device)
-        step = max(1, TILE_ELEMENTS // (n * samples))
+        paired = n - n % 2
+        step = max(1, PLAIN_TILE_ELEMENTS // (n * samples))
         for start in range(0, columns, step):
             cols = slice(start, start + step)
-            spread, mean = torch.var_mean(first[:, :, cols].to(torch.float64).square_(), 1, correction=0)
-            spread.mul_(samples)  # Σ_m (s_m² − s̄²)², (n, c)
+            squares = first[:, :, cols].to(torch.float64).square_()  # (n, M, c)
+            mean = squares.sum(1).div_(samples)  # (n, c)
+            spread = torch.zeros_like(mean)
+            for m in range(samples):  # Σ_m (s_m² − s̄²)²
+                difference = squares[:, m] - mean
+                spread.addcmul_(difference, difference)
             within[cols] = spread.sum(0)
             label_noise += spread.sum(1)
-            between, centre = torch.var_mean(mean, 0, correction=0)
-            total[cols], m2[cols] = centre * n, between * n
-            if n > 1:
-                pairs += 0.5 * (mean[0 : n - n % 2 : 2] - mean[1 : n - n % 2 : 2]).square_().sum(1)
+            centre = mean.sum(0)
+            total[cols] = centre
+            centred = mean - centre.div_(n)
+            m2[cols] = centred.square_().sum(0)
+            if paired:
+                pairs += 0.5 * (mean[0:paired:2] - mean[1:paired:2]).square_().sum(1)
         return within, total, m2, label_noise, pairs
 
     def _add_spreads(self, spreads: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -97,6 +97,48 @@ def _batch_free(model: nn.Module, x: torch.Tensor, modules) -> set[nn.Module]:
     return found
 
 
+def _batch_one(output) -> bool:
+    return isinstance(output, torch.Tensor) and output.dim() >= 1 and output.shape[0] == 1
+
+
+def _expandable(model: nn.Module, x: torch.Tensor, modules: set[nn.Module]) -> set[nn.Module]:
+    """The embeddings among ``modules`` called on batch-free ids (GPT-2's and BERT's position
+    embeddings on ``(1, L)``) whose output can be expanded to the batch, one copy per input, for the
+    hooks to give per-input derivatives (docs/theory.md §14): with the copies the model's outputs
+    are the same bit for bit, and perturbing the copy of one input of a pair changes nothing in the
+    other input's outputs (the rest of the forward only broadcasts the output, it does not pick or
+    mix its copies). Checked by forwards of two inputs; none if any check fails."""
+    candidates = {m for m in modules if isinstance(m, nn.Embedding)}
+    if not candidates:
+        return set()
+    pair = x[:2] if x.shape[0] >= 2 else torch.cat([x[:1], x[:1]])
+
+    def forward(perturbed: int | None) -> torch.Tensor:
+        def expand(module, inputs, output):
+            if not _batch_one(output):
+                return None
+            copies = output.expand(2, *output.shape[1:]).clone()
+            if perturbed is not None:
+                copies[perturbed] += 1.0 + copies[perturbed].abs()
+            return copies
+
+        handles = [m.register_forward_hook(expand) for m in candidates]
+        try:
+            return output_tensor(model(pair)).reshape(2, -1)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    with torch.no_grad(), buffers_kept(model):
+        try:
+            plain = output_tensor(model(pair)).reshape(2, -1)
+            copies, first, second = forward(None), forward(0), forward(1)
+        except Exception:  # noqa: BLE001 — the forward needs the batch-free shape: keep the fallback
+            return set()
+    separate = torch.equal(first[1], plain[1]) and torch.equal(second[0], plain[0])
+    return candidates if torch.equal(plain, copies) and separate else set()
+
+
 def _graph_uses(root, tensor: torch.Tensor) -> int:
     """How many edges of the autograd graph below ``root`` lead into ``tensor``'s gradient
     accumulator: the uses of a parameter by the differentiated forward (a weight tied to another
@@ -141,6 +183,8 @@ class GraphEngine(Engine):
             name: module for name, module in model.named_modules()
             if _supported(module) and any(id(p) in self.names for p in module.parameters(recurse=False))}
         self.fallback: AutodiffEngine | None = None
+        #: embeddings called on batch-free ids whose output the recorded forward expands to the batch
+        self.expanded: set[nn.Module] = set()
         self._discovered = False
         #: whether fisher_sums batches its backward passes over columns (off after a model
         #: operation without a batching rule)
@@ -156,6 +200,8 @@ class GraphEngine(Engine):
         sizes = module_output_sizes(self.model, x, self.layers.values())
         self._activation_elements = max(sum(sizes.values()), 1)
         shared = _batch_free(self.model, x, self.layers.values())
+        self.expanded = _expandable(self.model, x, shared)
+        shared -= self.expanded
         self.layers = {name: m for name, m in self.layers.items() if m in sizes and m not in shared}
         covered = {self.names[id(p)] for m in self.layers.values() for p in m.parameters(recurse=False)
                    if id(p) in self.names}
@@ -235,10 +281,14 @@ class GraphEngine(Engine):
 
         def record(name):
             def hook(module, inputs, output):
+                a = inputs[0]
+                if module in self.expanded and _batch_one(output):  # per-input copies (_expandable)
+                    output = output.expand(x.shape[0], *output.shape[1:])
+                    a = a.expand(x.shape[0], *a.shape[1:])
                 if output.shape[0] != x.shape[0]:  # _discover leaves such layers to autodiff
                     raise FimvarError(f"layer {name!r} returned {tuple(output.shape)} for a chunk of "
                                       f"{x.shape[0]} inputs; analyse it with engine='autodiff'")
-                records.append((module, inputs[0].detach().clone(), output))
+                records.append((module, a.detach().clone(), output))
                 return output.clone()  # later in-place operations must not touch the recorded z
             return hook
 
