@@ -45,6 +45,7 @@ from fimvar.results.groups import with_model_group
 from fimvar.results.hidden import HiddenResult
 from fimvar.results.plan import Plan, make_plan
 from fimvar.results.presentation import presents
+from fimvar.results.sampled import SampledResult
 from fimvar.results.weight_norms import WeightNormResult
 
 SCHEMA_VERSION = 1
@@ -56,7 +57,7 @@ COLUMNS = {
     "input_noise_share_i1": "input noise Î1", "input_noise_share_i2": "input noise Î2",
     "better": "better", "alpha_star": "α*", "fisher_norm": "‖Fisher‖", "standard_error": "std error",
     "relative_error": "rel error", "error_at_confidence": "err @", "inputs_needed": "N needed",
-    "enough": "enough",
+    "enough": "enough", "i1": "Î1", "trace_i1": "Σ Î1",
 }
 
 
@@ -178,6 +179,44 @@ def build_summary(result: DiagonalResult, target: Target = DEFAULT_TARGET, *, ru
         "groups": group_rows(result, plan),
         "bounds": per_parameter,
         "group_bounds": per_group,
+        "plan": plan_document(plan),
+        "files": files or {},
+    }
+    return clean(document)
+
+
+@presents(SampledResult, "summary")
+def sampled_summary(result: SampledResult, target: Target = DEFAULT_TARGET, *, run: dict | None = None,
+                    files: dict | None = None, plan: Plan | None = None) -> dict:
+    """The ``summary.json`` of a sampled analysis (``kind: "sampled"``; the schema's
+    ``sampled_summary``): the run, one row per layer and ``(model)``
+    (:meth:`~fimvar.SampledResult.group_summary`), the plan of Î1 and the files."""
+    plan = plan if plan is not None else make_plan(result, target)
+    metadata = dict(result.metadata)
+    metadata.update(run or {})
+    metadata.pop("layers", None)  # in each row's ``layer``
+    rows = result.group_summary(plan=plan, include_model=True)
+    for row in rows:
+        row["recommended"] = {m: _design(d) for m, d in row["recommended"].items()}
+    run_section = {
+        "family": result.family,
+        "samples": result.samples,
+        "inputs": result.num_inputs,
+        "engine": metadata.pop("engine", "graph"),
+        "seed": metadata.pop("seed", None),
+        "outputs": metadata.pop("outputs", None),
+        "available": plan.available,
+        "parameters": sum(math.prod(s) for s in result.shapes.values()),
+        "labels": False,
+        "precision": metadata.pop("precision", None),
+        **metadata,
+    }
+    document = {
+        **_header(SCHEMA_VERSION),
+        "kind": "sampled",
+        "run": run_section,
+        "shapes": {name: list(shape) for name, shape in result.shapes.items()},
+        "groups": rows,
         "plan": plan_document(plan),
         "files": files or {},
     }

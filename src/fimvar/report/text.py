@@ -11,6 +11,7 @@ from fimvar.report.summary import group_rows
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.plan import Plan, make_plan
 from fimvar.results.presentation import presents
+from fimvar.results.sampled import SampledResult
 
 WIDTH = 80
 
@@ -70,7 +71,11 @@ def _name(text: str, width: int) -> str:
     while len(" ".join(words)) >= width and len(words) > 2:
         words = words[:-1]
     text = " ".join(words)
-    return text if len(text) < width else text[: width - 2] + "…"
+    if len(text) < width:
+        return text
+    if len(words[0]) >= width - 4:  # a long module path (transformer.h.0.attn.c_attn): its end tells
+        return "…" + words[0][-(width - 2):]
+    return text[: width - 2] + "…"
 
 
 @presents(DiagonalResult, "table")
@@ -221,3 +226,39 @@ def _plan_design(d: Design | None) -> str:
     if d.estimator == "exact":
         return _plan_count(d.inputs)
     return f"{_plan_count(d.inputs)}×{d.draws}"
+
+
+def sampled_layer_table(result: SampledResult, rows: list[dict]) -> str:
+    """Per-layer table of a sampled analysis (80 columns): the mean and the sum of Î1, the std of
+    one draw (absolute and relative) and the inputs' share of Î1's variance."""
+    header = (f"{C['layer']:<22}{C['parameters']:>11}{C['i1']:>9}{C['trace_i1']:>9}{C['std_i1']:>9}"
+              f"{C['relative_std_i1']:>11}{'input noise':>12}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        share = row["input_noise_share_i1"]
+        lines.append(f"{_name(row['layer'], 22):<22}{_count(row['parameters']):>11}{_sci(row['i1']):>9}"
+                     f"{_sci(row['trace_i1']):>9}{_sci(row['std_i1']):>9}{_times(row['relative_std_i1']):>11}"
+                     f"{'—' if share is None else f'{100 * share:.0f}%':>12}")
+    legend = (f"Î1: mean over the layer's parameters of the sampled Fisher; Σ Î1: its sum, the estimate of "
+              f"the layer's Fisher trace. std Î1: std of one draw (one sequence, one sampled label per "
+              f"position); rel std: std / Î1. input noise: share of Î1's variance due to the sequences with "
+              f"M={result.samples} draws, Var_x I / (Var_x I + v1/M); the label noise has the rest.")
+    lines.extend(textwrap.wrap(legend, WIDTH))
+    return "\n".join(lines)
+
+
+@presents(SampledResult, "table")
+def sampled_report_text(result: SampledResult, target: Target = DEFAULT_TARGET,
+                        plan: Plan | None = None) -> str:
+    """The terminal report of a sampled analysis: title, accuracy of Î1 with the run's N and M,
+    the per-layer table, the plan of Î1."""
+    plan = plan or make_plan(result, target)
+    rows = result.group_summary(plan=plan, include_model=True)
+    precision = result.metadata.get("precision")
+    title = (f"Sampled Fisher information (Î1, docs/theory.md §17) of "
+             f"{sum(math.prod(s) for s in result.shapes.values()):,} parameters, family {result.family}, "
+             f"N={result.num_inputs:,} inputs × M={result.samples} sampled labels"
+             + (f", model in {precision}" if precision else ""))
+    parts = [textwrap.fill(title, WIDTH), "", accuracy_table(plan, "i1"), "",
+             sampled_layer_table(result, rows), "", plan_table(plan, accuracy=False)]
+    return "\n".join(parts)
