@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from fimvar.estimators.design import ESTIMATORS, LABELS
-from fimvar.report.summary import COLUMNS
+from fimvar.report.summary import COLUMNS, SAMPLED_COLUMNS
 from fimvar.results.audit import LABELS as AUDIT_LABELS
 from fimvar.results.groups import MODEL_GROUP
 
@@ -569,7 +569,7 @@ def render_sampled(summary: dict, figures: dict[str, Path] | None = None) -> str
               _pct(1 - g["input_noise_share_i1"])]
              for g in groups]
     parts.append("<h2 id=\"layers\">Per-layer Fisher and noise</h2>"
-                 + _table([COLUMNS[k] for k in keys] + ["label noise Î1"], lrows, classes=classes)
+                 + _table([SAMPLED_COLUMNS[k] for k in keys] + ["label noise Î1"], lrows, classes=classes)
                  + "<p class=\"muted\">Î1: mean over the layer's parameters; Σ Î1: their sum, the estimate "
                    "of the "
                    "layer's Fisher trace. std Î1: one draw, sqrt of the mean v1 estimated from the spread "

@@ -57,8 +57,12 @@ COLUMNS = {
     "input_noise_share_i1": "input noise Î1", "input_noise_share_i2": "input noise Î2",
     "better": "better", "alpha_star": "α*", "fisher_norm": "‖Fisher‖", "standard_error": "std error",
     "relative_error": "rel error", "error_at_confidence": "err @", "inputs_needed": "N needed",
-    "enough": "enough", "i1": "Î1", "trace_i1": "Σ Î1",
+    "enough": "enough",
 }
+#: the columns of a sampled analysis's rows (:meth:`~fimvar.SampledResult.group_summary`): Î1's
+#: mean and sum over the layer in place of the exact Fisher, and Î1's noise
+SAMPLED_COLUMNS = {key: COLUMNS[key] for key in ("layer", "parameters", "std_i1", "relative_std_i1",
+                                                  "input_noise_share_i1")} | {"i1": "Î1", "trace_i1": "Σ Î1"}
 
 
 def clean(value: Any) -> Any:

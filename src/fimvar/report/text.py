@@ -7,7 +7,7 @@ import textwrap
 
 from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Design, Target
 from fimvar.report.summary import COLUMNS as C
-from fimvar.report.summary import group_rows
+from fimvar.report.summary import SAMPLED_COLUMNS, group_rows
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.plan import Plan, make_plan
 from fimvar.results.presentation import presents
@@ -179,7 +179,9 @@ def plan_table(plan: Plan, detailed: bool = False, accuracy: bool = True) -> str
              f"(N×M: inputs × draws; cost: backward passes)")
     header = (f"{'layer':<16}{'estimator':>9}{'normal: N×M':>15}{'cost':>9}"
               f"{'Chebyshev: N×M':>18}{'cost':>9}")
-    lines = ([accuracy_table(plan), ""] if accuracy else []) + textwrap.wrap(title, WIDTH) \
+    held = plan.groups[0].accuracy if plan.groups else {}
+    primary = "exact" if "exact" in held or not held else next(iter(held))  # a sampled plan: Î1
+    lines = ([accuracy_table(plan, primary), ""] if accuracy else []) + textwrap.wrap(title, WIDTH) \
         + [header, "-" * len(header)]
     for g in plan.groups:
         if detailed:
@@ -231,8 +233,9 @@ def _plan_design(d: Design | None) -> str:
 def sampled_layer_table(result: SampledResult, rows: list[dict]) -> str:
     """Per-layer table of a sampled analysis (80 columns): the mean and the sum of Î1, the std of
     one draw (absolute and relative) and the inputs' share of Î1's variance."""
-    header = (f"{C['layer']:<22}{C['parameters']:>11}{C['i1']:>9}{C['trace_i1']:>9}{C['std_i1']:>9}"
-              f"{C['relative_std_i1']:>11}{'input noise':>12}")
+    S = SAMPLED_COLUMNS
+    header = (f"{S['layer']:<22}{S['parameters']:>11}{S['i1']:>9}{S['trace_i1']:>9}{S['std_i1']:>9}"
+              f"{S['relative_std_i1']:>11}{'input noise':>12}")
     lines = [header, "-" * len(header)]
     for row in rows:
         share = row["input_noise_share_i1"]
