@@ -6,10 +6,13 @@
 - ``relative_std``: histogram over parameters of the relative per-draw std ``sqrt(v)/I``;
 - ``sample_size``: inputs needed against the target relative error ρ (docs/theory.md §8.2).
 
-Full-matrix results get ``matrices`` (the Fisher and the per-entry std of Î1 as heat maps),
-hidden-layer results ``hidden_units`` (per unit, the Fisher and the estimate's std), weight-norm
-results ``weight_norms`` (each exact norm next to its bound of [A]), estimator audits ``audit``
-(per layer and estimator: relative bias, relative std at the audited design, inputs for the target).
+A sampled analysis (:class:`~fimvar.SampledResult`) gets its own ``fisher_std`` (Î1, the std of one
+draw, the input noise and Î1's standard error per layer) and ``sample_size`` (inputs Î1 needs
+against ρ, and against the draws M). Full-matrix results get ``matrices`` (the Fisher and the
+per-entry std of Î1 as heat maps), hidden-layer results ``hidden_units`` (per unit, the Fisher and
+the estimate's std), weight-norm results ``weight_norms`` (each exact norm next to its bound of
+[A]), estimator audits ``audit`` (per layer and estimator: relative bias, relative std at the
+audited design, inputs for the target).
 """
 
 from __future__ import annotations

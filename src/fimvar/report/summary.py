@@ -22,6 +22,12 @@ docs/usage.md):
   ``‖I‖₂``, ``standard_error`` ``sqrt(Σ Var)``, ``relative_error`` (their ratio),
   ``error_at_confidence`` (``z`` times it), ``inputs_needed`` for the target and ``enough``;
 - ``recommended``: the plan's cheapest design (normal approximation and Chebyshev).
+
+A sampled analysis (:func:`sampled_summary`, ``"kind": "sampled"``) has rows of its own
+(:meth:`~fimvar.SampledResult.group_summary`, :data:`SAMPLED_COLUMNS`): ``i1`` and ``trace_i1``
+(mean and sum of Î1 over the layer) in place of ``fisher``, ``std_i1``, ``relative_std_i1``,
+``input_var``, ``input_noise_share_i1``, ``variance_i1``, and ``accuracy``/``target``/
+``recommended`` for Î1 alone (docs/theory.md §17.1); it has no bounds.
 """
 
 from __future__ import annotations
