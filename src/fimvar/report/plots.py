@@ -574,6 +574,8 @@ def sampled_noise(result: SampledResult, target: Target = DEFAULT_TARGET):
     low, high = ax.get_ylim()
     ax.set_ylim(floor / 10 ** 0.25, high)
     _named_ticks(ax, x, layers)
+    if len(rows) > 6:  # short ids: the rotated names need less room than _named_ticks allows
+        fig.subplots_adjust(bottom=min(fig.subplotpars.bottom, 0.17 + 0.009 * max(len(n) for n in layers)))
     ax.set_xlabel(f"layer (module{' under ' + prefix if prefix and len(rows) > 6 else ''})")
     ax.set_ylabel("mean over the layer (log scale)")
     ax.set_title(f"Sampled Fisher Î1 and its noise per layer (N={result.num_inputs} inputs, "
@@ -598,12 +600,15 @@ def sampled_sample_size(result: SampledResult, target: Target = DEFAULT_TARGET):
     rho, delta, m, n = target.rho, target.delta, result.samples, result.num_inputs
     groups = list(result.groups) + ([MODEL_GROUP] if plan.find(MODEL_GROUP) else [])
     colors = _layer_colors(len(result.groups)) + ["black"]
+    ids, prefix = _short_ids(list(result.groups))
+    names = dict(zip(result.groups, ids if len(ids) > 6 else [plan.name(g) for g in result.groups],
+                     strict=True)) | {MODEL_GROUP: MODEL_GROUP}
     for g, color in zip(groups, colors, strict=False):
         gp = plan.group(g)
         accuracy = gp.accuracy["i1"]
         if accuracy.inputs_needed is None:
             continue
-        left.plot(grid, [gp.inputs_for("i1", Target(r, delta), m) for r in grid], label=plan.name(g),
+        left.plot(grid, [gp.inputs_for("i1", Target(r, delta), m) for r in grid], label=names[g],
                   gid=f"curve:{g}", color=color, linewidth=2.0 if g == MODEL_GROUP else 1.3)
         left.plot([rho], [accuracy.inputs_needed], "o", color=color, gid=f"needed:{g}")
         if accuracy.error_at_confidence is not None and grid[0] <= accuracy.error_at_confidence <= grid[-1]:
@@ -631,7 +636,8 @@ def sampled_sample_size(result: SampledResult, target: Target = DEFAULT_TARGET):
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
     left.axvline(rho, color="black", linewidth=0.8, linestyle=":")
-    left.legend(loc="upper left", bbox_to_anchor=(2.27, 1.0), fontsize=7)
+    left.legend(loc="upper left", bbox_to_anchor=(2.27, 1.0), fontsize=7,
+                title=f"layer (under {prefix})" if prefix and len(ids) > 6 else "layer", title_fontsize=7.5)
     fig.suptitle(f"Inputs Î1 needs for ‖Î1−I‖/‖I‖ ≤ ρ with probability {1 - delta:g}: N = z²(a + "
                  "b/M)/(ρ²‖I‖²), "
                  f"z = {plan.z:.3g} (normal approximation)")
