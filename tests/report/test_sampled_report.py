@@ -40,6 +40,7 @@ def test_rows_follow_the_layer_sums(result):
         assert accuracy["relative_error"] == pytest.approx(accuracy["standard_error"] / norm, rel=1e-12)
     with pytest.raises(fimvar.FimvarError, match="no estimator 'exact'"):
         result.plan().accuracy("exact")
+    assert result.plan().accuracy()["(model)"].estimator == "i1"
 
 
 def test_table_summary_and_files(result, tmp_path):

@@ -165,10 +165,13 @@ class Plan:
         """``z_{1−δ/2}``: the normal-approximation factor of every sample size (``k = z²``)."""
         return math.sqrt(confidence_factor(self.delta, "normal"))
 
-    def accuracy(self, estimator: str = "exact") -> dict[str, Accuracy]:
+    def accuracy(self, estimator: str | None = None) -> dict[str, Accuracy]:
         """Per group, the :class:`Accuracy` of ``estimator`` with the run's N and M (default: the
         exact estimator, i.e. :attr:`~fimvar.DiagonalResult.fisher`; ``i1`` for a sampled
         analysis, which has no other)."""
+        if estimator is None:
+            held = self.groups[0].accuracy if self.groups else {}
+            estimator = "exact" if "exact" in held or not held else next(iter(held))
         if estimator not in ESTIMATORS:
             raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
         if self.groups and estimator not in self.groups[0].accuracy:
