@@ -1,5 +1,6 @@
-"""Mixed precision (docs/theory.md §13.2): a bfloat16 (float16) model is differentiated in its
-dtype and summed in float64; its exact diagonal Fisher agrees with that of its float32 copy within the
+"""Precision: a float32 model's derivatives in float32, statistics and sums in float64; and mixed
+precision (docs/theory.md §13.2): a bfloat16 (float16) model is differentiated in its dtype and
+summed in float64; its exact diagonal Fisher agrees with that of its float32 copy within the
 first-order rounding bound derived there, evaluated here by a running error analysis of the
 forward pass, of the T backward passes and of the float64 contraction ``Σ_k p_k (J_k − J̄)²``."""
 
@@ -155,3 +156,16 @@ def test_bfloat16_sampled_language_model_states_its_precision():
     for quantity in (result.i1, result.v1, result.input_var, result.variance("i1")):
         assert all(v.dtype == torch.float64 and torch.isfinite(v).all() for v in quantity.values())
     assert math.isfinite(result.plan(0.05).group("(model)").accuracy["i1"].relative_error)
+
+
+def test_float32_model_matches_float64_within_single_precision():
+    case = make_case("mlp-sigmoid-softplus", "categorical", inputs=6)
+    single = copy.deepcopy(case.model).float()
+    r64 = fimvar.analyze(case.model, case.x, "categorical", samples=2, bounds=False)
+    r32 = fimvar.analyze(single, case.x.float(), "categorical", samples=2, bounds=False)
+    for quantity in ("fisher", "v1", "v2", "i1", "i2"):
+        for name, expected in getattr(r64, quantity).items():
+            actual = getattr(r32, quantity)[name]
+            assert actual.dtype == torch.float64
+            scale = float(expected.abs().max())
+            assert float((actual - expected).abs().max()) <= 1e-5 * scale + 1e-12, (quantity, name)
