@@ -14,7 +14,7 @@ THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 
 #: the layers, lowest first; a module may import its own layer and the layers below it
 LAYERS = ["errors", "families", "engine", "estimators", "results", "analysis", "recipes", "report",
-          "data", "models", "app", "reproduce"]
+          "data", "models", "language", "app", "reproduce"]
 
 
 def modules() -> dict[str, Path]:

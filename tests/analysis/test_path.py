@@ -83,7 +83,6 @@ def test_sampled_path_from_a_generator_and_forced():
 
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"samples": 1}, "give samples=2 or more"),
-    ({"samples": 2, "groups": "tensor"}, "has no parameter groups"),
     ({"samples": 2, "path": "fast"}, "path must be one of"),
     ({"samples": 2, "path": "sampled", "engine": "autodiff"}, "runs on the graph engine"),
 ])

@@ -384,7 +384,7 @@ def analyze(
         path: ``auto`` (the exact analysis up to ``EXACT_COLUMNS_UP_TO`` output columns per input,
             read from one forward pass on the first input; the sampled one above), ``exact`` or
             ``sampled``. The sampled path needs ``samples ≥ 2``, computes no bounds (a warning
-            when ``bounds=True``), has no ``groups`` and takes data labels only as the ``-100``
+            when ``bounds=True``) and takes data labels only as the ``-100``
             marks of padding (docs/theory.md §17.3); ``result.metadata["path"]`` and
             ``["path_reason"]`` say which path ran and why.
 
@@ -402,14 +402,11 @@ def analyze(
         if check_samples(samples) < 2:
             raise FimvarError(f"analyze takes the sampled path ({reason}), which estimates the label noise "
                               "from the spread of several draws per input: give samples=2 or more")
-        if groups is not None:
-            raise FimvarError("the sampled path has no parameter groups: leave groups out (its results "
-                              "are per parameter tensor)")
         if bounds:
             warn(f"analyze takes the sampled path ({reason}); the bounds of [B] need the exact path and "
                  "are not computed: pass bounds=False to silence this warning")
         result = analyze_sampled(model, x, family, samples, seed, labels=labels, parameters=parameters,
-                                 memory_budget=memory_budget, checkpoint=checkpoint,
+                                 groups=groups, memory_budget=memory_budget, checkpoint=checkpoint,
                                  checkpoint_interval=checkpoint_interval, batch_size=batch_size,
                                  progress=progress)
         result.metadata.update(path="sampled", path_reason=reason)

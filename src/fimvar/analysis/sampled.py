@@ -23,6 +23,7 @@ from torch import nn
 from fimvar.analysis import checkpoint as checkpoints
 from fimvar.analysis.accumulator import parameter, run_key
 from fimvar.analysis.driver import FamilyAnalysis
+from fimvar.analysis.groups import GroupSpec, describe_groups, resolve_groups
 from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
@@ -54,7 +55,7 @@ class SampledAnalysis(FamilyAnalysis):
     takes_labels = True  # only for the -100 positions of a language model
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical", samples: int = 2,
-                 seed: int = 0, *, parameters: Iterable[str] | None = None,
+                 seed: int = 0, *, parameters: Iterable[str] | None = None, groups: GroupSpec = None,
                  memory_budget: int | str | None = None) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
@@ -64,6 +65,7 @@ class SampledAnalysis(FamilyAnalysis):
                               "of each input: give samples=2 or more")
         self.seed = check_seed(seed)
         self.parameter_names = trainable_parameters(model, parameters)
+        self.groups = resolve_groups(self.parameter_names, groups)
         check_parameters_finite(model, self.parameter_names)
         self.engine = GraphEngine(model, self.parameter_names, self.memory_budget)
         #: the model's linear output layer, whose parameters' exact quantities are computed in
@@ -251,7 +253,11 @@ class SampledAnalysis(FamilyAnalysis):
                                int(sums[run_key("pairs")]), sums[run_key("pair")],
                                sums[run_key("pair_outer")]),
             metadata={"seed": self.seed, "outputs": self.width, "engine": self.engine.name,
-                      "exact": exact, **self.run_metadata()})
+                      "exact": exact, **self.run_metadata()},
+            groups=self.groups)
+        layers = describe_groups(self.model, self.groups)
+        if layers:
+            result.metadata["layers"] = layers
         check_result_finite({"i1": i1, "v1": v1, "between": between, "fisher": fisher})
         return result
 
@@ -265,6 +271,7 @@ def analyze_sampled(
     *,
     labels: torch.Tensor | None = None,
     parameters: Iterable[str] | None = None,
+    groups: GroupSpec = None,
     memory_budget: int | str | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_interval: float = 60.0,
@@ -280,14 +287,16 @@ def analyze_sampled(
     ``Var_x I(θ|x) + E_x v1/M``), the input noise ``between − v1/M``; ``variance()`` combines them
     for any design ([B] Thm 4.7). The draws are those of :func:`fimvar.analyze` with the same seed
     (so its ``i1`` equals analyze's). Runs on the graph engine (hooked layers only). ``labels``
-    only leave out positions labelled ``-100``. Other arguments as in :func:`fimvar.analyze`.
+    only leave out positions labelled ``-100``. ``groups``: the parameter groups of the per-layer
+    summaries and plan (default one per module, as :func:`fimvar.analyze`). Other arguments as in
+    :func:`fimvar.analyze`.
 
     The parameters of a linear output layer whose output is the model's output (checked by one
     probing forward; not a head tied to the embedding, whose score sums both uses) get their exact
     Fisher (``result.fisher``), exact ``v1`` and exact input noise in closed form (docs/theory.md
     §17.1), listed in ``result.metadata["exact"]``; ``variance`` uses them; their ``i1`` stays
     the sampled Î1."""
-    analysis = SampledAnalysis(model, family, samples, seed, parameters=parameters,
+    analysis = SampledAnalysis(model, family, samples, seed, parameters=parameters, groups=groups,
                                memory_budget=memory_budget)
     analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)

@@ -32,8 +32,9 @@ EPILOG = "Start with `fimvar demo`. Every command has --help."
 # ---------------------------------------------------------------------- parser
 def _add_analysis_options(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
     group = parser.add_argument_group("estimation")
-    group.add_argument("--samples", "-M", type=int, default=4 if demo else 1, metavar="M",
-                       help="label draws per input for Î1 and Î2 (default: %(default)s)")
+    group.add_argument("--samples", "-M", type=int, default=4 if demo else None, metavar="M",
+                       help="label draws per input for Î1 and Î2 (default: " + ("4)" if demo else
+                            "1; 4 for a language model, --model hf:…)"))
     group.add_argument("--inputs", "-N", type=int, default=None, metavar="N",
                        help="analyse the first N inputs (default: all" + (" test inputs)" if demo else ")"))
     group.add_argument("--seed", type=int, default=0, help="seed of the label draws (default: 0)")
@@ -70,10 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Analyse a model on a data set and write summary.json, fisher.safetensors, figures "
                     "and report.html to --out.",
         epilog="Model SPEC: package.module:function, path/to/file.py:function (called with the "
-               "--model-arg values), or a TorchScript file. Data SPEC: digits, diabetes, mnist5k, "
+               "--model-arg values), a TorchScript file, or a transformers causal language model "
+               "hf:DIR (save_pretrained folder, local files only), hf:CONFIG.json (random weights) or "
+               "hf:gpt2-tiny (built in). Data SPEC: digits, diabetes, mnist5k, "
                "npz:PATH[#x=KEY,y=KEY], pt:PATH, csv:PATH[#label=COLUMN], idx:IMAGES[,LABELS], "
-               "synthetic[:n=256,d=8,classes=3]. Example: fimvar analyze --model fimvar.models:digits_mlp "
-               "--data digits --family categorical --inputs 200",
+               "synthetic[:n=256,d=8,classes=3], and for hf: models text:FILE[#length=64] or "
+               "text:bundled[#length=64] (non-overlapping windows of tokens). Examples: fimvar analyze "
+               "--model fimvar.models:digits_mlp --data digits --family categorical --inputs 200; fimvar "
+               "analyze --model hf:gpt2-tiny --data text:bundled",
     )
     model = analyze.add_argument_group("model and data")
     model.add_argument("--model", "-m", required=True, metavar="SPEC", help="the model (see below)")
@@ -82,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="keyword argument of the model factory (repeatable; values are Python literals)")
     model.add_argument("--data", "-d", required=True, metavar="SPEC", help="the data (see below)")
-    model.add_argument("--family", "-f", required=True, metavar="NAME",
-                       help="output distribution: categorical, gaussian, bernoulli or poisson")
+    model.add_argument("--family", "-f", default=None, metavar="NAME",
+                       help="output distribution: categorical, gaussian, bernoulli or poisson (required; "
+                            "a language model, --model hf:…, is categorical)")
     model.add_argument("--labels", action="store_true",
                        help="also compute the empirical Fisher with the data's labels and its bias")
     model.add_argument("--split", default="all", choices=("all", "train", "test"),
@@ -92,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-feature normalisation of the inputs (default: none)")
     model.add_argument("--input-shape", metavar="SHAPE",
                        help="reshape each input, e.g. 1,8,8 for a CNN on digits")
-    model.add_argument("--dtype", choices=("float32", "float64"),
-                       help="convert the model and the inputs (default: the model's dtype)")
+    model.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
+                       help="convert the model and the inputs (default: the model's dtype); bfloat16 and "
+                            "float16 models are differentiated in that precision, summed in float64")
     _add_analysis_options(analyze)
     resume = analyze.add_argument_group("checkpoint")
     resume.add_argument("--checkpoint", metavar="PATH",
@@ -315,19 +322,22 @@ def _check_numbers(args) -> None:
 
 def _finish(args, analysis, result, run: dict, started: float) -> int:
     from fimvar.estimators.design import Target
-    from fimvar.report.files import save
-    from fimvar.report.text import report_text
+    from fimvar.report.files import SAMPLED_TENSORS, TENSORS, save, save_sampled
+    from fimvar.report.text import report_text, sampled_report_text
     from fimvar.results.plan import make_plan
+    from fimvar.results.sampled import SampledResult
 
     result.metadata.update(run)
     if _rank() != 0:  # under torchrun only process 0 writes the report and prints
         return EXIT_OK
     target = Target(args.rho, args.delta)
     plan = make_plan(result, target)
+    sampled = isinstance(result, SampledResult)
     if not args.quiet:
-        print(report_text(result, target, plan))
-    out = save(result, args.out, target, figures=not args.no_figures, html=not args.no_html, plan=plan)
-    files = ["summary.json", "fisher.safetensors"]
+        print((sampled_report_text if sampled else report_text)(result, target, plan))
+    out = (save_sampled if sampled else save)(result, args.out, target, figures=not args.no_figures,
+                                              html=not args.no_html, plan=plan)
+    files = ["summary.json", SAMPLED_TENSORS if sampled else TENSORS]
     if not args.no_figures:
         files.append("figures/")
     if not args.no_html:
@@ -380,6 +390,16 @@ def cmd_analyze(args) -> int:
     from fimvar.report.files import writable_directory
 
     started = time.monotonic()
+    if args.model.strip().startswith("hf:"):
+        return cmd_analyze_language(args, started)
+    if args.family is None:
+        raise FimvarError("--family is required: categorical, gaussian, bernoulli or poisson (only a "
+                          "language model, --model hf:…, is categorical by itself)")
+    if args.samples is None:
+        args.samples = 1
+    if args.data.strip().startswith("text:"):
+        raise FimvarError("text data (--data text:…) is tokenised for a transformers language model: give "
+                          "--model hf:DIR, hf:CONFIG.json or hf:gpt2-tiny")
     _check_numbers(args)
     family = get_family(args.family)
     if _rank() == 0:  # under torchrun only process 0 writes the report
@@ -422,6 +442,77 @@ def cmd_analyze(args) -> int:
                f"data {data.describe()}")
     return _run_analysis(args, model, x, y, run, started, checkpoint=args.checkpoint,
                          batch_size=args.batch_size, interval=args.checkpoint_interval)
+
+
+def cmd_analyze_language(args, started: float) -> int:
+    """``fimvar analyze --model hf:… --data text:…``: a transformers causal language model on
+    token windows of a text, by the sampled analysis (docs/theory.md §17; the exact quantities
+    would cost L·V backward passes per sequence), with the report of a
+    :class:`~fimvar.SampledResult`."""
+    import torch
+
+    from fimvar.analysis import checkpoint as checkpoints
+    from fimvar.analysis.sampled import SampledAnalysis
+    from fimvar.data import Dataset, apply_split, take
+    from fimvar.language import load_language_model, text_sequences
+    from fimvar.models import load_weights
+    from fimvar.report.files import writable_directory
+
+    if args.samples is None:
+        args.samples = 4
+    _check_numbers(args)
+    if args.family not in (None, "categorical"):
+        raise FimvarError(f"a language model (--model hf:…) predicts categorical tokens; drop --family "
+                          f"{args.family}")
+    for given, option in ((args.labels, "--labels"), (args.normalize != "none", "--normalize"),
+                          (args.input_shape, "--input-shape"), (args.model_arg, "--model-arg")):
+        if given:
+            raise FimvarError(f"{option} does not apply to a language model (--model hf:…): the labels are "
+                              "the next tokens, sampled from the model")
+    if args.engine not in ("auto", "graph"):
+        raise FimvarError(f"a language model is analysed by the sampled analysis on the graph engine; drop "
+                          f"--engine {args.engine}")
+    if not args.data.strip().startswith("text:"):
+        raise FimvarError(f"--model hf:… reads text, not {args.data!r}: give --data text:bundled or "
+                          "text:FILE[#length=L]")
+    if _rank() == 0:
+        writable_directory(args.out)
+    if args.checkpoint and Path(args.checkpoint).is_dir():
+        raise FimvarError(f"--checkpoint {args.checkpoint} is a folder; give a file path (e.g. run.ckpt)")
+    if args.checkpoint:
+        checkpoints.check_writable(args.checkpoint)
+    device = _resolve_device(args.device)
+    _join_processes(device)
+    lm = load_language_model(args.model.strip()[len("hf:"):])
+    if args.weights:
+        load_weights(lm.model, args.weights)
+    ids, described, length = text_sequences(args.data.strip()[len("text:"):], lm)
+    data = apply_split(Dataset(ids, None, described, "language"), args.split)
+    if args.inputs is not None:
+        data = take(data, args.inputs)
+    for note in data.notes:
+        _err(f"note: {note}")
+    model = lm.model
+    if args.dtype:
+        model = model.to(getattr(torch, args.dtype))
+    model = model.to(device)
+    analysis = SampledAnalysis(model, "categorical", args.samples, args.seed)
+    run = {
+        "model": lm.description + (f" (weights {args.weights})" if args.weights else ""),
+        "data": described + (f"; {len(data)} of them analysed" + (f" ({args.split} split)"
+                                                                   if args.split != "all" else "")
+                             if len(data) != ids.shape[0] else ""),
+        "tokenizer": "bytes" if lm.tokenizer is None else type(lm.tokenizer).__name__,
+        "sequence_length": length,
+        "device": str(device),
+        "command": "fimvar " + " ".join(shlex.quote(a) for a in args.argv),
+    }
+    _say(args, f"model {lm.description}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+               f"vocabulary {lm.vocabulary}; data {described}; analysing {len(data)} sequences × "
+               f"{args.samples} label draws (sampled analysis, docs/theory.md §17)")
+    analysis.run(data.x.to(device), None, batch_size=args.batch_size, checkpoint=args.checkpoint,
+                 checkpoint_interval=args.checkpoint_interval, progress=_progress_enabled(args))
+    return _finish(args, analysis, analysis.result(), run, started)
 
 
 def _check_width(model, x, family, data, labels: bool) -> None:

@@ -9,6 +9,11 @@ Files written by a diagonal result's ``save`` into a directory::
     figures/*.png|svg     fisher_std, bound_tightness, relative_std, sample_size
     report.html           one page with the tables and the figures (no external resource)
 
+A sampled analysis (:meth:`fimvar.SampledResult.save`, ``fimvar analyze --model hf:…``) writes
+``summary.json`` with ``"kind": "sampled"`` (the schema's ``sampled_summary``),
+``sampled.safetensors`` in place of ``fisher.safetensors``, the figures ``fisher_std`` and
+``sample_size`` and its own ``report.html``; :func:`load` reads either folder.
+
 Full-matrix and hidden-layer results write ``full.safetensors`` / ``hidden.safetensors`` with
 their ``summary.json`` and figures; weight-norm bounds write ``summary.json`` and a figure; an
 estimator audit (:meth:`fimvar.AuditResult.save`, ``fimvar audit --out``) writes ``audit.json``,

@@ -18,12 +18,14 @@ from fimvar.results.full import FullResult
 from fimvar.results.hidden import HiddenResult
 from fimvar.results.plan import Plan
 from fimvar.results.presentation import presents
+from fimvar.results.sampled import SampledResult
 from fimvar.results.weight_norms import LayerNormBound, WeightNormResult
 
 SUMMARY = "summary.json"
 TENSORS = "fisher.safetensors"
 FULL_TENSORS = "full.safetensors"
 HIDDEN_TENSORS = "hidden.safetensors"
+SAMPLED_TENSORS = "sampled.safetensors"
 REPORT = "report.html"
 AUDIT = "audit.json"
 FIGURE_DIR = "figures"
@@ -109,6 +111,34 @@ def save(result: DiagonalResult, directory: str | os.PathLike, target: Target = 
         if html:
             html_report.write(document, directory / REPORT, pngs)
         _remove_stale(directory, written, drop_report=not html)
+    return directory
+
+
+@presents(SampledResult, "save")
+def save_sampled(result: SampledResult, directory: str | os.PathLike, target: Target = DEFAULT_TARGET, *,
+                 run: dict | None = None, figures: bool = True, html: bool = True,
+                 plan: Plan | None = None) -> Path:
+    """Write a sampled analysis: ``summary.json`` (``kind: "sampled"``), ``sampled.safetensors``,
+    ``figures/fisher_std|sample_size.png|svg`` and ``report.html``; arguments as :func:`save`."""
+    directory = writable_directory(directory)
+    with _write_errors(directory):
+        files: dict = {"summary": SUMMARY, "tensors": SAMPLED_TENSORS, "figures": []}
+        tensors.write_sampled(result, directory / SAMPLED_TENSORS)
+        written: list[Path] = []
+        if figures:
+            written = plots.save_figures(result, directory / FIGURE_DIR, target)
+            files["figures"] = [str(p.relative_to(directory)) for p in written]
+        if html:
+            files["report"] = REPORT
+        document = summaries.sampled_summary(result, target, run=run, files=files, plan=plan)
+        summaries.write(document, directory / SUMMARY)
+        if html:
+            html_report.write_sampled(document, directory / REPORT,
+                                      {p.stem: p for p in written if p.suffix == ".png"})
+        _remove_stale(directory, written, drop_report=not html)
+        stale = directory / TENSORS  # a diagonal run's tensors would not match this summary
+        if stale.is_file():
+            stale.unlink()
     return directory
 
 
@@ -200,14 +230,33 @@ def _resolve(path: str | os.PathLike, name: str) -> Path:
     return path
 
 
-@presents(DiagonalResult, "load")
-def load(path: str | os.PathLike) -> DiagonalResult:
-    """Read a result saved by :func:`save` (a folder, its ``summary.json`` or its ``fisher.safetensors``).
+def load(path: str | os.PathLike) -> DiagonalResult | SampledResult:
+    """Read a result saved by :func:`save` (a folder, its ``summary.json`` or its
+    ``fisher.safetensors``), or a sampled analysis saved by :func:`save_sampled` (its folder,
+    ``summary.json`` or ``sampled.safetensors``).
 
     Every tensor and every summary method (variances, α*, plan, bounds, tables) works on the loaded
     result as on the original.
     """
+    candidate = Path(path).expanduser()
+    folder = candidate if candidate.is_dir() else candidate.parent
+    if candidate.name == SAMPLED_TENSORS or (candidate.name in ("", SUMMARY) or candidate.is_dir()) and \
+            (folder / SAMPLED_TENSORS).is_file() and not (folder / TENSORS).is_file():
+        return load_sampled(path)
+    return load_diagonal(path)
+
+
+@presents(DiagonalResult, "load")
+def load_diagonal(path: str | os.PathLike) -> DiagonalResult:
+    """Read a :class:`~fimvar.DiagonalResult` saved by :func:`save`."""
     return tensors.read(_resolve(path, TENSORS))
+
+
+@presents(SampledResult, "load")
+def load_sampled(path: str | os.PathLike) -> SampledResult:
+    """Read a sampled analysis saved by :func:`save_sampled` (its folder, its ``summary.json`` or
+    its ``sampled.safetensors``)."""
+    return tensors.read_sampled(_resolve(path, SAMPLED_TENSORS))
 
 
 @presents(FullResult, "load")

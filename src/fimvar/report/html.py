@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from fimvar.estimators.design import ESTIMATORS, LABELS
-from fimvar.report.summary import COLUMNS
+from fimvar.report.summary import COLUMNS, SAMPLED_COLUMNS
 from fimvar.results.audit import LABELS as AUDIT_LABELS
 from fimvar.results.groups import MODEL_GROUP
 
@@ -475,3 +475,140 @@ def render_audit(document: dict, figures: dict[str, Path] | None = None) -> str:
 
 def write_audit(document: dict, path: str | Path, figures: dict[str, Path] | None = None) -> None:
     Path(path).write_text(render_audit(document, figures), encoding="utf-8")
+
+
+CAPTIONS_SAMPLED = {
+    "fisher_std": "Per layer (log scale): the mean of Î1, the standard deviation of one draw of Î1 (label "
+                  "noise, "
+                  "sqrt v1), the input noise sqrt Var_x I(θ|x), and the standard error of Î1 with this "
+                  "run's N × M, "
+                  "all estimated from the draws (docs/theory.md §17).",
+    "sample_size": "Inputs Î1 needs, by the sample-size rule above: left, per layer against the target ρ "
+                   "with this "
+                   "run's M (● at the report's ρ, □ the error this run's N reaches); right, per layer at the "
+                   "report's ρ against the draws M (● the plan's cheapest M).",
+}
+
+
+def render_sampled(summary: dict, figures: dict[str, Path] | None = None) -> str:
+    """The HTML page of a sampled analysis's summary (``kind: "sampled"``)."""
+    run, groups, plan = summary["run"], summary["groups"], summary["plan"]
+    whole = groups[-1]
+    layers = _layers(groups)
+    classes = ["model" if g["group"] == MODEL_GROUP else "" for g in groups]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+             f"<title>fimvar report: {_e(run.get('model', run['family']))}</title><style>{CSS}</style>"
+             f"</head><body>", "<h1>fimvar report (sampled Fisher)</h1>",
+             f"<p class=\"muted\">Î1, the squared score with labels sampled from the model, and its variance "
+             "estimated from the draws themselves — label noise from the spread of the M draws of each "
+             "input, "
+             f"input noise from the spread between inputs — at any number of outputs (docs/theory.md §17; "
+             f"Soen &amp; Sun, NeurIPS 2021 and 2024). No exact Fisher, Î2 or bound is computed. fimvar "
+             f"{_e(summary['fimvar_version'])}, {_e(summary['created'])}, summary schema "
+             f"v{summary['schema_version']}.</p>"]
+    confidence = f"err @{100 * (1 - plan['delta']):g}%"
+    headers = ["layer", "‖Î1‖", "std error", "rel error", confidence, "N needed", "enough"]
+    rows = []
+    for g in groups:
+        a = g["accuracy"].get("i1")
+        if a is None:
+            continue
+        enough = ("—" if a["inputs_needed"] is None else "<span class=\"ok\">yes</span>" if a["enough"] else
+                  f"<span class=\"bad\">no</span> (has {plan['available']:,})")
+        rows.append([_e(g["layer"]), _num(a["fisher_norm"]), _num(a["standard_error"]),
+                     _error(a["relative_error"]), _error(a["error_at_confidence"]), _num(a["inputs_needed"]),
+                     enough])
+    draws = "draw" if run["samples"] == 1 else "draws"
+    parts.append(f"<h2 id=\"accuracy\">Accuracy of Î1 with N = {run['inputs']:,} inputs × M = "
+                 f"{run['samples']} "
+                 f"{draws}</h2><p>Per layer, the standard error sqrt(Σ Var Î1) of the layer's Î1 and its "
+                 "ratio to "
+                 f"‖Î1‖₂ (the plug-in for ‖I‖₂). Target: relative error ≤ {plan['rho']:g} with probability ≥ "
+                 f"{1 - plan['delta']:g}; N needed at this M.</p>"
+                 + _table(headers, rows, classes=classes) + _rule(plan))
+    findings = []
+    a = whole["accuracy"].get("i1")
+    if a and a["relative_error"] is not None:
+        short = [g["layer"] for g in layers if not g["accuracy"]["i1"]["enough"]]
+        verdict = ("<span class=\"ok\">enough</span> in every layer" if not short else
+                   f"<span class=\"bad\">not enough</span> in {len(short)} of {len(layers)} layers "
+                   f"({_names(short)})")
+        findings.append(f"Whole model: Î1 has relative error {_error(a['relative_error'])} (RMS), below "
+                        f"{_error(a['error_at_confidence'])} with probability {1 - plan['delta']:g}; "
+                        "relative "
+                        f"error ≤ {plan['rho']:g} in every layer needs "
+                        f"{_num(max((g['accuracy']['i1']['inputs_needed'] or 0) for g in layers))} inputs "
+                        "at M = "
+                        f"{run['samples']}: the {plan['available']:,} analysed are {verdict}.")
+    findings.append(f"With M = {run['samples']} draws, {_pct(whole['input_noise_share_i1'])} of Î1's "
+                    "variance over "
+                    f"the whole model comes from the inputs and {_pct(1 - whole['input_noise_share_i1'])} "
+                    "from "
+                    "the sampled labels; one draw has a standard deviation "
+                    f"{_times(whole['relative_std_i1'])} "
+                    f"the mean Î1.")
+    rec = whole["recommended"]["normal"]
+    if rec:
+        findings.append(f"The cheapest design for relative error ≤ {plan['rho']:g} with probability ≥ "
+                        f"{1 - plan['delta']:g} over the whole model is <b>{rec['inputs']:,} inputs × "
+                        f"{rec['draws']} draws</b> (cost ≈ {_num(rec['cost'])} backward passes).")
+    if run.get("precision") in ("float16", "bfloat16"):
+        findings.append(f"<span class=\"bad\">The model computes in {_e(run['precision'])}</span>: its "
+                        "outputs and "
+                        f"derivatives carry that rounding (every sum is float64); docs/theory.md §13.2.")
+    parts.append("<h2 id=\"findings\">Findings</h2><ul>" + "".join(f"<li>{f}</li>" for f in findings)
+                 + "</ul>")
+    meta_rows = [[_e(k), _num(v) if isinstance(v, (bool, float)) else
+                  "<br>".join(_e(n) for n in v) if isinstance(v, list) else _e(v)] for k, v in run.items()
+                 if v is not None]
+    parts.append("<h2 id=\"run\">Run</h2>" + _table(["setting", "value"], meta_rows, left=2, css="run"))
+    keys = ("layer", "parameters", "i1", "trace_i1", "std_i1", "relative_std_i1", "input_noise_share_i1")
+    lrows = [[_e(g["layer"]), _num(g["parameters"]), _num(g["i1"]), _num(g["trace_i1"]), _num(g["std_i1"]),
+              _times(g["relative_std_i1"]), _pct(g["input_noise_share_i1"]),
+              _pct(1 - g["input_noise_share_i1"])]
+             for g in groups]
+    parts.append("<h2 id=\"layers\">Per-layer Fisher and noise</h2>"
+                 + _table([SAMPLED_COLUMNS[k] for k in keys] + ["label noise Î1"], lrows, classes=classes)
+                 + "<p class=\"muted\">Î1: mean over the layer's parameters; Σ Î1: their sum, the estimate "
+                   "of the "
+                   "layer's Fisher trace. std Î1: one draw, sqrt of the mean v1 estimated from the spread "
+                   "of the "
+                   f"draws; rel std: std / Î1. input noise / label noise: the shares of Var_x I(θ|x)/N and "
+                   f"v1/(N M) in Î1's variance with M = {run['samples']}.</p>")
+    prow, pclass = [], []
+    for g in plan["groups"]:
+        designs = {d["method"]: d for d in g["designs"] if d["estimator"] == "i1"}
+        n, c = designs.get("normal"), designs.get("chebyshev")
+        prow.append([_e(g["layer"]), _design(n), _num(n["cost"]) if n else "—", _design(c),
+                     _num(c["cost"]) if c else "—"])
+        pclass.append("model" if g["group"] == MODEL_GROUP else "")
+    cost = plan["cost_model"]
+    parts.append(f"<h2 id=\"plan\">Plan: relative error ≤ {plan['rho']:g} with probability ≥ "
+                 f"{1 - plan['delta']:g}</h2>"
+                 + _table(["layer", "normal: inputs × draws", "cost", "Chebyshev: inputs × draws", "cost"],
+                          prow, classes=pclass)
+                 + "<p class=\"muted\">The cheapest number of draws M of Î1 and the inputs N it needs by "
+                   "the rule "
+                   f"above. Cost in backward passes of one input: forward {cost['forward']:g}, "
+                   f"{cost['backward']:g} per draw (the exact Fisher would cost T = {cost['outputs']} per "
+                   f"input).</p>"
+                 + "".join(f"<p class=\"muted\">Note: {_e(n)}</p>" for n in plan["notes"]))
+    if figures:
+        parts.append("<h2 id=\"figures\">Figures</h2>")
+        for name, path in figures.items():
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            caption = _e(CAPTIONS_SAMPLED.get(name, name))
+            parts.append(f"<figure id=\"fig-{_e(name)}\"><img alt=\"{caption}\" "
+                         f"src=\"data:image/png;base64,{data}\">"
+                         f"<figcaption>{caption}</figcaption></figure>")
+    files = summary.get("files") or {}
+    if files:
+        parts.append(_files([files.get("summary", "summary.json"), files.get("tensors"), files.get("report"),
+                             *files.get("figures", [])]))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_sampled(summary: dict, path: str | Path, figures: dict[str, Path] | None = None) -> None:
+    Path(path).write_text(render_sampled(summary, figures), encoding="utf-8")

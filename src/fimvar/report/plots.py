@@ -6,10 +6,13 @@
 - ``relative_std``: histogram over parameters of the relative per-draw std ``sqrt(v)/I``;
 - ``sample_size``: inputs needed against the target relative error ρ (docs/theory.md §8.2).
 
-Full-matrix results get ``matrices`` (the Fisher and the per-entry std of Î1 as heat maps),
-hidden-layer results ``hidden_units`` (per unit, the Fisher and the estimate's std), weight-norm
-results ``weight_norms`` (each exact norm next to its bound of [A]), estimator audits ``audit``
-(per layer and estimator: relative bias, relative std at the audited design, inputs for the target).
+A sampled analysis (:class:`~fimvar.SampledResult`) gets its own ``fisher_std`` (Î1, the std of one
+draw, the input noise and Î1's standard error per layer) and ``sample_size`` (inputs Î1 needs
+against ρ, and against the draws M). Full-matrix results get ``matrices`` (the Fisher and the
+per-entry std of Î1 as heat maps), hidden-layer results ``hidden_units`` (per unit, the Fisher and
+the estimate's std), weight-norm results ``weight_norms`` (each exact norm next to its bound of
+[A]), estimator audits ``audit`` (per layer and estimator: relative bias, relative std at the
+audited design, inputs for the target).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from fimvar.results.full import FullResult
 from fimvar.results.groups import MODEL_GROUP
 from fimvar.results.hidden import HiddenResult
 from fimvar.results.presentation import presents
+from fimvar.results.sampled import SampledResult
 from fimvar.results.weight_norms import WeightNormResult
 
 FIGURES = ("fisher_std", "bound_tightness", "relative_std", "sample_size")
@@ -515,6 +519,131 @@ def audit_figure(result: AuditResult, target: Target | None = None):
     return fig
 
 
+def _short_ids(groups: list[str]) -> tuple[list[str], str]:
+    """Group ids without the dotted prefix they all share (``transformer.h.0.ln_1`` → ``h.0.ln_1``),
+    and that prefix (``transformer.``; empty when none)."""
+    parts = [g.split(".") for g in groups]
+    common = 0
+    while len(groups) > 1 and all(len(p) > common + 1 for p in parts) and \
+            len({p[common] for p in parts}) == 1:
+        common += 1
+    prefix = ".".join(parts[0][:common]) + "." if common else ""
+    return [".".join(p[common:]) for p in parts], prefix
+
+
+def _layer_colors(count: int) -> list:
+    """One distinct colour per layer: matplotlib's cycle for up to 10, else a colour map."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    cmap = colormaps["turbo"]
+    return [cmap(0.05 + 0.9 * i / (count - 1)) for i in range(count)]
+
+
+def sampled_noise(result: SampledResult, target: Target = DEFAULT_TARGET):
+    """A sampled analysis per layer (log scale): the mean of Î1, the standard deviation of one
+    draw of Î1 (label noise, sqrt v1), the input noise sqrt Var_x I(θ|x), and the standard error
+    of Î1 with this run's N × M; an estimate of exactly 0 is a hollow marker on the bottom edge."""
+    fig, ax = _new(9.0, 4.6, bottom=0.17, right=0.68)
+    fig.subplots_adjust(left=0.11)
+    rows = [r for r in result.group_summary(target.rho, target.delta) if r["group"] in result.groups]
+    ids, prefix = _short_ids([r["group"] for r in rows])
+    layers = ids if len(rows) > 6 else [r["layer"] for r in rows]
+    x = np.arange(len(layers))
+    series = {
+        "Î1 (mean)": ("fisher", [r["i1"] for r in rows], "o"),
+        "std of one draw of Î1 (label noise)": ("i1", [r["std_i1"] for r in rows], "^"),
+        "input noise sqrt Var_x I(θ|x)": ("input", [math.sqrt(max(r["input_var"], 0.0)) for r in rows], "s"),
+        f"std error of Î1 (N={result.num_inputs}, M={result.samples})":
+            ("exact", [math.sqrt(max(r["variance_i1"], 0.0)) for r in rows], "D"),
+    }
+    floor = _positive_floor([v for _, values, _ in series.values() for v in values])
+    zeros_drawn = []
+    for offset, (label, (key, values, marker)) in zip(_offsets(len(series)), series.items(), strict=True):
+        positive = [i for i, v in enumerate(values) if v > 0]
+        ax.plot(x[positive] + offset, [values[i] for i in positive], marker=marker, linestyle="none",
+                color=COLORS[key], label=label, markersize=6, gid=f"series:{key}")
+        zeros = [i for i, v in enumerate(values) if v <= 0]
+        if zeros:
+            ax.plot(x[zeros] + offset, [floor] * len(zeros), marker=marker, linestyle="none",
+                    markerfacecolor="white", color=COLORS[key], markersize=6, gid=f"zero:{key}")
+            zeros_drawn += [f"{label} in {layers[i]}" for i in zeros]
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    low, high = ax.get_ylim()
+    ax.set_ylim(floor / 10 ** 0.25, high)
+    _named_ticks(ax, x, layers)
+    if len(rows) > 6:  # short ids: the rotated names need less room than _named_ticks allows
+        fig.subplots_adjust(bottom=min(fig.subplotpars.bottom, 0.17 + 0.009 * max(len(n) for n in layers)))
+    ax.set_xlabel(f"layer (module{' under ' + prefix if prefix and len(rows) > 6 else ''})")
+    ax.set_ylabel("mean over the layer (log scale)")
+    ax.set_title(f"Sampled Fisher Î1 and its noise per layer (N={result.num_inputs} inputs, "
+                 f"M={result.samples} draws)")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if zeros_drawn:
+        fig.text(0.715, 0.45, "Exactly 0 (hollow markers):\n" + "\n".join(_wrap(z, 40) for z in zeros_drawn),
+                 fontsize=7.5, va="top", color="#333333")
+    return fig
+
+
+def sampled_sample_size(result: SampledResult, target: Target = DEFAULT_TARGET):
+    """Inputs needed by Î1, by the plan's rule (normal approximation): left, per layer against the
+    target relative error ρ with this run's M (● at the report's ρ, □ the error this run's N
+    reaches); right, per layer and for the whole model against the draws M at the report's ρ
+    (● the plan's cheapest M)."""
+    fig, (left, right) = _new(11.0, 4.6, ncols=2, top=0.84, bottom=0.13, right=0.8)
+    plan = result.plan(target.rho, target.delta)
+    grid = np.logspace(-2, 0, 60)
+    draws = np.unique(np.round(np.logspace(0, 2, 30)).astype(int))
+    rho, delta, m, n = target.rho, target.delta, result.samples, result.num_inputs
+    groups = list(result.groups) + ([MODEL_GROUP] if plan.find(MODEL_GROUP) else [])
+    colors = _layer_colors(len(result.groups)) + ["black"]
+    ids, prefix = _short_ids(list(result.groups))
+    names = dict(zip(result.groups, ids if len(ids) > 6 else [plan.name(g) for g in result.groups],
+                     strict=True)) | {MODEL_GROUP: MODEL_GROUP}
+    for g, color in zip(groups, colors, strict=False):
+        gp = plan.group(g)
+        accuracy = gp.accuracy["i1"]
+        if accuracy.inputs_needed is None:
+            continue
+        left.plot(grid, [gp.inputs_for("i1", Target(r, delta), m) for r in grid], label=names[g],
+                  gid=f"curve:{g}", color=color, linewidth=2.0 if g == MODEL_GROUP else 1.3)
+        left.plot([rho], [accuracy.inputs_needed], "o", color=color, gid=f"needed:{g}")
+        if accuracy.error_at_confidence is not None and grid[0] <= accuracy.error_at_confidence <= grid[-1]:
+            left.plot([accuracy.error_at_confidence], [n], "s", markerfacecolor="white", color=color,
+                      gid=f"run:{g}")
+        right.plot(draws, [gp.inputs_for("i1", target, int(d)) for d in draws], color=color, gid=f"draws:{g}",
+                   **({"linewidth": 2.0} if g == MODEL_GROUP else {}))
+        best = gp.recommended("normal")
+        if best is not None:
+            right.plot([best.draws], [best.inputs], "o", color=color, gid=f"design:{g}")
+    left.axhline(n, color="#777777", linewidth=0.8, linestyle="--", label=f"this run: N = {n:,}")
+    right.axhline(n, color="#777777", linewidth=0.8, linestyle="--")
+    right.axvline(m, color="#777777", linewidth=0.8, linestyle=":")
+    for ax, title, xlabel in (
+            (left, f"per layer, Î1 with this run's M = {m}\n● at ρ: inputs needed; □ on the dashed line: "
+                   "the error this run reaches", "target relative error ρ (dotted: the report's)"),
+            (right, f"per layer at ρ = {rho:g}, against the draws M\n● the plan's cheapest M (cost: "
+                    "forward + M backward passes)", "label draws M per input (dotted: this run's)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("inputs N needed")
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.7), high)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+    left.axvline(rho, color="black", linewidth=0.8, linestyle=":")
+    left.legend(loc="upper left", bbox_to_anchor=(2.27, 1.0), fontsize=7,
+                title=f"layer (under {prefix})" if prefix and len(ids) > 6 else "layer", title_fontsize=7.5)
+    fig.suptitle(f"Inputs Î1 needs for ‖Î1−I‖/‖I‖ ≤ ρ with probability {1 - delta:g}: N = z²(a + "
+                 "b/M)/(ρ²‖I‖²), "
+                 f"z = {plan.z:.3g} (normal approximation)")
+    return fig
+
+
 #: figure builders of each result type
 BUILDERS = {
     DiagonalResult: {"fisher_std": fisher_std, "bound_tightness": bound_tightness,
@@ -523,6 +652,7 @@ BUILDERS = {
     HiddenResult: {"hidden_units": hidden_units},
     WeightNormResult: {"weight_norms": weight_norms},
     AuditResult: {"audit": audit_figure},
+    SampledResult: {"fisher_std": sampled_noise, "sample_size": sampled_sample_size},
 }
 FIGURES = tuple(BUILDERS[DiagonalResult])
 

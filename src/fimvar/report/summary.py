@@ -22,6 +22,12 @@ docs/usage.md):
   ``‖I‖₂``, ``standard_error`` ``sqrt(Σ Var)``, ``relative_error`` (their ratio),
   ``error_at_confidence`` (``z`` times it), ``inputs_needed`` for the target and ``enough``;
 - ``recommended``: the plan's cheapest design (normal approximation and Chebyshev).
+
+A sampled analysis (:func:`sampled_summary`, ``"kind": "sampled"``) has rows of its own
+(:meth:`~fimvar.SampledResult.group_summary`, :data:`SAMPLED_COLUMNS`): ``i1`` and ``trace_i1``
+(mean and sum of Î1 over the layer) in place of ``fisher``, ``std_i1``, ``relative_std_i1``,
+``input_var``, ``input_noise_share_i1``, ``variance_i1``, and ``accuracy``/``target``/
+``recommended`` for Î1 alone (docs/theory.md §17.4); it has no bounds.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from fimvar.results.groups import with_model_group
 from fimvar.results.hidden import HiddenResult
 from fimvar.results.plan import Plan, make_plan
 from fimvar.results.presentation import presents
+from fimvar.results.sampled import SampledResult
 from fimvar.results.weight_norms import WeightNormResult
 
 SCHEMA_VERSION = 1
@@ -58,6 +65,10 @@ COLUMNS = {
     "relative_error": "rel error", "error_at_confidence": "err @", "inputs_needed": "N needed",
     "enough": "enough",
 }
+#: the columns of a sampled analysis's rows (:meth:`~fimvar.SampledResult.group_summary`): Î1's
+#: mean and sum over the layer in place of the exact Fisher, and Î1's noise
+SAMPLED_COLUMNS = {key: COLUMNS[key] for key in ("layer", "parameters", "std_i1", "relative_std_i1",
+                                                  "input_noise_share_i1")} | {"i1": "Î1", "trace_i1": "Σ Î1"}
 
 
 def clean(value: Any) -> Any:
@@ -178,6 +189,44 @@ def build_summary(result: DiagonalResult, target: Target = DEFAULT_TARGET, *, ru
         "groups": group_rows(result, plan),
         "bounds": per_parameter,
         "group_bounds": per_group,
+        "plan": plan_document(plan),
+        "files": files or {},
+    }
+    return clean(document)
+
+
+@presents(SampledResult, "summary")
+def sampled_summary(result: SampledResult, target: Target = DEFAULT_TARGET, *, run: dict | None = None,
+                    files: dict | None = None, plan: Plan | None = None) -> dict:
+    """The ``summary.json`` of a sampled analysis (``kind: "sampled"``; the schema's
+    ``sampled_summary``): the run, one row per layer and ``(model)``
+    (:meth:`~fimvar.SampledResult.group_summary`), the plan of Î1 and the files."""
+    plan = plan if plan is not None else make_plan(result, target)
+    metadata = dict(result.metadata)
+    metadata.update(run or {})
+    metadata.pop("layers", None)  # in each row's ``layer``
+    rows = result.group_summary(plan=plan, include_model=True)
+    for row in rows:
+        row["recommended"] = {m: _design(d) for m, d in row["recommended"].items()}
+    run_section = {
+        "family": result.family,
+        "samples": result.samples,
+        "inputs": result.num_inputs,
+        "engine": metadata.pop("engine", "graph"),
+        "seed": metadata.pop("seed", None),
+        "outputs": metadata.pop("outputs", None),
+        "available": plan.available,
+        "parameters": sum(math.prod(s) for s in result.shapes.values()),
+        "labels": False,
+        "precision": metadata.pop("precision", None),
+        **metadata,
+    }
+    document = {
+        **_header(SCHEMA_VERSION),
+        "kind": "sampled",
+        "run": run_section,
+        "shapes": {name: list(shape) for name, shape in result.shapes.items()},
+        "groups": rows,
         "plan": plan_document(plan),
         "files": files or {},
     }

@@ -41,6 +41,7 @@ from fimvar.report.summary import clean
 from fimvar.results.diagonal import Bound, DiagonalResult, GroupBound
 from fimvar.results.full import FullResult
 from fimvar.results.hidden import HiddenFisher, HiddenResult
+from fimvar.results.sampled import SampledResult, SpreadSums
 
 FORMAT = "fimvar.diagonal-result"
 FORMAT_VERSION = 1
@@ -269,6 +270,50 @@ def _hidden_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
             module=name, shape=torch.Size(info["shape"]), num_inputs=int(info["num_inputs"]),
             samples=int(info["samples"]), **{q: tensors.get(f"{name}/{q}") for q in HIDDEN_TENSORS})
     return HiddenResult(meta["family"], modules, dict(meta.get("metadata") or {}))
+
+
+SAMPLED_FORMAT = "fimvar.sampled-result"
+SAMPLED_TENSORS = ("i1", "v1", "input_var", "input_var_unbiased", "between")
+SPREAD_TENSORS = ("label_noise", "label_noise_outer", "pair", "pair_outer")
+
+
+def write_sampled(result: SampledResult, path: str | Path) -> None:
+    """``sampled.safetensors``: ``"<parameter>/<quantity>"`` for ``i1``, ``v1``, ``input_var``,
+    ``input_var_unbiased``, ``between`` and the derived ``variance_i1`` (this run's design) of a
+    sampled analysis, float64 with the parameters' shapes."""
+    tensors = {f"{name}/{q}": getattr(result, q)[name] for q in SAMPLED_TENSORS for name in result.shapes}
+    tensors.update({f"{name}/variance_i1": v for name, v in result.variance("i1").items()})
+    tensors.update({f"{name}/fisher": v for name, v in result.fisher.items()})
+    spreads = result.spreads
+    if spreads is not None:
+        tensors.update({f"spreads/{k}": getattr(spreads, k) for k in SPREAD_TENSORS})
+    _write_file(path, tensors, {
+        "format": SAMPLED_FORMAT, "family": result.family, "samples": result.samples,
+        "num_inputs": result.num_inputs, "shapes": {k: list(v) for k, v in result.shapes.items()},
+        "groups": result.groups, "metadata": result.metadata, "derived": ["variance_i1"],
+        "exact": list(result.fisher),
+        "spreads": None if spreads is None else {"names": spreads.names, "inputs": spreads.inputs,
+                                                 "pairs": spreads.pairs}})
+
+
+def read_sampled(path: str | Path) -> SampledResult:
+    """Rebuild a :class:`~fimvar.SampledResult` from ``sampled.safetensors``."""
+    return _rebuild(path, SAMPLED_FORMAT, _sampled_from)
+
+
+def _sampled_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> SampledResult:
+    shapes = {k: torch.Size(v) for k, v in meta["shapes"].items()}
+    counts = meta.get("spreads")
+    spreads = None if counts is None else SpreadSums(
+        list(counts["names"]), int(counts["inputs"]), tensors["spreads/label_noise"],
+        tensors["spreads/label_noise_outer"], int(counts["pairs"]), tensors["spreads/pair"],
+        tensors["spreads/pair_outer"])
+    return SampledResult(
+        family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
+        shapes=shapes, **{q: {name: tensors[f"{name}/{q}"] for name in shapes} for q in SAMPLED_TENSORS},
+        fisher={name: tensors[f"{name}/fisher"] for name in meta.get("exact", [])}, spreads=spreads,
+        metadata=dict(meta.get("metadata") or {}),
+        groups={g: list(m) for g, m in meta["groups"].items()})
 
 
 def _number(value) -> float:

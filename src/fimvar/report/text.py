@@ -7,10 +7,11 @@ import textwrap
 
 from fimvar.estimators.design import DEFAULT_TARGET, ESTIMATORS, LABELS, Design, Target
 from fimvar.report.summary import COLUMNS as C
-from fimvar.report.summary import group_rows
+from fimvar.report.summary import SAMPLED_COLUMNS, group_rows
 from fimvar.results.diagonal import DiagonalResult
 from fimvar.results.plan import Plan, make_plan
 from fimvar.results.presentation import presents
+from fimvar.results.sampled import SampledResult
 
 WIDTH = 80
 
@@ -70,7 +71,11 @@ def _name(text: str, width: int) -> str:
     while len(" ".join(words)) >= width and len(words) > 2:
         words = words[:-1]
     text = " ".join(words)
-    return text if len(text) < width else text[: width - 2] + "…"
+    if len(text) < width:
+        return text
+    if len(words[0]) >= width - 4:  # a long module path (transformer.h.0.attn.c_attn): its end tells
+        return "…" + words[0][-(width - 2):]
+    return text[: width - 2] + "…"
 
 
 @presents(DiagonalResult, "table")
@@ -174,7 +179,9 @@ def plan_table(plan: Plan, detailed: bool = False, accuracy: bool = True) -> str
              f"(N×M: inputs × draws; cost: backward passes)")
     header = (f"{'layer':<16}{'estimator':>9}{'normal: N×M':>15}{'cost':>9}"
               f"{'Chebyshev: N×M':>18}{'cost':>9}")
-    lines = ([accuracy_table(plan), ""] if accuracy else []) + textwrap.wrap(title, WIDTH) \
+    held = plan.groups[0].accuracy if plan.groups else {}
+    primary = "exact" if "exact" in held or not held else next(iter(held))  # a sampled plan: Î1
+    lines = ([accuracy_table(plan, primary), ""] if accuracy else []) + textwrap.wrap(title, WIDTH) \
         + [header, "-" * len(header)]
     for g in plan.groups:
         if detailed:
@@ -221,3 +228,40 @@ def _plan_design(d: Design | None) -> str:
     if d.estimator == "exact":
         return _plan_count(d.inputs)
     return f"{_plan_count(d.inputs)}×{d.draws}"
+
+
+def sampled_layer_table(result: SampledResult, rows: list[dict]) -> str:
+    """Per-layer table of a sampled analysis (80 columns): the mean and the sum of Î1, the std of
+    one draw (absolute and relative) and the inputs' share of Î1's variance."""
+    S = SAMPLED_COLUMNS
+    header = (f"{S['layer']:<22}{S['parameters']:>11}{S['i1']:>9}{S['trace_i1']:>9}{S['std_i1']:>9}"
+              f"{S['relative_std_i1']:>11}{'input noise':>12}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        share = row["input_noise_share_i1"]
+        lines.append(f"{_name(row['layer'], 22):<22}{_count(row['parameters']):>11}{_sci(row['i1']):>9}"
+                     f"{_sci(row['trace_i1']):>9}{_sci(row['std_i1']):>9}{_times(row['relative_std_i1']):>11}"
+                     f"{'—' if share is None else f'{100 * share:.0f}%':>12}")
+    legend = (f"Î1: mean over the layer's parameters of the sampled Fisher; Σ Î1: its sum, the estimate of "
+              f"the layer's Fisher trace. std Î1: std of one draw (one sequence, one sampled label per "
+              f"position); rel std: std / Î1. input noise: share of Î1's variance due to the sequences with "
+              f"M={result.samples} draws, Var_x I / (Var_x I + v1/M); the label noise has the rest.")
+    lines.extend(textwrap.wrap(legend, WIDTH))
+    return "\n".join(lines)
+
+
+@presents(SampledResult, "table")
+def sampled_report_text(result: SampledResult, target: Target = DEFAULT_TARGET,
+                        plan: Plan | None = None) -> str:
+    """The terminal report of a sampled analysis: title, accuracy of Î1 with the run's N and M,
+    the per-layer table, the plan of Î1."""
+    plan = plan or make_plan(result, target)
+    rows = result.group_summary(plan=plan, include_model=True)
+    precision = result.metadata.get("precision")
+    title = (f"Sampled Fisher information (Î1, docs/theory.md §17) of "
+             f"{sum(math.prod(s) for s in result.shapes.values()):,} parameters, family {result.family}, "
+             f"N={result.num_inputs:,} inputs × M={result.samples} sampled labels"
+             + (f", model in {precision}" if precision else ""))
+    parts = [textwrap.fill(title, WIDTH), "", accuracy_table(plan, "i1"), "",
+             sampled_layer_table(result, rows), "", plan_table(plan, accuracy=False)]
+    return "\n".join(parts)

@@ -30,12 +30,28 @@ from fimvar.results.presentation import present
 
 
 def noise_terms(result, members: list[str]) -> NoiseTerms:
-    """The :class:`~fimvar.estimators.design.NoiseTerms` of a group of parameters of a
-    :class:`~fimvar.DiagonalResult`: ``‖I_g‖²``, ``a = Σ Var_x I``, ``b_e = Σ v_e``."""
+    """The :class:`~fimvar.estimators.design.NoiseTerms` of a group of parameters: ``‖I_g‖²``,
+    ``a = Σ Var_x I``, ``b_e = Σ v_e``.
+
+    A layer's sums need no independence between its parameters: the target is the Euclidean
+    norm, and ``E‖Î_g − I_g‖² = Σ_i Var Î(θ_i)`` by linearity of expectation whatever their
+    covariances (:mod:`fimvar.estimators.design`). For a :class:`~fimvar.DiagonalResult`,
+    ``‖I_g‖²`` is that of its exact :attr:`~fimvar.DiagonalResult.fisher`; for a
+    :class:`~fimvar.SampledResult` (Î1 only) the plug-in ``‖Î1_g‖²``, ``a`` the sum of its
+    clamped input noise (never below the unbiased one, so its N is never below that of
+    :meth:`~fimvar.SampledResult.variance`) and ``b`` the sum of its unbiased ``v1``
+    (docs/theory.md §17.4)."""
 
     def total(values) -> float:
         return sum(float(values[m].to(torch.float64).sum()) for m in members)
 
+    if tuple(getattr(result, "estimators", ESTIMATORS)) == ("i1",):  # a SampledResult
+        return NoiseTerms(
+            parameters=sum(result.i1[m].numel() for m in members),
+            fisher_sq=sum(float(result.i1[m].to(torch.float64).pow(2).sum()) for m in members),
+            input=total(result.input_var),
+            label={"i1": total(result.v1)},
+        )
     combined = {m: combined_variance(result.v1[m], result.v2[m], result.c12[m]) for m in members}
     return NoiseTerms(
         parameters=sum(result.fisher[m].numel() for m in members),
@@ -149,11 +165,18 @@ class Plan:
         """``z_{1−δ/2}``: the normal-approximation factor of every sample size (``k = z²``)."""
         return math.sqrt(confidence_factor(self.delta, "normal"))
 
-    def accuracy(self, estimator: str = "exact") -> dict[str, Accuracy]:
+    def accuracy(self, estimator: str | None = None) -> dict[str, Accuracy]:
         """Per group, the :class:`Accuracy` of ``estimator`` with the run's N and M (default: the
-        exact estimator, i.e. :attr:`~fimvar.DiagonalResult.fisher`)."""
+        exact estimator, i.e. :attr:`~fimvar.DiagonalResult.fisher`; ``i1`` for a sampled
+        analysis, which has no other)."""
+        if estimator is None:
+            held = self.groups[0].accuracy if self.groups else {}
+            estimator = "exact" if "exact" in held or not held else next(iter(held))
         if estimator not in ESTIMATORS:
             raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        if self.groups and estimator not in self.groups[0].accuracy:
+            known = ", ".join(self.groups[0].accuracy)
+            raise FimvarError(f"this plan has no estimator {estimator!r}; it has {known}")
         return {g.group: g.accuracy[estimator] for g in self.groups}
 
     def group(self, name: str) -> GroupPlan:
@@ -216,11 +239,13 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
     if cost.outputs is None and outputs is not None:
         cost = CostModel(cost.forward, cost.backward, cost.hessian, outputs)
     groups = with_model_group(result.groups) if include_model else dict(result.groups)
+    estimators = tuple(getattr(result, "estimators", ESTIMATORS))  # a SampledResult: Î1 alone
+    primary = "exact" if "exact" in estimators else estimators[0]  # the estimate the run holds
     plans = []
     for group, members in groups.items():
         terms = noise_terms(result, members)
         group_plan = GroupPlan(group, terms)
-        for estimator in ESTIMATORS:
+        for estimator in estimators:
             for method in METHODS:
                 found = design(terms, estimator, target, method, cost, draws)
                 if found is not None:
@@ -239,12 +264,13 @@ def make_plan(result, target: Target, *, cost: CostModel | None = None, draws: i
     if cost.outputs is None:
         notes.append("the output width T is unknown, so the exact estimator's cost is not compared")
     layers = [g for g in plans if g.group != MODEL_GROUP]  # the whole model is not a layer
-    short = [g for g in layers if not g.accuracy["exact"].enough]
+    short = [g for g in layers if not g.accuracy[primary].enough]
     if short:
         what = (f"the {available:,} inputs analysed are" if available == result.num_inputs
                 else f"the data set's {available:,} inputs are")
+        which = "the exact Fisher" if primary == "exact" else f"Î1 with M={result.samples} draws"
         notes.append(f"{what} not enough for relative error ≤ {target.rho:g} with probability ≥ "
-                     f"{1 - target.delta:g} of the exact Fisher in {len(short)} of {len(layers)} layers "
+                     f"{1 - target.delta:g} of {which} in {len(short)} of {len(layers)} layers "
                      f"({', '.join(result.layer_name(g.group) for g in short)}): see the inputs needed")
     return Plan(target, cost, plans, None if draws is None else int(draws), notes,
                 inputs=result.num_inputs, samples=result.samples, available=available,

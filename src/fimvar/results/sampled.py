@@ -4,14 +4,20 @@ outputs."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from fimvar.errors import FimvarError
+from fimvar.estimators.design import CostModel, Target
 from fimvar.estimators.sampled import mean_standard_error
 from fimvar.estimators.variance import joint_variance
+from fimvar.results.groups import MODEL_GROUP, with_model_group
+from fimvar.results.plan import Plan, make_plan
+from fimvar.results.presentation import load, present
 
 Tensors = dict[str, torch.Tensor]
 SPREAD_QUANTITIES = ("v1", "input_var", "between", "variance")
@@ -71,7 +77,12 @@ class SampledResult:
         spreads: the sums behind the standard errors of the variance estimates
             (:meth:`estimate`).
         metadata: run metadata (seed, outputs, engine, precision, ``exact``).
+        groups: group name → parameter names (one group per module from
+            :func:`fimvar.analyze_sampled`; one per parameter tensor when not given).
     """
+
+    #: the estimators whose variance this result knows, and so those its plan designs
+    estimators = ("i1",)
 
     family: str
     samples: int
@@ -85,6 +96,11 @@ class SampledResult:
     fisher: Tensors = field(default_factory=dict)
     spreads: SpreadSums | None = None
     metadata: dict = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = {name: [name] for name in self.shapes}
 
     def variance(self, estimator: str = "i1", inputs: int | None = None,
                  draws: int | None = None) -> Tensors:
@@ -159,11 +175,121 @@ class SampledResult:
         error = mean_standard_error(spreads.pairs, spreads.pair, spreads.pair_outer, weights)
         return value, self._checked(error, "pairs of inputs")
 
+    def _variance_error(self, members: list[str], count: int) -> float | None:
+        """The standard error of the group's mean ``variance_i1`` (:meth:`estimate`), ``None``
+        when it cannot be estimated (no spread sums, fewer than 2 pairs of inputs)."""
+        if self.spreads is None or self.spreads.pairs < 2:
+            return None
+        return self.estimate("variance", members)[1] / count
+
     @staticmethod
     def _checked(error: float | None, units: str) -> float:
         if error is None:
             raise FimvarError(f"a standard error needs at least 2 {units}: analyse more inputs")
         return error
+    def standard_error(self, estimator: str = "i1", inputs: int | None = None,
+                       draws: int | None = None) -> Tensors:
+        """``sqrt`` of :meth:`variance`, per parameter: the error bar of :attr:`i1` (default)."""
+        return {k: v.sqrt() for k, v in self.variance(estimator, inputs, draws).items()}
+
+    # ------------------------------------------------------------------ groups and plan
+    def layer_name(self, group: str) -> str:
+        """The human name of a group (``"transformer.h.0.attn.c_attn Conv1D"``), as
+        :meth:`fimvar.DiagonalResult.layer_name`."""
+        if group == MODEL_GROUP:
+            return group
+        described = (self.metadata.get("layers") or {}).get(group)
+        return f"{group} {described}" if described else group
+
+    def plan(self, rho: float | None = None, delta: float | None = None, *,
+             cost: CostModel | None = None, draws: int | None = None, include_model: bool = True,
+             available: int | None = None) -> Plan:
+        """Per group, how accurate :attr:`i1` is with this run's N sequences × M draws and the
+        cheapest N × M for relative error ``rho`` (default 0.1) with probability ≥ ``1 − delta``,
+        ``‖Î1_g − I_g‖₂/‖I_g‖₂ ≤ ρ`` — the target, the rule ``N ≥ k (a + b/M)/(ρ²‖I_g‖²)`` and the
+        cost model of :meth:`fimvar.DiagonalResult.plan` (docs/theory.md §8.2), with the group sums
+        of :func:`fimvar.results.plan.noise_terms`: ``a`` = Σ :attr:`input_var`, ``b`` = Σ :attr:`v1`
+        and ``‖I_g‖²`` estimated by ``‖Î1_g‖²`` (docs/theory.md §17.4). Only Î1 is designed: the
+        sampled analysis estimates no other estimator's variance."""
+        return make_plan(self, Target.of(rho, delta), cost=cost, draws=draws, include_model=include_model,
+                         available=available)
+
+    def group_summary(self, rho: float | None = None, delta: float | None = None, *,
+                      plan: Plan | None = None, include_model: bool = False) -> list[dict]:
+        """One row per group (with ``include_model``, one for the pooled ``(model)``): the mean
+        and the sum (``trace_i1``: the estimate of the layer's Fisher trace) of Î1 over its
+        parameters, ``std_i1 = sqrt(mean v1)`` and ``relative_std_i1`` (one draw), the input noise
+        and its share ``a / (a + b/M)`` of Î1's variance at this run's design (the label noise's
+        is the rest), the mean variance of Î1 and its standard error (:meth:`estimate`; ``None``
+        below 2 pairs of inputs), and from the plan the ``accuracy`` of Î1 with this
+        run's N and M (standard error ``sqrt(Σ Var)``, relative error ``/ ‖Î1_g‖₂``), the inputs
+        the target needs at this M (``target``) and the cheapest designs (``recommended``).
+        ``summary.json``'s ``groups`` of a sampled analysis are these rows."""
+        plan = plan if plan is not None else make_plan(self, Target.of(rho, delta))
+        groups = with_model_group(self.groups) if include_model else dict(self.groups)
+        variance = self.variance("i1")
+        rows = []
+        for group, members in groups.items():
+            def total(values: Tensors, members=members) -> float:
+                return sum(float(values[m].sum()) for m in members)
+
+            count = sum(self.i1[m].numel() for m in members)
+            trace = total(self.i1)
+            mean, v1, input_var = trace / count, total(self.v1), total(self.input_var)
+            label = v1 / self.samples
+            row = {
+                "group": group,
+                "layer": self.layer_name(group),
+                "members": list(members),
+                "parameters": count,
+                "i1": mean,
+                "trace_i1": trace,
+                "std_i1": (v1 / count) ** 0.5,
+                "relative_std_i1": (v1 / count) ** 0.5 / mean if mean > 0 else math.inf,
+                "input_var": input_var / count,
+                "input_noise_share_i1": input_var / (input_var + label) if input_var + label > 0 else 0.0,
+                "variance_i1": total(variance) / count,
+                "variance_i1_standard_error": self._variance_error(members, count),
+                "accuracy": {},
+                "target": None,
+                "recommended": {"normal": None, "chebyshev": None},
+            }
+            group_plan = plan.find(group)
+            if group_plan is not None:
+                row["accuracy"] = {e: dataclasses.asdict(a) | {"enough": a.enough}
+                                   for e, a in group_plan.accuracy.items()}
+                at_run = group_plan.at_run_draws.get("i1")
+                if at_run is not None:
+                    row["target"] = {"rho": plan.rho, "delta": plan.delta, "method": "normal",
+                                     "estimator": "i1", "inputs": at_run.inputs, "draws": at_run.draws}
+                row["recommended"] = {m: group_plan.recommended(m) for m in ("normal", "chebyshev")}
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ presentation
+    def table(self, rho: float | None = None, delta: float | None = None) -> str:
+        """The command line's report (80 columns): accuracy of Î1, per-layer noise, plan."""
+        return present(self, "table", Target.of(rho, delta))
+
+    def summary(self, rho: float | None = None, delta: float | None = None) -> dict:
+        """The ``summary.json`` document (``kind: "sampled"``) as a dict."""
+        return present(self, "summary", Target.of(rho, delta))
+
+    def save(self, directory, *, rho: float | None = None, delta: float | None = None,
+             figures: bool = True, html: bool = True, run: dict | None = None):
+        """Write ``summary.json``, ``sampled.safetensors``, ``figures/`` and ``report.html`` into
+        ``directory``; read it back with :meth:`load`. Returns the folder path."""
+        return present(self, "save", directory, Target.of(rho, delta), figures=figures, html=html, run=run)
+
+    def plot(self, which: str = "all", path=None, *, rho: float | None = None,
+             delta: float | None = None):
+        """A matplotlib figure: ``fisher_std`` or ``sample_size`` (``all``: a dict of both)."""
+        return present(self, "plot", which, path, Target.of(rho, delta))
+
+    @classmethod
+    def load(cls, path) -> SampledResult:
+        """Read a result written by :meth:`save` (its folder or its ``sampled.safetensors``)."""
+        return load(path, cls)
 
     def __repr__(self) -> str:
         return (f"SampledResult(family={self.family!r}, N={self.num_inputs}, M={self.samples}, "
