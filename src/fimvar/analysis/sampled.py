@@ -161,7 +161,7 @@ class SampledAnalysis(FamilyAnalysis):
             per_input = torch.empty(n, first.shape[2], dtype=torch.float64, device=first.device)
             spread = torch.empty_like(per_input)
             for rows, cols in tiles(n, first.shape[1], first.shape[2]):
-                squares = first[rows, :, cols].to(torch.float64).square_()
+                squares = first[rows, :, cols].to(torch.float64).square()  # not in place: shared
                 mean = squares.mean(1)
                 per_input[rows, cols] = mean
                 spread[rows, cols] = (squares - mean[:, None]).square_().sum(1)
@@ -192,7 +192,7 @@ class SampledAnalysis(FamilyAnalysis):
         step = max(1, PLAIN_TILE_ELEMENTS // (n * samples))
         for start in range(0, columns, step):
             cols = slice(start, start + step)
-            squares = first[:, :, cols].to(torch.float64).square_()  # (n, M, c)
+            squares = first[:, :, cols].to(torch.float64).square()  # (n, M, c), not in place: shared
             mean = squares.sum(1).div_(samples)  # (n, c)
             spread = torch.zeros_like(mean)
             for m in range(samples):  # Σ_m (s_m² − s̄²)²

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -385,7 +387,7 @@ class GraphEngine(Engine):
         return None
 
     def draw_gradients(self, x: torch.Tensor, residuals, keep: tuple[str, ...] = ()
-                       ) -> tuple[torch.Tensor, list[ParameterDerivatives], dict[str, torch.Tensor]]:
+                       ) -> tuple[torch.Tensor, Iterator[ParameterDerivatives], dict[str, torch.Tensor]]:
         """Per-input gradients of ``ε_m·h`` for label draws ``ε_m`` — the scores whose squares are
         Î1 (docs/theory.md §17) — at every hooked layer: one backward pass per draw (batched),
         whatever the number of outputs T. ``residuals(h)`` gives ``(n, M, T)``; returns ``h``
@@ -393,7 +395,8 @@ class GraphEngine(Engine):
         the draws; factored for a ``Linear`` on one position). Parameters outside the hooked
         layers (a batch-shared position embedding, attention projections used functionally) get
         theirs input by input from ``torch.func`` (vmapped over the draws). ``keep``: hooked
-        layers (called once) whose recorded inputs are returned too, ``{name: a}``."""
+        layers (called once) whose recorded inputs are returned too, ``{name: a}``. The blocks come
+        as an iterator in the order of the layers, each computed as it is consumed."""
         self._discover(x)
         with contextlib.ExitStack() as stack, torch.enable_grad():
             outputs, records = self._recorded_forward(x, stack)
@@ -403,10 +406,31 @@ class GraphEngine(Engine):
             draws = residuals(h)  # (n, M, T)
             cotangents = draws.transpose(1, 2).to(outputs.dtype)
             found = self._column_gradients(outputs, [z for _, _, z in records], cotangents, retain=False)
-        blocks = list(self._combined_blocks(records, found).values())
+        blocks = self._streamed_blocks(records, found)
         if self.fallback is not None:
-            blocks += self._functional_draw_gradients(x, draws.to(outputs.dtype))
-        return h, self._in_order(blocks), kept
+            blocks = itertools.chain(blocks, self._functional_draw_gradients(x, draws.to(outputs.dtype)))
+        return h, blocks, kept
+
+    def _streamed_blocks(self, records, gradients: list[torch.Tensor | None]
+                         ) -> Iterator[ParameterDerivatives]:
+        """The blocks of :meth:`_combined_blocks` one at a time, in the order of the layers, each
+        computed when asked for (a tied parameter's earlier uses kept until its last), so that a
+        caller that consumes and drops them holds one layer's per-input gradients at a time."""
+        remaining: dict[str, int] = {}
+        for (module, _, _), g in zip(records, gradients, strict=True):
+            if g is not None:
+                for p in module.parameters(recurse=False):
+                    if id(p) in self.names:
+                        remaining[self.names[id(p)]] = remaining.get(self.names[id(p)], 0) + 1
+        pending: dict[str, list[ParameterDerivatives]] = {}
+        for (module, a, _), g in zip(records, gradients, strict=True):
+            if g is None:
+                continue
+            for part in self._layer_derivatives(module, a, g):
+                pending.setdefault(part.name, []).append(part)
+                remaining[part.name] -= 1
+                if remaining[part.name] == 0:
+                    yield self._combine(pending.pop(part.name))
 
     def _functional_draw_gradients(self, x: torch.Tensor, draws: torch.Tensor) -> list[ParameterDerivatives]:
         """:meth:`draw_gradients` of the parameters outside the hooked layers: per input, the
