@@ -193,16 +193,24 @@ class SampledAnalysis(FamilyAnalysis):
         for start in range(0, columns, step):
             cols = slice(start, start + step)
             squares = first[:, :, cols].to(torch.float64).square()  # (n, M, c), not in place: shared
-            mean = squares.sum(1).div_(samples)  # (n, c)
-            spread = torch.zeros_like(mean)
-            for m in range(samples):  # Σ_m (s_m² − s̄²)²
-                difference = squares[:, m] - mean
-                spread.addcmul_(difference, difference)
+            if samples == 2:  # (a − ā)² + (b − ā)² = (a − b)²/2: one difference
+                mean = (squares[:, 0] + squares[:, 1]).mul_(0.5)
+                spread = (squares[:, 0] - squares[:, 1]).square_().mul_(0.5)
+            else:
+                mean = squares.sum(1).div_(samples)  # (n, c)
+                spread = torch.zeros_like(mean)
+                for m in range(samples):  # Σ_m (s_m² − s̄²)²
+                    difference = squares[:, m] - mean
+                    spread.addcmul_(difference, difference)
             within[cols] = spread.sum(0)
             label_noise += spread.sum(1)
-            centre = mean.sum(0)
-            total[cols] = centre
-            centred = mean - centre.div_(n)
+            total[cols] = mean.sum(0)
+            if n == 2:  # the chunk is one pair: its centred sum of squares is the pair's D
+                half = (mean[0] - mean[1]).square_().mul_(0.5)
+                m2[cols] = half
+                pairs += half.sum()
+                continue
+            centred = mean - total[cols] / n
             m2[cols] = centred.square_().sum(0)
             if paired:
                 pairs += 0.5 * (mean[0:paired:2] - mean[1:paired:2]).square_().sum(1)
