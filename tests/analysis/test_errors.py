@@ -63,6 +63,26 @@ def test_nan_inputs():
     raises("NaN or Inf", mlp(), bad)
 
 
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 17, 39])
+def test_bad_inputs_are_found_slice_by_slice(monkeypatch, bad_value, where):
+    """The finiteness check of the inputs runs a slice of inputs at a time (its temporaries stay
+    small whatever N, issue 14) and still finds a NaN or Inf in any slice, with the same error."""
+    from fimvar.analysis import inputs
+
+    monkeypatch.setattr(inputs, "FINITE_SLICE_ELEMENTS", 24)  # 6 inputs of 4 features per slice
+    checked = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: checked.append(t.numel()) or isfinite(t))
+    x = torch.randn(40, 4, dtype=torch.float64)
+    assert inputs.all_finite(x)
+    assert len(checked) == 7 and max(checked) <= 24
+    x[where, 3] = bad_value
+    assert not inputs.all_finite(x)
+    monkeypatch.setattr(torch, "isfinite", isfinite)
+    raises("the inputs contain NaN or Inf; clean or impute the data first", mlp(), x)
+
+
 def test_nan_outputs():
     model = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).double()
     with torch.no_grad():  # finite weights whose outputs overflow

@@ -216,6 +216,7 @@ def block_sums(
         with probes ``v2_m2``, ``c12_m2``, those of the per-input estimates of ``v2``, ``c12``.
     """
     cache = block.shared
+    coefficients, same_as = distinct_coefficients(coefficients)
     if "unit_statistics" not in cache:
         cache["unit_statistics"] = _unit_values(family, h, block.first, block.second, draws,
                                                 data_residual, coefficients, draw_chunk,
@@ -234,7 +235,34 @@ def block_sums(
             degree = SUM_DEGREES[quantity]
             estimate = values[degree][:, names[degree].index(quantity)]
             quantities[f"{quantity}_m2"] = ((estimate - estimate.mean(0)) ** 2).sum(0).reshape(block.shape)
-    return BlockSums(quantities, {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)})
+    bounds = {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)}
+    for term, original in same_as.items():
+        bounds[term] = torch.zeros(block.shape, dtype=torch.float64, device=h.device) if original is None \
+            else bounds[original]
+    return BlockSums(quantities, bounds)
+
+
+def distinct_coefficients(coefficients: dict[BoundTerm, torch.Tensor] | None
+                          ) -> tuple[dict[BoundTerm, torch.Tensor] | None, dict[BoundTerm, BoundTerm | None]]:
+    """The bound records whose sums have to be formed, and for the others the record whose sum
+    they equal (``None``: zero). A coefficient that is exactly 0 for every input of the chunk (the
+    lower bounds of the categorical family, whose ``λ_min(I) = λ̃_min(M) = 0``) has the sum 0, and
+    a record with the same norm and the same coefficients as an earlier one has its sum: each
+    would otherwise cost one more float64 GEMM over the parameter's entries."""
+    if not coefficients:
+        return coefficients, {}
+    kept: dict[BoundTerm, torch.Tensor] = {}
+    same_as: dict[BoundTerm, BoundTerm | None] = {}
+    for term, value in coefficients.items():
+        if not bool(value.any()):
+            same_as[term] = None
+            continue
+        twin = next((k for k, v in kept.items() if k.norm == term.norm and torch.equal(v, value)), None)
+        if twin is None:
+            kept[term] = value
+        else:
+            same_as[term] = twin
+    return kept, same_as
 
 
 #: relative accuracy below which the one-pass centred sum of squares is recomputed elementwise

@@ -49,28 +49,82 @@ def symmetric_pairs(width: int, device=None) -> tuple[torch.Tensor, torch.Tensor
     return first, second, scale
 
 
-def gram(block: ParameterDerivatives) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input Gram matrices ``Σ_i u_i u_iᵀ`` and ``Σ_i w_i w_iᵀ`` over the entries of one
-    parameter tensor, each ``(n, T, T)`` (the ``J Jᵀ`` of [B] Thm D.1)."""
+def _shared_grams(block: ParameterDerivatives, square: bool) -> dict:
+    """The Gram matrices of ``first``/``second`` alone (before the factor of the layer input),
+    computed once per chunk for the blocks that share them (a ``Linear`` weight and its bias),
+    ``first`` converted to float64 once per row tile for both:
+
+    - ``gram``: ``Σ_j g_j g_jᵀ`` and ``Σ_j s_j s_jᵀ`` over the columns, ``(n, T, T)`` each;
+    - ``square_gram`` (with ``square``): ``Σ_j c_j c_jᵀ``, ``(n, S, S)``, with ``c_j`` the symmetric
+      coordinates of ``g_j g_jᵀ`` (:func:`square_gram`);
+    - ``square_small`` where there are fewer columns J than S: the J×J matrix ``(g_jᵀ g_k)²`` =
+      ``c_jᵀ c_k``, whose eigenvalues are the non-zero ones of the S×S matrix (rank ≤ J).
+    """
     cache = block.shared
-    if "gram" not in cache:
-        n, width, columns = block.first.shape
+    have = cache.setdefault("grams", {})
+    if "gram" in have and ("square_gram" in have or not square):
+        return have
+    n, width, columns = block.first.shape
+    need_gram = "gram" not in have
+    if need_gram:
         gram_u = block.first.new_empty(n, width, width, dtype=torch.float64)
         gram_w = torch.empty_like(gram_u)
-        no_second = all(stride == 0 for stride in block.second.stride())  # a broadcast zero
-        for rows in row_tiles(n, width * columns):
-            first = block.first[rows].to(torch.float64)
-            gram_u[rows] = torch.bmm(first, first.transpose(1, 2))
+    no_second = all(stride == 0 for stride in block.second.stride())  # a broadcast zero
+    if square:
+        pairs = width * (width + 1) // 2
+        squares = block.first.new_empty(n, pairs, pairs, dtype=torch.float64)
+        small = block.first.new_empty(n, columns, columns, dtype=torch.float64) if columns < pairs else None
+    for rows in row_tiles(n, (pairs if square else width) * columns):
+        first = block.first[rows].to(torch.float64)
+        if need_gram:
+            torch.bmm(first, first.transpose(1, 2), out=gram_u[rows])
             if no_second:
                 gram_w[rows] = 0.0
             else:
                 second = block.second[rows].to(torch.float64)
-                gram_w[rows] = torch.bmm(second, second.transpose(1, 2))
-        cache["gram"] = gram_u, gram_w
-    gram_u, gram_w = cache["gram"]
+                torch.bmm(second, second.transpose(1, 2), out=gram_w[rows])
+        if square:
+            coordinates = _square_coordinates(first)
+            torch.bmm(coordinates, coordinates.transpose(1, 2), out=squares[rows])
+            if small is not None:
+                torch.bmm(first.transpose(1, 2), first, out=small[rows]).square_()
+    if need_gram:
+        have["gram"] = gram_u, gram_w
+    if square:
+        have["square_gram"] = squares
+        have["square_small"] = small
+    return have
+
+
+def _square_coordinates(first: torch.Tensor) -> torch.Tensor:
+    """The symmetric coordinates of ``g_j g_jᵀ`` for every column ``j`` of ``first`` (``(n, T, J)``
+    → ``(n, S, J)``, the order of :func:`symmetric_pairs`): ``g_a²`` and ``√2 g_a g_b`` (a < b),
+    one row of pairs ``(a, ·)`` per product, without gathering."""
+    n, width, columns = first.shape
+    coordinates = first.new_empty(n, width * (width + 1) // 2, columns)
+    root = 2.0**0.5
+    offset = 0
+    for a in range(width):
+        row = first[:, a : a + 1]
+        torch.mul(row, row, out=coordinates[:, offset : offset + 1])
+        if a + 1 < width:
+            torch.mul(first[:, a + 1 :], row * root, out=coordinates[:, offset + 1 : offset + width - a])
+        offset += width - a
+    return coordinates
+
+
+def _input_factor(block: ParameterDerivatives, degree: int) -> torch.Tensor | None:
+    """``Σ_m a_m^degree`` per input for a factored block (``(n,)``), ``None`` for a plain one."""
+    return None if block.inputs is None else block.input_power(degree).sum(1)
+
+
+def gram(block: ParameterDerivatives) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input Gram matrices ``Σ_i u_i u_iᵀ`` and ``Σ_i w_i w_iᵀ`` over the entries of one
+    parameter tensor, each ``(n, T, T)`` (the ``J Jᵀ`` of [B] Thm D.1)."""
+    gram_u, gram_w = _shared_grams(block, square=False)["gram"]
     if block.inputs is not None:  # factored: Σ_{j,m} G_j G_jᵀ a_m² = (Σ_j G_j G_jᵀ) ‖a‖²
-        gram_u = gram_u * block.input_power(2).sum(1)[:, None, None]
-        gram_w = gram_w * block.input_power(4).sum(1)[:, None, None]
+        gram_u = gram_u * _input_factor(block, 2)[:, None, None]
+        gram_w = gram_w * _input_factor(block, 4)[:, None, None]
     return gram_u, gram_w
 
 
@@ -81,21 +135,74 @@ def square_gram(block: ParameterDerivatives) -> torch.Tensor:
     ``vec(u uᵀ)`` lies in that subspace; its coordinates are ``u_a²`` (a = b) and ``√2 u_a u_b``
     (a < b) in the order of :func:`symmetric_pairs`. The T²×T² matrix Q has the same
     eigenvalues plus ``T(T−1)/2`` zeros, at a fraction of the cost."""
-    cache = block.shared
-    if "square_gram" not in cache:
-        n, width, columns = block.first.shape
-        first_index, second_index, scale = symmetric_pairs(width, block.first.device)
-        pairs = len(scale)
-        square = block.first.new_empty(n, pairs, pairs, dtype=torch.float64)
-        for rows in row_tiles(n, pairs * columns):
-            first = block.first[rows].to(torch.float64)
-            coordinates = first[:, first_index] * first[:, second_index] * scale[:, None]
-            square[rows] = torch.bmm(coordinates, coordinates.transpose(1, 2))
-        cache["square_gram"] = square
-    square = cache["square_gram"]
+    square = _shared_grams(block, square=True)["square_gram"]
     if block.inputs is not None:
-        square = square * block.input_power(4).sum(1)[:, None, None]
+        square = square * _input_factor(block, 4)[:, None, None]
     return square
+
+
+class _ScaledGram:
+    """A group's Gram matrix ``Σ_s f_s G_s`` over its sources ``s`` (the blocks sharing their
+    derivatives, a weight and its bias: ``f_s = ‖a‖^d + 1``, ``(n,)``, non-negative). With one
+    source the sum is never formed: its traces and eigenvalues are those of ``G_s`` times
+    ``f_s``."""
+
+    def __init__(self, sources: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
+        self.sources = sources  # (matrix, factor, small matrix with the same non-zero eigenvalues)
+        self._total = None
+
+    @property
+    def single(self) -> bool:
+        return len(self.sources) == 1
+
+    def total(self) -> torch.Tensor:
+        if self._total is None:
+            total = None
+            for matrix, factor, _ in self.sources:
+                if total is None:
+                    total = matrix * factor[:, None, None]
+                else:
+                    total.addcmul_(matrix, factor[:, None, None])
+            self._total = total
+        return self._total
+
+    def trace_with(self, other: torch.Tensor) -> torch.Tensor:
+        """``Σ_n tr(other_n G_n)`` for a symmetric ``other`` (both symmetric: ``Σ other ⊙ G``)."""
+        if self.single:
+            matrix, factor, _ = self.sources[0]
+            return torch.dot(torch.einsum("npq,npq->n", other, matrix), factor)
+        return torch.einsum("npq,npq->", other, self.total())
+
+    def eigenvalues(self) -> torch.Tensor:
+        """Ascending eigenvalues per input, clamped at 0 (a Gram matrix is PSD); for one source with
+        fewer columns J than rows, from its J×J matrix (the other eigenvalues are 0)."""
+        if not self.single:
+            return torch.linalg.eigvalsh(self.total()).clamp_min(0.0)
+        matrix, factor, small = self.sources[0]
+        if small is None:
+            return torch.linalg.eigvalsh(matrix).clamp_min(0.0) * factor[:, None]
+        values = torch.linalg.eigvalsh(small).clamp_min(0.0) * factor[:, None]
+        zeros = values.new_zeros(values.shape[0], matrix.shape[1] - values.shape[1])
+        return torch.cat([zeros, values], dim=1)
+
+
+def _group_sum(blocks: list[ParameterDerivatives], key: str, index: int | None, degree: int) -> _ScaledGram:
+    """One Gram matrix of a group, summed over its blocks, each scaled by its layer input's
+    factor, with one term per shared source (:class:`_ScaledGram`)."""
+    sources: dict[int, tuple[dict, torch.Tensor]] = {}
+    for block in blocks:
+        have = _shared_grams(block, square=key != "gram")
+        factor = _input_factor(block, degree)
+        if factor is None:
+            factor = torch.ones(block.first.shape[0], dtype=torch.float64, device=block.first.device)
+        key_id = id(block.shared)
+        if key_id in sources:
+            sources[key_id] = have, sources[key_id][1] + factor
+        else:
+            sources[key_id] = have, factor
+    return _ScaledGram([(have[key] if index is None else have[key][index], factor,
+                         have["square_small"] if key == "square_gram" else None)
+                        for have, factor in sources.values()])
 
 
 @dataclass(frozen=True)
@@ -222,29 +329,31 @@ def frobenius_i1_bound(gram_u: torch.Tensor, fourth_norm: torch.Tensor) -> torch
 def group_sums(moments: OutputMoments, blocks: list[ParameterDerivatives], second: bool = True) -> GroupSums:
     """Chunk sums of the exact group quantities and of their bounds for the parameter tensors
     ``blocks`` of one group ([B] Thm D.1, [A] Frobenius bound, docs/theory.md §5.2); with
-    ``second=False`` (no ``w``: second-order quantities from probes) without those of ``v2``."""
-    gram_u = sum(gram(b)[0] for b in blocks)
+    ``second=False`` (no ``w``: second-order quantities from probes) without those of ``v2``.
+    The Gram matrices of blocks that share their derivatives (a weight and its bias) are formed
+    once and scaled by the sum of their input factors (:func:`_group_sum`)."""
+    gram_u = _group_sum(blocks, "gram", 0, 2)
     exact: dict[str, torch.Tensor] = {}
     bounds: dict[GroupBoundTerm, torch.Tensor] = {}
     fisher = moments.fisher
-    exact["trace_fisher"] = torch.einsum("nab,nba->n", fisher, gram_u).sum()
-    gram_u_eig = torch.linalg.eigvalsh(gram_u).clamp_min(0.0)
+    exact["trace_fisher"] = gram_u.trace_with(fisher)
     bounds[TRACE_FISHER_LOWER], bounds[TRACE_FISHER_UPPER] = _von_neumann(
-        gram_u_eig, moments.fisher_eigenvalues)
+        gram_u.eigenvalues(), moments.fisher_eigenvalues)
     if second:
-        gram_w = sum(gram(b)[1] for b in blocks)
-        exact["trace_v2"] = torch.einsum("nab,nba->n", fisher, gram_w).sum()
-        gram_w_eig = torch.linalg.eigvalsh(gram_w).clamp_min(0.0)
-        bounds[TRACE_V2_LOWER], bounds[TRACE_V2_UPPER] = _von_neumann(gram_w_eig, moments.fisher_eigenvalues)
+        gram_w = _group_sum(blocks, "gram", 1, 4)
+        exact["trace_v2"] = gram_w.trace_with(fisher)
+        bounds[TRACE_V2_LOWER], bounds[TRACE_V2_UPPER] = _von_neumann(gram_w.eigenvalues(),
+                                                                      moments.fisher_eigenvalues)
     if moments.tensor_forms:
-        square = sum(square_gram(b) for b in blocks)
-        n = gram_u.shape[0]
-        exact["trace_v1"] = torch.einsum("npq,nqp->n", moments.fourth_symmetric, square).sum()
-        square_eig = torch.linalg.eigvalsh(square).clamp_min(0.0)
+        square = _group_sum(blocks, "square_gram", None, 4)
+        exact["trace_v1"] = square.trace_with(moments.fourth_symmetric)
+        square_eig = square.eigenvalues()
+        n = square_eig.shape[0]
         zeros = torch.zeros(n, moments.width**2 - square_eig.shape[1], dtype=square_eig.dtype,
                             device=square_eig.device)
         square_eig = torch.cat([zeros, square_eig], dim=1)  # Q is PSD: its zeros come first
         bounds[TRACE_V1_LOWER], bounds[TRACE_V1_UPPER] = _von_neumann(square_eig, moments.fourth_eigenvalues)
-        exact["frobenius_i1"] = moments.covariance_frobenius(gram_u).sum()
-        bounds[FROBENIUS_I1_UPPER] = frobenius_i1_bound(gram_u, moments.fourth_norm).sum()
+        gram_total = gram_u.total()
+        exact["frobenius_i1"] = moments.covariance_frobenius(gram_total).sum()
+        bounds[FROBENIUS_I1_UPPER] = frobenius_i1_bound(gram_total, moments.fourth_norm).sum()
     return GroupSums(exact, bounds)
