@@ -98,11 +98,18 @@ def trainable_parameters(model: nn.Module, names: Iterable[str] | None = None) -
 
 
 def all_finite(values: torch.Tensor) -> bool:
-    """Whether every entry is finite: the sum (one pass, no mask) is finite exactly when every
-    entry is, unless it overflows — then the entries are checked one by one."""
+    """Whether every entry is finite, without a mask of the whole tensor: the sum (one pass) is
+    finite exactly when every entry is, unless it overflows — then the entries are checked a slice
+    of inputs at a time (``isfinite`` of the whole tensor at once holds temporaries of up to 1.75×
+    its size)."""
     if values.numel() == 0 or not (values.is_floating_point() or values.is_complex()):
         return True
-    return bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all())
+    if bool(torch.isfinite(values.sum())):
+        return True
+    if values.dim() == 0 or values.numel() <= FINITE_SLICE_ELEMENTS:
+        return bool(torch.isfinite(values).all())
+    rows = max(1, FINITE_SLICE_ELEMENTS // max(1, values[0].numel()))
+    return all(bool(torch.isfinite(piece).all()) for piece in values.split(rows))
 
 
 def check_parameters_finite(model: nn.Module, names: Iterable[str]) -> None:
@@ -197,15 +204,6 @@ def model_reference(model: nn.Module) -> torch.Tensor:
 
 #: elements of one slice of :func:`all_finite` (its temporaries stay a few MB whatever the data)
 FINITE_SLICE_ELEMENTS = 1 << 20
-
-
-def all_finite(x: torch.Tensor) -> bool:
-    """Whether every element of ``x`` is finite, checked a slice of inputs at a time: ``isfinite``
-    of the whole tensor at once holds temporaries of up to 1.75× its size (issue 14)."""
-    if x.dim() == 0 or x.numel() <= FINITE_SLICE_ELEMENTS:
-        return bool(torch.isfinite(x).all())
-    rows = max(1, FINITE_SLICE_ELEMENTS // max(1, x[0].numel()))
-    return all(bool(torch.isfinite(piece).all()) for piece in x.split(rows))
 
 
 def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
