@@ -235,18 +235,29 @@ class SampledAnalysis(FamilyAnalysis):
                 "seed": self.seed,
                 "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
 
-    def result(self) -> SampledResult:
+    def result(self, consume: bool = False) -> SampledResult:
+        """The result of the sums so far. ``consume``: build it in the sums' own memory (divided in
+        place, a language model's float64 tensors are not copied), after which this analysis holds
+        no sums (:func:`analyze_sampled` does so)."""
         n, m = self.count, self.samples
         if n == 0:
             raise FimvarError("the data is empty: no input was analysed")
         if n < 2:
             raise FimvarError("the sampled analysis needs at least 2 inputs to estimate the input noise")
+        if getattr(self, "consumed", False):
+            raise FimvarError("this analysis handed its sums to its result (result(consume=True)); "
+                              "keep that result")
         names = self.parameter_names
         sums = self.accumulator.sums
-        i1 = {k: sums[parameter(k, "score")] / n for k in names}
-        v1 = {k: sums[parameter(k, "i1_within")] / (n * (m - 1)) for k in names}
-        between = {k: moments.sample_variance(n, sums[parameter(k, "score_m2")]) for k in names}
-        unbiased = {k: between[k] - v1[k] / m for k in names}
+
+        def mean(key, divisor: float) -> torch.Tensor:
+            return sums[key].div_(divisor) if consume else sums[key] / divisor
+
+        i1 = {k: mean(parameter(k, "score"), n) for k in names}
+        v1 = {k: mean(parameter(k, "i1_within"), n * (m - 1)) for k in names}
+        between = {k: mean(parameter(k, "score_m2"), n - 1).clamp_min_(0.0) if consume else
+                   moments.sample_variance(n, sums[parameter(k, "score_m2")]) for k in names}
+        unbiased = {k: torch.sub(between[k], v1[k], alpha=1.0 / m) for k in names}
         exact = [k for k in names if k in (self.exact or [])]
         fisher = {k: sums[parameter(k, "exact_fisher")] / n for k in exact}
         for k in exact:  # the output layer's exact terms (docs/theory.md §17.1)
@@ -267,6 +278,9 @@ class SampledAnalysis(FamilyAnalysis):
         if layers:
             result.metadata["layers"] = layers
         check_result_finite({"i1": i1, "v1": v1, "between": between, "fisher": fisher})
+        if consume:
+            self.consumed = True
+            self.accumulator.sums = {}
         return result
 
 
@@ -308,4 +322,4 @@ def analyze_sampled(
                                memory_budget=memory_budget)
     analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)
-    return analysis.result()
+    return analysis.result(consume=True)
