@@ -670,6 +670,8 @@ class GraphEngine(Engine):
         """One block per parameter: the sum of its uses (tied weights), plain layout when several."""
         if len(parts) == 1:
             return parts[0]
-        total = sum(part.plain().first for part in parts)
+        total = torch.add(parts[0].plain().first, parts[1].plain().first)  # new: the parts are kept
+        for part in parts[2:]:
+            total.add_(part.plain().first)
         zero = torch.zeros((), dtype=total.dtype, device=total.device).expand(total.shape)
         return ParameterDerivatives(parts[0].name, parts[0].shape, total, zero)
