@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -112,15 +111,9 @@ class Logits(nn.Module):
 
 
 def _transformers():
-    if "torchvision" not in sys.modules:
-        try:  # the torchvision wheel next to the CPU build of torch does not import; hide it
-            import torchvision  # noqa: F401
-        except Exception:  # noqa: BLE001
-            sys.modules["torchvision"] = None
-    import transformers
+    from fimvar.language import import_transformers  # hides a torchvision built for another torch
 
-    transformers.logging.set_verbosity_error()
-    return transformers
+    return import_transformers()
 
 
 # ---------------------------------------------------------------------------------- workloads

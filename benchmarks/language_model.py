@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import warnings
 
 import torch
@@ -40,15 +39,9 @@ GiB = 2**30
 
 
 def _transformers():
-    if "torchvision" not in sys.modules:
-        try:  # the torchvision wheel next to the CPU build of torch does not import; hide it
-            import torchvision  # noqa: F401
-        except Exception:  # noqa: BLE001
-            sys.modules["torchvision"] = None
-    import transformers
+    from fimvar.language import import_transformers  # hides a torchvision built for another torch
 
-    transformers.logging.set_verbosity_error()
-    return transformers
+    return import_transformers()
 
 
 def build(args) -> nn.Module:

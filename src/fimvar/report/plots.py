@@ -62,6 +62,26 @@ def _layers(result) -> list[str]:
     return list(result.groups)
 
 
+def _layer_series(ax, x, layers: list[str], series: dict, markersize: int) -> tuple[float, list[str]]:
+    """Draw ``{label: (color key, values per layer, marker)}`` side by side per layer on a log
+    axis: values ≤ 0 as hollow markers at the floor. Returns the floor and what was drawn there."""
+    floor = _positive_floor([v for _, values, _ in series.values() for v in values])
+    zeros_drawn = []
+    for offset, (label, (key, values, marker)) in zip(_offsets(len(series)), series.items(), strict=True):
+        positive = [i for i, v in enumerate(values) if v > 0]
+        ax.plot(x[positive] + offset, [values[i] for i in positive], marker=marker, linestyle="none",
+                color=COLORS[key], label=label, markersize=markersize, gid=f"series:{key}")
+        zeros = [i for i, v in enumerate(values) if v <= 0]
+        if zeros:
+            ax.plot(x[zeros] + offset, [floor] * len(zeros), marker=marker, linestyle="none",
+                    markerfacecolor="white", color=COLORS[key], markersize=markersize, gid=f"zero:{key}")
+            zeros_drawn += [f"{label} in {layers[i]}" for i in zeros]
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_ylim(floor / 10 ** 0.25, ax.get_ylim()[1])
+    return floor, zeros_drawn
+
+
 def _positive_floor(values: list[float]) -> float:
     positive = [v for v in values if v > 0 and math.isfinite(v)]
     return min(positive) / 10 if positive else 1e-12
@@ -123,21 +143,7 @@ def fisher_std(result, target: Target = DEFAULT_TARGET):
         "std of one draw of Î2": ("i2", [r["std_i2"] for r in rows], "v"),
         "input noise sqrt Var_x I(θ|x)": ("input", [math.sqrt(max(r["input_var"], 0.0)) for r in rows], "s"),
     }
-    floor = _positive_floor([v for _, values, _ in series.values() for v in values])
-    zeros_drawn = []
-    for offset, (label, (key, values, marker)) in zip(_offsets(len(series)), series.items(), strict=True):
-        positive = [i for i, v in enumerate(values) if v > 0]
-        ax.plot(x[positive] + offset, [values[i] for i in positive], marker=marker, linestyle="none",
-                color=COLORS[key], label=label, markersize=7, gid=f"series:{key}")
-        zeros = [i for i, v in enumerate(values) if v <= 0]
-        if zeros:
-            ax.plot(x[zeros] + offset, [floor] * len(zeros), marker=marker, linestyle="none",
-                    markerfacecolor="white", color=COLORS[key], markersize=7, gid=f"zero:{key}")
-            zeros_drawn += [f"{label} in {layers[i]}" for i in zeros]
-    ax.set_yscale("log")
-    ax.set_xlim(-0.5, len(layers) - 0.5)
-    low, high = ax.get_ylim()
-    ax.set_ylim(floor / 10 ** 0.25, high)
+    floor, zeros_drawn = _layer_series(ax, x, layers, series, 7)
     _named_ticks(ax, x, layers)
     ax.set_xlabel("layer (module and shape)")
     ax.set_ylabel("mean over the layer's parameters (log scale)")
@@ -558,21 +564,7 @@ def sampled_noise(result: SampledResult, target: Target = DEFAULT_TARGET):
         f"std error of Î1 (N={result.num_inputs}, M={result.samples})":
             ("exact", [math.sqrt(max(r["variance_i1"], 0.0)) for r in rows], "D"),
     }
-    floor = _positive_floor([v for _, values, _ in series.values() for v in values])
-    zeros_drawn = []
-    for offset, (label, (key, values, marker)) in zip(_offsets(len(series)), series.items(), strict=True):
-        positive = [i for i, v in enumerate(values) if v > 0]
-        ax.plot(x[positive] + offset, [values[i] for i in positive], marker=marker, linestyle="none",
-                color=COLORS[key], label=label, markersize=6, gid=f"series:{key}")
-        zeros = [i for i, v in enumerate(values) if v <= 0]
-        if zeros:
-            ax.plot(x[zeros] + offset, [floor] * len(zeros), marker=marker, linestyle="none",
-                    markerfacecolor="white", color=COLORS[key], markersize=6, gid=f"zero:{key}")
-            zeros_drawn += [f"{label} in {layers[i]}" for i in zeros]
-    ax.set_yscale("log")
-    ax.set_xlim(-0.5, len(layers) - 0.5)
-    low, high = ax.get_ylim()
-    ax.set_ylim(floor / 10 ** 0.25, high)
+    floor, zeros_drawn = _layer_series(ax, x, layers, series, 6)
     _named_ticks(ax, x, layers)
     if len(rows) > 6:  # short ids: the rotated names need less room than _named_ticks allows
         fig.subplots_adjust(bottom=min(fig.subplotpars.bottom, 0.17 + 0.009 * max(len(n) for n in layers)))
