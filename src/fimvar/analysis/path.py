@@ -11,7 +11,7 @@ one would cost hundreds of gradients per input.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -32,8 +32,7 @@ def output_columns(model: nn.Module, data, family: ExponentialFamily):
     from fimvar.analysis.driver import floating_reference, pack_arguments
 
     probe = data
-    if isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, Mapping, str, bytes)) \
-            and not hasattr(data, "__array__") and iter(data) is data:
+    if isinstance(data, Iterator):  # not a tensor, a dict or a DataLoader: those can be read again
         try:
             first = next(data)
         except StopIteration:

@@ -151,8 +151,9 @@ class SampledResult:
         spreads = self.spreads
         if spreads is None:
             raise FimvarError("this result holds no spread sums; rerun the analysis")
-        g = spreads.selection(tensors)
-        names = [k for k in spreads.names if tensors is None or k in set(tensors)]
+        chosen = None if tensors is None else set(tensors)
+        g = spreads.selection(chosen)
+        names = [k for k in spreads.names if chosen is None or k in chosen]
         m = self.samples
 
         def summed(values: Tensors) -> float:
