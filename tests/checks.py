@@ -53,3 +53,12 @@ def check_moments(values: torch.Tensor, mean: torch.Tensor, variance: torch.Tens
     assert z_mean <= 5, f"{label}: mean off by {z_mean:.1f} standard errors"
     assert z_variance <= 5, f"{label}: variance off by {z_variance:.1f} standard errors"
     return max(z_mean, z_variance)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``fimvar`` run in this process on ``argv``: its exit code, stdout and stderr."""
+    from fimvar.app.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from checks import run_cli
 from torch import nn
 
-from fimvar.app.cli import main
 from fimvar.report import load, validate
 
 FACTORY = textwrap.dedent("""
@@ -62,12 +62,6 @@ def factory(tmp_path):
     path = tmp_path / "tiny_model.py"
     path.write_text(FACTORY)
     return path
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def user_error(capsys, *argv: str, match: str) -> str:

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from checks import run_cli
 from scipy.stats import norm
 
 import fimvar
-from fimvar.app.cli import main
 from fimvar.errors import FimvarError
 from fimvar.language import import_transformers, load_language_model, text_sequences
 from fimvar.report import load, validate
@@ -25,12 +25,6 @@ except FimvarError:
 
 ARGS = ["--data", "text:bundled#length=32", "--inputs", "12", "--samples", "3", "--seed", "1",
         "--threads", "1", "--rho", "0.05", "-q"]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def user_error(capsys, *argv: str, match: str) -> str:

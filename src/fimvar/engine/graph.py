@@ -260,14 +260,9 @@ class GraphEngine(Engine):
                          contexts: list[dict] | None = None) -> dict[str, ParameterDerivatives]:
         """One block per hooked parameter from the recorded layers and their output gradients
         (``(n, G, *z)`` each, ``None`` where no output depends on the layer): the layer rules of
-        :meth:`_layer_derivatives`, the uses of a tied parameter summed."""
-        parts: dict[str, list[ParameterDerivatives]] = {}
-        for index, ((module, a, _), g) in enumerate(zip(records, gradients, strict=True)):
-            if g is not None:
-                context = None if contexts is None else contexts[index]
-                for part in self._layer_derivatives(module, a, g, context):
-                    parts.setdefault(part.name, []).append(part)
-        return {name: self._combine(used) for name, used in parts.items()}
+        :meth:`_layer_derivatives`, the uses of a tied parameter summed (:meth:`_streamed_blocks`,
+        all at once)."""
+        return {block.name: block for block in self._streamed_blocks(records, gradients, contexts)}
 
     def _in_order(self, blocks: list[ParameterDerivatives]) -> list[ParameterDerivatives]:
         order = {name: i for i, name in enumerate(self.parameter_names)}
@@ -411,11 +406,12 @@ class GraphEngine(Engine):
             blocks = itertools.chain(blocks, self._functional_draw_gradients(x, draws.to(outputs.dtype)))
         return h, blocks, kept
 
-    def _streamed_blocks(self, records, gradients: list[torch.Tensor | None]
-                         ) -> Iterator[ParameterDerivatives]:
-        """The blocks of :meth:`_combined_blocks` one at a time, in the order of the layers, each
+    def _streamed_blocks(self, records, gradients: list[torch.Tensor | None],
+                         contexts: list[dict] | None = None) -> Iterator[ParameterDerivatives]:
+        """The blocks of the hooked parameters one at a time, in the order of the layers, each
         computed when asked for (a tied parameter's earlier uses kept until its last), so that a
-        caller that consumes and drops them holds one layer's per-input gradients at a time."""
+        caller that consumes and drops them holds one layer's per-input gradients at a time.
+        ``contexts``: per record, what :meth:`_layer_derivatives` keeps between calls."""
         remaining: dict[str, int] = {}
         for (module, _, _), g in zip(records, gradients, strict=True):
             if g is not None:
@@ -423,14 +419,17 @@ class GraphEngine(Engine):
                     if id(p) in self.names:
                         remaining[self.names[id(p)]] = remaining.get(self.names[id(p)], 0) + 1
         pending: dict[str, list[ParameterDerivatives]] = {}
-        for (module, a, _), g in zip(records, gradients, strict=True):
+        for index, ((module, a, _), g) in enumerate(zip(records, gradients, strict=True)):
             if g is None:
                 continue
-            for part in self._layer_derivatives(module, a, g):
+            context = None if contexts is None else contexts[index]
+            for part in self._layer_derivatives(module, a, g, context):
                 pending.setdefault(part.name, []).append(part)
                 remaining[part.name] -= 1
                 if remaining[part.name] == 0:
                     yield self._combine(pending.pop(part.name))
+        for parts in pending.values():  # a use that gave no block (e.g. kept in a context)
+            yield self._combine(parts)
 
     def _functional_draw_gradients(self, x: torch.Tensor, draws: torch.Tensor) -> list[ParameterDerivatives]:
         """:meth:`draw_gradients` of the parameters outside the hooked layers: per input, the

@@ -92,6 +92,15 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1, classes: li
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def _verdict(layers: list[dict], estimator: str) -> str:
+    """Whether the estimator's accuracy is enough in every layer, or in which it is not (HTML)."""
+    short = [g["layer"] for g in layers if not g["accuracy"][estimator]["enough"]]
+    if not short:
+        return "<span class=\"ok\">enough</span> in every layer"
+    return (f"<span class=\"bad\">not enough</span> in {len(short)} of {len(layers)} layers "
+            f"({_names(short)})")
+
+
 def _names(groups: list[str]) -> str:
     return ", ".join(f"<code>{_e(g)}</code>" for g in groups)
 
@@ -122,10 +131,7 @@ def _findings(summary: dict) -> list[str]:
     out = []
     exact = whole["accuracy"].get("exact")
     if exact and exact["relative_error"] is not None:
-        short = [g["layer"] for g in layers if not g["accuracy"]["exact"]["enough"]]
-        verdict = ("<span class=\"ok\">enough</span> in every layer" if not short else
-                   f"<span class=\"bad\">not enough</span> in {len(short)} of {len(layers)} layers "
-                   f"({_names(short)})")
+        verdict = _verdict(layers, "exact")
         held = "analysed" if plan["available"] == run["inputs"] else "you have"
         out.append(f"<b>Your Fisher</b> (<code>r.fisher</code>, averaged over the N = {run['inputs']:,} "
                    f"inputs) has relative error {_error(exact['relative_error'])} (RMS) over the whole "
@@ -530,10 +536,7 @@ def render_sampled(summary: dict, figures: dict[str, Path] | None = None) -> str
     findings = []
     a = whole["accuracy"].get("i1")
     if a and a["relative_error"] is not None:
-        short = [g["layer"] for g in layers if not g["accuracy"]["i1"]["enough"]]
-        verdict = ("<span class=\"ok\">enough</span> in every layer" if not short else
-                   f"<span class=\"bad\">not enough</span> in {len(short)} of {len(layers)} layers "
-                   f"({_names(short)})")
+        verdict = _verdict(layers, "i1")
         findings.append(f"Whole model: Î1 has relative error {_error(a['relative_error'])} (RMS), below "
                         f"{_error(a['error_at_confidence'])} with probability {1 - plan['delta']:g}; "
                         "relative "
