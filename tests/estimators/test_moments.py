@@ -12,16 +12,23 @@ import torch
 from fimvar.estimators import moments
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("spread", [1.0, 1e-7])
 @pytest.mark.parametrize("chunk", [1, 3, 10, 64])
-def test_chunked_variance_matches_numpy(spread, chunk):
+def test_chunked_variance_matches_numpy(spread, chunk, in_place):
+    """``merge`` and ``merge_into`` (the sums' own memory, the chunk's m2 as scratch)."""
     generator = torch.Generator().manual_seed(0)
     values = 5.0 + spread * torch.randn(64, 7, generator=generator, dtype=torch.float64)
     count, total, m2 = 0, None, None
     for start in range(0, 64, chunk):
         part = values[start:start + chunk]
         chunk_total, chunk_m2 = moments.chunk_moments(part)
-        total, m2 = moments.merge(count, total, m2, part.shape[0], chunk_total, chunk_m2)
+        if in_place and total is not None:
+            kept = total.data_ptr(), m2.data_ptr()
+            total, m2 = moments.merge_into(count, total, m2, part.shape[0], chunk_total, chunk_m2)
+            assert (total.data_ptr(), m2.data_ptr()) == kept
+        else:
+            total, m2 = moments.merge(count, total, m2, part.shape[0], chunk_total, chunk_m2)
         count += part.shape[0]
     expected = []
     for column in values.T.tolist():

@@ -102,3 +102,23 @@ def test_a_folder_reused_by_a_sampled_run_holds_only_its_files(result, tmp_path)
     assert isinstance(fimvar.load(tmp_path), fimvar.SampledResult)
     fimvar.analyze(case.model, case.x, "categorical").save(tmp_path, figures=False, html=False)
     assert isinstance(fimvar.load(tmp_path), fimvar.DiagonalResult)
+
+
+def test_i2_is_written_and_read_back(tmp_path):
+    """A result with Î2 (``i2=True``) keeps it, its noise terms and their spread sums in
+    ``sampled.safetensors``; one without has none after loading either."""
+    case = make_case("mlp-tanh", "categorical", inputs=6, seed=1)
+    result = fimvar.analyze_sampled(case.model, case.x, samples=3, seed=2, i2=True)
+    again = fimvar.load(result.save(tmp_path / "i2", figures=False, html=False))
+    for q in ("i2", "v2", "between_i2"):
+        assert getattr(again, q).keys() == getattr(result, q).keys()
+        for name, value in getattr(result, q).items():
+            assert torch.equal(getattr(again, q)[name], value)
+    for design in ({}, {"inputs": 50, "draws": 4}):
+        assert again.estimate("variance", estimator="i2", **design) == \
+            result.estimate("variance", estimator="i2", **design)
+        for name, value in result.variance("i2", **design).items():
+            assert torch.equal(again.variance("i2", **design)[name], value)
+    plain = fimvar.load(fimvar.analyze_sampled(case.model, case.x, samples=3).save(
+        tmp_path / "plain", figures=False, html=False))
+    assert plain.i2 == {} and plain.spreads_i2 is None

@@ -153,7 +153,10 @@ class StreamingAnalysis(ABC):
         Any exception other than a :class:`FimvarError` raised while the model is differentiated
         (e.g. a forward that writes into a buffer, which ``torch.func`` forbids) becomes one
         :class:`FimvarError` with the original message, chained to the original exception; the
-        sums of the chunk that failed are discarded, so the analysis stays as it was before it.
+        sums of the chunk that failed are discarded, so the analysis stays as it was before it —
+        unless that chunk had already added to sums updated in place (the sampled analysis: a
+        language model's sums are not copied per chunk), after which every use of the analysis
+        raises a :class:`FimvarError` (start again or resume from the checkpoint).
         """
         if self.merged:
             raise FimvarError("this analysis already holds the merged sums of every process "
@@ -169,14 +172,14 @@ class StreamingAnalysis(ABC):
         if self.has_labels is not None and (labels is not None) != self.has_labels:
             raise FimvarError("give labels for every batch or for none")
         had_labels, self.has_labels = self.has_labels, labels is not None
-        sums = dict(self.accumulator.sums)  # the sums are replaced, never modified in place
+        snapshot = self.accumulator.snapshot()
         try:
             with model_mode_context(self.model), buffers_kept(self.model):
                 self.prepare(x)
                 chunk = self.chunk_size(x)
                 for start in range(0, x.shape[0], chunk):
                     stop = min(x.shape[0], start + chunk)
-                    sums = dict(self.accumulator.sums)
+                    snapshot = self.accumulator.snapshot()
                     if x.shape[0] > chunk:
                         self.stage(f"chunk of inputs {self.count + 1}–{self.count + stop - start}")
                     self.chunk_start = first + start
@@ -184,11 +187,11 @@ class StreamingAnalysis(ABC):
                     self.accumulator.finish_chunk(stop - start)
                     if self.bar is not None:  # inputs done, chunk by chunk
                         self.bar.update(stop - start)
-        except Exception as error:
-            self.accumulator.sums = sums
+        except BaseException as error:  # KeyboardInterrupt too: the sums hold whole chunks only
+            self.accumulator.restore(snapshot)
             if self.count == 0:
                 self.has_labels = had_labels
-            if isinstance(error, FimvarError):
+            if isinstance(error, FimvarError) or not isinstance(error, Exception):
                 raise
             message = " ".join(f"{type(error).__name__}: {error}".split())
             hint = ("lower memory_budget" if "out of memory" in message.lower() else

@@ -36,7 +36,7 @@ from fimvar.errors import FimvarError
 from fimvar.estimators import moments
 from fimvar.estimators.diagonal import centred_fisher_squares
 from fimvar.estimators.head import output_layer_sums, position_moments
-from fimvar.estimators.labels import check_seed, draw_residuals
+from fimvar.estimators.labels import check_seed, draw_residuals, rademacher
 from fimvar.estimators.sampled import entry_totals, pair_half_distances
 from fimvar.estimators.tiling import TILE_ELEMENTS, tiles
 from fimvar.families import ExponentialFamily, get_family
@@ -56,8 +56,12 @@ class SampledAnalysis(FamilyAnalysis):
 
     def __init__(self, model: nn.Module, family: str | ExponentialFamily = "categorical", samples: int = 2,
                  seed: int = 0, *, parameters: Iterable[str] | None = None, groups: GroupSpec = None,
-                 memory_budget: int | str | None = None) -> None:
+                 memory_budget: int | str | None = None, i2: bool = False) -> None:
         super().__init__(model, memory_budget)
+        if not isinstance(i2, bool):
+            raise FimvarError(f"i2 must be True or False, got {i2!r}")
+        #: whether Î2 is estimated too, by one Hutchinson probe of the Hessian per draw (§17.5)
+        self.i2 = i2
         self.family = get_family(family)
         self.samples = check_samples(samples)
         if self.samples < 2:
@@ -99,9 +103,12 @@ class SampledAnalysis(FamilyAnalysis):
         check_masking_labels(family, labels, "the sampled analysis")
         mask = position_mask(family, self.packing, x, labels)
 
+        drawn = {}
+
         def residuals(h: torch.Tensor) -> torch.Tensor:
             family.check_outputs(h)
             draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
+            drawn["draws"] = draws
             return draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
 
         if self.exact is None:
@@ -123,6 +130,36 @@ class SampledAnalysis(FamilyAnalysis):
                                              zero, zero)
                 spreads[name] = (zero_input, zero_pair)
         self._add_spreads([spreads[k] for k in self.parameter_names])
+        if self.i2:
+            self._add_likelihood_probes(x, h, drawn["draws"], mask)
+
+    def _add_likelihood_probes(self, x: torch.Tensor, h: torch.Tensor, draws: torch.Tensor,
+                               mask: torch.Tensor | None) -> None:
+        """Î2's sums from one Hutchinson probe of the negative log-likelihood's Hessian per input
+        and draw (docs/theory.md §17.5), as Î1's from its squares: within-input spreads, the
+        per-input means' total and centred sum of squares, and the spreads' sums."""
+        family, n = self.family, x.shape[0]
+        statistics = draws + family.mean(h)[:, None, :]  # t(y_m) = ε_m + η(h)
+        keep = None
+        if mask is not None:
+            ones = torch.ones_like(h)[:, None, :]
+            keep = masked_residuals(ones, mask, h.shape[1] // family.positions)[:, 0]
+        names = self.parameter_names
+        dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+        signs = rademacher(self.seed, torch.arange(self.chunk_start, self.chunk_start + n), self.samples,
+                           sum(self.model.get_parameter(k).numel() for k in names), dtype, h.device)
+        probes = self.engine.likelihood_probes(x, names, statistics.to(dtype), family.mean,
+                                               None if keep is None else keep.to(dtype), signs)
+        spreads = []
+        for name in names:
+            within, total, m2, label_noise, pairs = self._plain_sums(probes.pop(name), n, square=False)
+            shape = self.model.get_parameter(name).shape
+            acc = self.accumulator
+            acc.add(parameter(name, "i2_within"), within.reshape(shape), in_place=True)
+            acc.add_moments(parameter(name, "i2"), parameter(name, "i2_m2"), n, total.reshape(shape),
+                            m2.reshape(shape), in_place=True)
+            spreads.append(((label_noise / (self.samples - 1)).cpu(), pairs.cpu()))
+        self._add_spreads(spreads, prefix="i2_")
 
     def _add_output_layer(self, h: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None) -> None:
         """The exact sums of the output layer's parameters (docs/theory.md §17.1): the Fisher and
@@ -170,14 +207,15 @@ class SampledAnalysis(FamilyAnalysis):
             m2 = centred_fisher_squares(block, per_input, total, total_sq)
             label_noise = entry_totals(block, spread, 4)
             pairs = pair_half_distances(block, per_input)
-        acc, name = self.accumulator, block.name
-        acc.add(parameter(name, "i1_within"), within.reshape(block.shape))
+        acc, name = self.accumulator, block.name  # the chunk's sums are new: handed over
+        acc.add(parameter(name, "i1_within"), within.reshape(block.shape), in_place=True)
         acc.add_moments(parameter(name, "score"), parameter(name, "score_m2"), n,
-                        total.reshape(block.shape), m2.reshape(block.shape))
+                        total.reshape(block.shape), m2.reshape(block.shape), in_place=True)
         return (label_noise / (self.samples - 1)).cpu(), pairs.cpu()
 
-    def _plain_sums(self, first: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        """:meth:`_add_block` for the plain layout ``first`` ``(n, M, J)``, fused a tile of entries
+    def _plain_sums(self, first: torch.Tensor, n: int, square: bool = True) -> tuple[torch.Tensor, ...]:
+        """:meth:`_add_block` for the plain layout ``first`` ``(n, M, J)`` (its squares; the values
+        themselves without ``square``), fused a tile of entries
         at a time (every input of the tile in cache), in float64: the squares' means over the draws
         and their centred within-input spreads, the means' centred spread over the inputs (each
         centred on its own mean, two passes over cached data). Returns the sums over inputs of the
@@ -192,7 +230,9 @@ class SampledAnalysis(FamilyAnalysis):
         step = max(1, PLAIN_TILE_ELEMENTS // (n * samples))
         for start in range(0, columns, step):
             cols = slice(start, start + step)
-            squares = first[:, :, cols].to(torch.float64).square()  # (n, M, c), not in place: shared
+            squares = first[:, :, cols].to(torch.float64)  # (n, M, c), never changed in place: shared
+            if square:
+                squares = squares.square()
             if samples == 2:  # (a − ā)² + (b − ā)² = (a − b)²/2: one difference
                 mean = (squares[:, 0] + squares[:, 1]).mul_(0.5)
                 spread = (squares[:, 0] - squares[:, 1]).square_().mul_(0.5)
@@ -216,23 +256,30 @@ class SampledAnalysis(FamilyAnalysis):
                 pairs += 0.5 * (mean[0:paired:2] - mean[1:paired:2]).square_().sum(1)
         return within, total, m2, label_noise, pairs
 
-    def _add_spreads(self, spreads: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _add_spreads(self, spreads: list[tuple[torch.Tensor, torch.Tensor]], prefix: str = "") -> None:
         """Sums of the per-input label-noise estimates ``w`` (K tensors) and of the pairs'
-        ``z = (D, w̄)`` with their outer products, for the standard errors (docs/theory.md §17.2)."""
+        ``z = (D, w̄)`` with their outer products, for the standard errors (docs/theory.md §17.2);
+        ``prefix`` names those of Î2."""
         w = torch.stack([label for label, _ in spreads], 1)  # (n, K)
         pairs = w.shape[0] // 2
         z = torch.cat([torch.stack([d for _, d in spreads], 1),
                        (w[0 : 2 * pairs : 2] + w[1 : 2 * pairs : 2]) / 2], 1)  # (pairs, 2K)
         acc = self.accumulator
-        acc.add(run_key("label_noise"), w.sum(0))
-        acc.add(run_key("label_noise_outer"), w.T @ w)
-        acc.add(run_key("pairs"), torch.tensor(float(pairs)))
-        acc.add(run_key("pair"), z.sum(0))
-        acc.add(run_key("pair_outer"), z.T @ z)
+        acc.add(run_key(prefix + "label_noise"), w.sum(0))
+        acc.add(run_key(prefix + "label_noise_outer"), w.T @ w)
+        acc.add(run_key(prefix + "pairs"), torch.tensor(float(pairs)))
+        acc.add(run_key(prefix + "pair"), z.sum(0))
+        acc.add(run_key(prefix + "pair_outer"), z.T @ z)
+
+    def _spread_sums(self, prefix: str) -> SpreadSums:
+        sums = self.accumulator.sums
+        return SpreadSums(self.parameter_names, self.count, sums[run_key(prefix + "label_noise")],
+                          sums[run_key(prefix + "label_noise_outer")], int(sums[run_key(prefix + "pairs")]),
+                          sums[run_key(prefix + "pair")], sums[run_key(prefix + "pair_outer")])
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "sums": 2, "family": self.family.name, "samples": self.samples,
-                "seed": self.seed,
+                "seed": self.seed, "i2": self.i2,
                 "parameters": self.parameter_names, "model": checkpoints.model_hash(self.model)}
 
     def result(self, consume: bool = False) -> SampledResult:
@@ -258,6 +305,13 @@ class SampledAnalysis(FamilyAnalysis):
         between = {k: mean(parameter(k, "score_m2"), n - 1).clamp_min_(0.0) if consume else
                    moments.sample_variance(n, sums[parameter(k, "score_m2")]) for k in names}
         unbiased = {k: torch.sub(between[k], v1[k], alpha=1.0 / m) for k in names}
+        second = {}
+        if self.i2:  # Î2 from the probes, in the same form (docs/theory.md §17.5)
+            second = {"i2": {k: mean(parameter(k, "i2"), n) for k in names},
+                      "v2": {k: mean(parameter(k, "i2_within"), n * (m - 1)) for k in names},
+                      "between_i2": {k: moments.sample_variance(n, sums[parameter(k, "i2_m2")])
+                                     for k in names},
+                      "spreads_i2": self._spread_sums("i2_")}
         exact = [k for k in names if k in (self.exact or [])]
         fisher = {k: sums[parameter(k, "exact_fisher")] / n for k in exact}
         for k in exact:  # the output layer's exact terms (docs/theory.md §17.1)
@@ -268,16 +322,15 @@ class SampledAnalysis(FamilyAnalysis):
             shapes={k: p.shape for k, p in self.model.named_parameters() if k in names},
             i1=i1, v1=v1, input_var={k: v.clamp_min(0.0) for k, v in unbiased.items()},
             input_var_unbiased=unbiased, between=between, fisher=fisher,
-            spreads=SpreadSums(names, n, sums[run_key("label_noise")], sums[run_key("label_noise_outer")],
-                               int(sums[run_key("pairs")]), sums[run_key("pair")],
-                               sums[run_key("pair_outer")]),
+            spreads=self._spread_sums(""), **second,
             metadata={"seed": self.seed, "outputs": self.width, "engine": self.engine.name,
                       "exact": exact, **self.run_metadata()},
             groups=self.groups)
         layers = describe_groups(self.model, self.groups)
         if layers:
             result.metadata["layers"] = layers
-        check_result_finite({"i1": i1, "v1": v1, "between": between, "fisher": fisher})
+        check_result_finite({"i1": i1, "v1": v1, "between": between, "fisher": fisher,
+                             **{k: v for k, v in second.items() if k != "spreads_i2"}})
         if consume:
             self.consumed = True
             self.accumulator.sums = {}
@@ -299,6 +352,7 @@ def analyze_sampled(
     checkpoint_interval: float = 60.0,
     batch_size: int | None = None,
     progress: bool = False,
+    i2: bool = False,
 ) -> SampledResult:
     """Î1 with ``samples`` labels drawn from the model per input and the unbiased estimates of its
     variance's two terms from the draws (docs/theory.md §17), at the cost of ``samples`` backward
@@ -317,9 +371,17 @@ def analyze_sampled(
     probing forward; not a head tied to the embedding, whose score sums both uses) get their exact
     Fisher (``result.fisher``), exact ``v1`` and exact input noise in closed form (docs/theory.md
     §17.1), listed in ``result.metadata["exact"]``; ``variance`` uses them; their ``i1`` stays
-    the sampled Î1."""
+    the sampled Î1.
+
+    ``i2=True`` also estimates Î2 (``result.i2``, ``result.v2``, ``result.variance("i2")``): per
+    input and draw one Hutchinson probe ``z ⊙ H z`` of the Hessian ``H`` of the negative
+    log-likelihood at the sampled label (docs/theory.md §17.5), unbiased for the Fisher — what
+    Hessian-diagonal optimisers and pruning codes compute (Sophia-H, AdaHessian, OBS) — with its
+    variance (label and probe noise within an input, input noise between inputs) in the same
+    unbiased forms. It costs one Hessian-vector product per input and draw (a double backward
+    pass through the model for one input, about 4 gradients of it), on top of Î1's."""
     analysis = SampledAnalysis(model, family, samples, seed, parameters=parameters, groups=groups,
-                               memory_budget=memory_budget)
+                               memory_budget=memory_budget, i2=i2)
     analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)
     return analysis.result(consume=True)

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
 from fimvar.engine.autodiff import AutodiffEngine
 from fimvar.engine.base import Engine, ParameterDerivatives
@@ -423,7 +423,7 @@ class GraphEngine(Engine):
             if g is None:
                 continue
             context = None if contexts is None else contexts[index]
-            for part in self._layer_derivatives(module, a, g, context):
+            for part in self._layer_derivatives(module, a, g, context, tied=remaining):
                 pending.setdefault(part.name, []).append(part)
                 remaining[part.name] -= 1
                 if remaining[part.name] == 0:
@@ -568,15 +568,66 @@ class GraphEngine(Engine):
         return [dataclasses.replace(block.plain(), curvature=g)
                 for block, g in zip(blocks, estimates.split(sizes, dim=3), strict=True)]
 
+    def likelihood_probes(self, x: torch.Tensor, names: list[str], statistics: torch.Tensor, mean,
+                          keep: torch.Tensor | None, signs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hutchinson estimates of the diagonal of the negative log-likelihood's Hessian at every
+        sampled label (docs/theory.md §17.5): for input ``i`` and draw ``m``, with
+        ``t = statistics[i, m]`` (``t(y_m)``, ``(n, M, T)``) and one Rademacher direction
+        ``z = signs[i, m]`` over the parameters ``names`` (``(n, M, P)``, in their order),
+        ``z ⊙ H z`` where ``H = ∇²_θ(A(h) − t·h) = Jᵀ I(h) J − Σ_t (t − η)_t ∇²h_t``, so that
+        ``E_z[z ⊙ H z] = diag H``, the Î2 draw. ``Hz`` is the gradient of ``z·∇_θ ℓ`` with
+        ``∇_θ ℓ = Jᵀ (η(h) − t)`` formed by a pullback whose cotangent ``η(h(θ)) − t`` is itself
+        differentiated (``∂η/∂h = I(h)``): no log-partition function is needed, only the family's
+        ``mean``. ``keep`` (``(n, T)`` of 0/1, or ``None``): the outputs that count (left-out
+        positions of a language model). Returns per name ``(n, M, J)``."""
+        n, samples = statistics.shape[:2]
+        selected, constants = self._split_parameters(names)
+        sizes = [selected[k].numel() for k in names]
+        found = signs.new_empty(n, samples, sum(sizes))
+        per_probe = 8 * (sum(sizes) + self._activation_elements) * signs.element_size()
+        group = max(1, min(samples, self.memory_budget // max(2 * per_probe, 1)))
+        with differentiable(self.model):  # double backward through attention, RNNs
+            for i in range(n):  # per input: its Hessian is not that of the batch
+                x1 = x[i : i + 1]
+                weights = None if keep is None else keep[i].to(signs.dtype)
+
+                def outputs(params, x1=x1):
+                    found = functional_call(self.model, (params, constants), (x1,))
+                    return output_tensor(found).reshape(1, -1)
+
+                def product(statistic, direction, weights=weights, outputs=outputs):  # Hz = ∇_θ (z·∇_θ ℓ)
+                    def along(params):
+                        h, pullback = vjp(outputs, params)
+                        residual = mean(h.to(statistic.dtype)).to(h.dtype) - statistic[None]
+                        if weights is not None:
+                            residual = residual * weights
+                        (gradient,) = pullback(residual)
+                        return sum((gradient[k] * direction[k]).sum() for k in names)
+                    return grad(along)(selected)
+
+                for first in range(0, samples, group):
+                    chosen = slice(first, min(samples, first + group))
+                    z = signs[i, chosen]  # (M', P)
+                    directions = {k: part.reshape(-1, *selected[k].shape)
+                                  for k, part in zip(names, z.split(sizes, dim=1), strict=True)}
+                    products = vmap(product)(statistics[i, chosen], directions)
+                    flat = torch.cat([products[k].reshape(z.shape[0], -1) for k in names], 1)
+                    found[i, chosen] = z * flat
+        return dict(zip(names, found.split(sizes, dim=2), strict=True))
+
     # ------------------------------------------------------------------ per layer
     def _block(self, parameter: torch.Tensor, first: torch.Tensor, inputs=None) -> ParameterDerivatives:
         zero = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
         return ParameterDerivatives(self.names[id(parameter)], parameter.shape, first, zero, inputs)
 
     def _layer_derivatives(self, module: nn.Module, a: torch.Tensor, delta: torch.Tensor,
-                           context: dict | None = None):
+                           context: dict | None = None, tied: dict[str, int] | None = None):
         """The layer's parameter blocks from its input ``a`` and ``δ`` (``(n, T, *z)``);
-        ``context`` keeps what depends on ``a`` alone between calls for the same ``a``."""
+        ``context`` keeps what depends on ``a`` alone between calls for the same ``a``. Every
+        plain block's ``first`` is a new tensor that no one else holds (:meth:`_combine` adds
+        into it). ``tied``: the uses still to come per parameter name; an embedding whose weight
+        has others (tied to an output layer) gives its token rows alone (``shared["lookup"]``),
+        added into the other uses' gradient instead of a dense ``V × dim`` tensor per input."""
         n, width = delta.shape[:2]
         context = {} if context is None else context
         selected = [p for p in module.parameters(recurse=False) if id(p) in self.names]
@@ -585,10 +636,13 @@ class GraphEngine(Engine):
             return p is not None and any(p is q for q in selected)
 
         a = a.to(delta.dtype) if a.is_floating_point() else a
+        # the per-input weight gradients of a layer applied at positions p: one batched product,
+        # written in the parameter's own order (no copy of its (n, T, out, in) result)
         if _is_transposed_linear(module):  # ∂h_t/∂W[i, o] = Σ_p a_{p,i} δ_{t,p,o}
             d, x = delta.reshape(n, width, -1, delta.shape[-1]), a.reshape(n, -1, a.shape[-1])
             if wanted(module.weight):
-                yield self._block(module.weight, torch.einsum("npi,ntpo->ntio", x, d).reshape(n, width, -1))
+                products = torch.matmul(x.transpose(1, 2)[:, None], d)  # (n, T, in, out)
+                yield self._block(module.weight, products.reshape(n, width, -1))
             if wanted(getattr(module, "bias", None)):
                 yield self._block(module.bias, d.sum(2))
         elif isinstance(module, nn.Linear):
@@ -596,7 +650,8 @@ class GraphEngine(Engine):
                 yield self._block(module.weight, delta, a)
             elif wanted(module.weight):
                 d, x = delta.reshape(n, width, -1, delta.shape[-1]), a.reshape(n, -1, a.shape[-1])
-                yield self._block(module.weight, torch.einsum("ntpo,npi->ntoi", d, x).reshape(n, width, -1))
+                products = torch.matmul(d.transpose(2, 3), x[:, None])  # (n, T, out, in)
+                yield self._block(module.weight, products.reshape(n, width, -1))
             if wanted(module.bias):
                 yield self._block(module.bias, delta.reshape(n, width, -1, delta.shape[-1]).sum(2))
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
@@ -625,10 +680,15 @@ class GraphEngine(Engine):
             if wanted(module.weight):
                 ids = a.reshape(n, -1)
                 d = delta.reshape(n, width, ids.shape[1], -1)  # (n, T, L, dim)
-                rows = d.new_zeros(n, width, module.num_embeddings, d.shape[-1])
-                for i in range(n):  # rows of the tokens of input i (a token used twice sums)
-                    rows[i].index_add_(1, ids[i], d[i])
-                yield self._block(module.weight, rows.reshape(n, width, -1))
+                if tied is not None and tied.get(self.names[id(module.weight)], 0) > 1:
+                    nothing = d.new_zeros(()).expand(n, width, module.weight.numel())
+                    block = self._block(module.weight, nothing)
+                    block.shared["lookup"] = (ids, d)
+                    yield block
+                    return
+                rows = d.new_zeros(n, width, module.num_embeddings * d.shape[-1])
+                _add_lookup(rows, ids, d)
+                yield self._block(module.weight, rows)
         else:  # normalisations: γ ⊙ â + β
             if "normalised" not in context:
                 context["normalised"] = self._normalised(module, a).to(delta.dtype)
@@ -666,11 +726,29 @@ class GraphEngine(Engine):
 
     @staticmethod
     def _combine(parts: list[ParameterDerivatives]) -> ParameterDerivatives:
-        """One block per parameter: the sum of its uses (tied weights), plain layout when several."""
-        if len(parts) == 1:
+        """One block per parameter: the sum of its uses (tied weights), plain layout when several,
+        added into the first use's own new tensor (:meth:`_layer_derivatives`); an embedding's
+        token rows (``shared["lookup"]``) are added into it row by row."""
+        if len(parts) == 1 and "lookup" not in parts[0].shared:
             return parts[0]
-        total = torch.add(parts[0].plain().first, parts[1].plain().first)  # new: the parts are kept
-        for part in parts[2:]:
-            total.add_(part.plain().first)
+        dense = [part.plain().first for part in parts if "lookup" not in part.shared]
+        if dense:
+            total = dense[0]
+            for other in dense[1:]:
+                total.add_(other)
+        else:
+            total = parts[0].first.new_zeros(parts[0].first.shape)
+        for part in parts:
+            if "lookup" in part.shared:
+                _add_lookup(total, *part.shared["lookup"])
         zero = torch.zeros((), dtype=total.dtype, device=total.device).expand(total.shape)
         return ParameterDerivatives(parts[0].name, parts[0].shape, total, zero)
+
+
+def _add_lookup(rows: torch.Tensor, ids: torch.Tensor, d: torch.Tensor) -> None:
+    """Add an embedding's per-input gradient into ``rows`` ``(n, T, V·dim)``: the gradient ``d``
+    ``(n, T, L, dim)`` of each position goes to the row of its token (a token used twice sums)."""
+    n, width, positions, dim = d.shape
+    table = rows.view(n, width, -1, dim)
+    for i in range(n):
+        table[i].index_add_(1, ids[i], d[i])

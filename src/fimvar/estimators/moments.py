@@ -30,12 +30,19 @@ def merge(count: int, total: torch.Tensor | None, m2: torch.Tensor | None, chunk
     ``total``/``m2`` are ``None`` before the first chunk. Returns the new ``(Σ I, m2)``."""
     if total is None or count == 0:
         return chunk_total.clone(), chunk_m2.clone()
-    # five passes over the values (a language model's ~10⁸ per chunk): the in-place steps write
-    # only into the temporaries made here
-    delta = (chunk_total / chunk_count).sub_(total, alpha=1.0 / count)
+    return merge_into(count, total.clone(), m2.clone(), chunk_count, chunk_total, chunk_m2.clone())
+
+
+def merge_into(count: int, total: torch.Tensor, m2: torch.Tensor, chunk_count: int,
+               chunk_total: torch.Tensor, chunk_m2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge` in the memory of ``total`` and ``m2`` (updated, and returned), with
+    ``chunk_m2`` overwritten as scratch: no new tensor, five passes over the values (a language
+    model's 10⁸ sums per chunk)."""
     weight = count * chunk_count / (count + chunk_count)
-    merged_m2 = torch.add(m2, chunk_m2).addcmul_(delta, delta, value=weight)
-    return torch.add(total, chunk_total), merged_m2
+    m2.add_(chunk_m2)
+    delta = torch.div(chunk_total, chunk_count, out=chunk_m2).sub_(total, alpha=1.0 / count)
+    m2.addcmul_(delta, delta, value=weight)
+    return total.add_(chunk_total), m2
 
 
 def sample_variance(count: int, m2: torch.Tensor) -> torch.Tensor:

@@ -274,26 +274,33 @@ def _hidden_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
 
 SAMPLED_FORMAT = "fimvar.sampled-result"
 SAMPLED_TENSORS = ("i1", "v1", "input_var", "input_var_unbiased", "between")
+#: the tensors of a result with Î2 (``analyze_sampled(..., i2=True)``)
+SAMPLED_I2_TENSORS = ("i2", "v2", "between_i2")
 SPREAD_TENSORS = ("label_noise", "label_noise_outer", "pair", "pair_outer")
 
 
 def write_sampled(result: SampledResult, path: str | Path) -> None:
     """``sampled.safetensors``: ``"<parameter>/<quantity>"`` for ``i1``, ``v1``, ``input_var``,
-    ``input_var_unbiased``, ``between`` and the derived ``variance_i1`` (this run's design) of a
-    sampled analysis, float64 with the parameters' shapes."""
+    ``input_var_unbiased``, ``between`` (with Î2 also ``i2``, ``v2``, ``between_i2``) and the derived
+    ``variance_i1`` (this run's design) of a sampled analysis, float64 with the parameters'
+    shapes."""
     tensors = {f"{name}/{q}": getattr(result, q)[name] for q in SAMPLED_TENSORS for name in result.shapes}
     tensors.update({f"{name}/variance_i1": v for name, v in result.variance("i1").items()})
     tensors.update({f"{name}/fisher": v for name, v in result.fisher.items()})
-    spreads = result.spreads
-    if spreads is not None:
-        tensors.update({f"spreads/{k}": getattr(spreads, k) for k in SPREAD_TENSORS})
+    if result.i2:
+        tensors.update({f"{name}/{q}": getattr(result, q)[name] for q in SAMPLED_I2_TENSORS
+                        for name in result.shapes})
+    counts = {}
+    for prefix, spreads in (("spreads", result.spreads), ("spreads_i2", result.spreads_i2)):
+        if spreads is not None:
+            tensors.update({f"{prefix}/{k}": getattr(spreads, k) for k in SPREAD_TENSORS})
+            counts[prefix] = {"names": spreads.names, "inputs": spreads.inputs, "pairs": spreads.pairs}
     _write_file(path, tensors, {
         "format": SAMPLED_FORMAT, "family": result.family, "samples": result.samples,
         "num_inputs": result.num_inputs, "shapes": {k: list(v) for k, v in result.shapes.items()},
         "groups": result.groups, "metadata": result.metadata, "derived": ["variance_i1"],
-        "exact": list(result.fisher),
-        "spreads": None if spreads is None else {"names": spreads.names, "inputs": spreads.inputs,
-                                                 "pairs": spreads.pairs}})
+        "exact": list(result.fisher), "i2": bool(result.i2),
+        "spreads": counts.get("spreads"), "spreads_i2": counts.get("spreads_i2")})
 
 
 def read_sampled(path: str | Path) -> SampledResult:
@@ -303,15 +310,21 @@ def read_sampled(path: str | Path) -> SampledResult:
 
 def _sampled_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> SampledResult:
     shapes = {k: torch.Size(v) for k, v in meta["shapes"].items()}
-    counts = meta.get("spreads")
-    spreads = None if counts is None else SpreadSums(
-        list(counts["names"]), int(counts["inputs"]), tensors["spreads/label_noise"],
-        tensors["spreads/label_noise_outer"], int(counts["pairs"]), tensors["spreads/pair"],
-        tensors["spreads/pair_outer"])
+
+    def spread_sums(prefix: str) -> SpreadSums | None:
+        counts = meta.get(prefix)
+        return None if counts is None else SpreadSums(
+            list(counts["names"]), int(counts["inputs"]), tensors[f"{prefix}/label_noise"],
+            tensors[f"{prefix}/label_noise_outer"], int(counts["pairs"]), tensors[f"{prefix}/pair"],
+            tensors[f"{prefix}/pair_outer"])
+
+    second = SAMPLED_I2_TENSORS if meta.get("i2") else ()
     return SampledResult(
         family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
-        shapes=shapes, **{q: {name: tensors[f"{name}/{q}"] for name in shapes} for q in SAMPLED_TENSORS},
-        fisher={name: tensors[f"{name}/fisher"] for name in meta.get("exact", [])}, spreads=spreads,
+        shapes=shapes,
+        **{q: {name: tensors[f"{name}/{q}"] for name in shapes} for q in SAMPLED_TENSORS + second},
+        fisher={name: tensors[f"{name}/fisher"] for name in meta.get("exact", [])},
+        spreads=spread_sums("spreads"), spreads_i2=spread_sums("spreads_i2"),
         metadata=dict(meta.get("metadata") or {}),
         groups={g: list(m) for g, m in meta["groups"].items()})
 

@@ -76,6 +76,12 @@ class SampledResult:
             ``metadata["exact"]`` (docs/theory.md §17.1); no entry for the others.
         spreads: the sums behind the standard errors of the variance estimates
             (:meth:`estimate`).
+        i2, v2, between_i2, spreads_i2: with ``analyze_sampled(..., i2=True)`` (else empty): Î2
+            with one Hutchinson probe of the Hessian per draw, ``(1/(N M)) Σ z ⊙ H z``
+            (unbiased for the Fisher), the within-input sample variance of its draws pooled over
+            the inputs (unbiased for ``E_x [v2(x) + probe noise]``, docs/theory.md §17.5), the
+            sample variance of its per-input means and their spread sums — the same forms as
+            Î1's.
         metadata: run metadata (seed, outputs, engine, precision, ``exact``).
         groups: group name → parameter names (one group per module from
             :func:`fimvar.analyze_sampled`; one per parameter tensor when not given).
@@ -97,10 +103,22 @@ class SampledResult:
     spreads: SpreadSums | None = None
     metadata: dict = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    i2: Tensors = field(default_factory=dict)
+    v2: Tensors = field(default_factory=dict)
+    between_i2: Tensors = field(default_factory=dict)
+    spreads_i2: SpreadSums | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
             self.groups = {name: [name] for name in self.shapes}
+
+    def _terms(self, estimator: str) -> tuple[Tensors, Tensors, SpreadSums | None]:
+        """The label noise, the between-input variance and the spread sums of ``estimator``."""
+        if estimator == "i2":
+            if not self.i2:
+                raise FimvarError("this result holds no Î2: run analyze_sampled(..., i2=True)")
+            return self.v2, self.between_i2, self.spreads_i2
+        return self.v1, self.between, self.spreads
 
     def variance(self, estimator: str = "i1", inputs: int | None = None,
                  draws: int | None = None) -> Tensors:
@@ -114,9 +132,15 @@ class SampledResult:
         draws = self.samples if draws is None else int(draws)
         if inputs < 1 or draws < 1:
             raise FimvarError("inputs and draws must be at least 1")
-        if estimator not in ("i1", "exact"):
-            raise FimvarError("the sampled analysis estimates the variance of 'i1' and 'exact', "
-                              f"not {estimator!r}")
+        if estimator not in ("i1", "i2", "exact"):
+            raise FimvarError("the sampled analysis estimates the variance of 'i1', 'i2' (with i2=True) "
+                              f"and 'exact', not {estimator!r}")
+        if estimator == "i2":  # probes: no closed form for any tensor; its own input noise estimate
+            v2, between, _ = self._terms("i2")
+            if inputs == self.num_inputs and draws == self.samples:
+                return {k: v / inputs for k, v in between.items()}
+            return {k: joint_variance(between[k] - v2[k] / self.samples, v2[k], inputs, draws).clamp_min(0.0)
+                    for k in between}
         own_design = estimator == "i1" and inputs == self.num_inputs and draws == self.samples
         exact = set(self.fisher)
 
@@ -128,7 +152,8 @@ class SampledResult:
                 for k, v in self.input_var_unbiased.items()}
 
     def estimate(self, quantity: str = "variance", tensors: Iterable[str] | None = None,
-                 inputs: int | None = None, draws: int | None = None) -> tuple[float, float]:
+                 inputs: int | None = None, draws: int | None = None,
+                 estimator: str = "i1") -> tuple[float, float]:
         """A variance estimate summed over the entries of ``tensors`` (default every tensor: a layer
         is the list of its tensors' names) and its standard error (docs/theory.md §17.2).
 
@@ -142,13 +167,17 @@ class SampledResult:
         inputs; the value itself is the full-data estimate. For the tensors computed in closed
         form (``metadata["exact"]``) the value is the closed form's and the error that of the draws,
         an upper estimate again (the closed form is the draws' estimate averaged over the labels).
+        ``estimator="i2"`` (a result of ``i2=True``): the same for Î2, ``v1`` then meaning its
+        label-and-probe noise :attr:`v2` (docs/theory.md §17.5).
 
         Returns ``(value, standard_error)`` as floats.
         """
         if quantity not in SPREAD_QUANTITIES:
             raise FimvarError(f"quantity must be one of {', '.join(map(repr, SPREAD_QUANTITIES))}, "
                               f"got {quantity!r}")
-        spreads = self.spreads
+        if estimator not in ("i1", "i2"):
+            raise FimvarError(f"estimator must be 'i1' or 'i2', got {estimator!r}")
+        label_noise, between, spreads = self._terms(estimator)
         if spreads is None:
             raise FimvarError("this result holds no spread sums; rerun the analysis")
         chosen = None if tensors is None else set(tensors)
@@ -159,20 +188,23 @@ class SampledResult:
         def summed(values: Tensors) -> float:
             return float(sum(float(values[k].sum()) for k in names))
 
+        # the unbiased input noise between − label/M (Î1: the closed form's for the exact tensors)
+        unbiased = (self.input_var_unbiased if estimator == "i1" else
+                    {k: between[k] - label_noise[k] / m for k in names})
         if quantity == "v1":
             error = mean_standard_error(spreads.inputs, spreads.label_noise, spreads.label_noise_outer, g)
-            return summed(self.v1), self._checked(error, "inputs")
+            return summed(label_noise), self._checked(error, "inputs")
         if quantity == "variance":
             inputs = self.num_inputs if inputs is None else int(inputs)
             draws = m if draws is None else int(draws)
             if inputs < 1 or draws < 1:
                 raise FimvarError("inputs and draws must be at least 1")
-            value = (summed(self.input_var_unbiased) + summed(self.v1) / draws) / inputs
+            value = (summed(unbiased) + summed(label_noise) / draws) / inputs
             weights = torch.cat([g, (1.0 / draws - 1.0 / m) * g]) / inputs
         elif quantity == "input_var":
-            value, weights = summed(self.input_var_unbiased), torch.cat([g, -g / m])
+            value, weights = summed(unbiased), torch.cat([g, -g / m])
         else:
-            value, weights = summed(self.between), torch.cat([g, 0.0 * g])
+            value, weights = summed(between), torch.cat([g, 0.0 * g])
         error = mean_standard_error(spreads.pairs, spreads.pair, spreads.pair_outer, weights)
         return value, self._checked(error, "pairs of inputs")
 
