@@ -146,8 +146,12 @@ class SampledAnalysis(FamilyAnalysis):
             keep = masked_residuals(ones, mask, h.shape[1] // family.positions)[:, 0]
         names = self.parameter_names
         dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
-        signs = rademacher(self.seed, torch.arange(self.chunk_start, self.chunk_start + n), self.samples,
-                           sum(self.model.get_parameter(k).numel() for k in names), dtype, h.device)
+        count = sum(self.model.get_parameter(k).numel() for k in names)
+
+        def signs(i: int) -> torch.Tensor:  # input i's M directions, seeded by its global index
+            index = torch.tensor([self.chunk_start + i])
+            return rademacher(self.seed, index, self.samples, count, dtype, h.device)[0]
+
         probes = self.engine.likelihood_probes(x, names, statistics.to(dtype), family.mean,
                                                None if keep is None else keep.to(dtype), signs)
         spreads = []

@@ -569,11 +569,12 @@ class GraphEngine(Engine):
                 for block, g in zip(blocks, estimates.split(sizes, dim=3), strict=True)]
 
     def likelihood_probes(self, x: torch.Tensor, names: list[str], statistics: torch.Tensor, mean,
-                          keep: torch.Tensor | None, signs: torch.Tensor) -> dict[str, torch.Tensor]:
+                          keep: torch.Tensor | None, signs) -> dict[str, torch.Tensor]:
         """Hutchinson estimates of the diagonal of the negative log-likelihood's Hessian at every
         sampled label (docs/theory.md §17.5): for input ``i`` and draw ``m``, with
         ``t = statistics[i, m]`` (``t(y_m)``, ``(n, M, T)``) and one Rademacher direction
-        ``z = signs[i, m]`` over the parameters ``names`` (``(n, M, P)``, in their order),
+        ``z = signs(i)[m]`` over the parameters ``names`` (``signs(i)``: ``(M, P)`` in their order,
+        made one input at a time),
         ``z ⊙ H z`` where ``H = ∇²_θ(A(h) − t·h) = Jᵀ I(h) J − Σ_t (t − η)_t ∇²h_t``, so that
         ``E_z[z ⊙ H z] = diag H``, the Î2 draw. ``Hz`` is the gradient of ``z·∇_θ ℓ`` with
         ``∇_θ ℓ = Jᵀ (η(h) − t)`` formed by a pullback whose cotangent ``η(h(θ)) − t`` is itself
@@ -583,13 +584,13 @@ class GraphEngine(Engine):
         n, samples = statistics.shape[:2]
         selected, constants = self._split_parameters(names)
         sizes = [selected[k].numel() for k in names]
-        found = signs.new_empty(n, samples, sum(sizes))
-        per_probe = 8 * (sum(sizes) + self._activation_elements) * signs.element_size()
+        found = {k: statistics.new_empty(n, samples, size) for k, size in zip(names, sizes, strict=True)}
+        per_probe = 8 * (sum(sizes) + self._activation_elements) * statistics.element_size()
         group = max(1, min(samples, self.memory_budget // max(2 * per_probe, 1)))
         with differentiable(self.model):  # double backward through attention, RNNs
             for i in range(n):  # per input: its Hessian is not that of the batch
-                x1 = x[i : i + 1]
-                weights = None if keep is None else keep[i].to(signs.dtype)
+                x1, z_input = x[i : i + 1], signs(i)
+                weights = None if keep is None else keep[i].to(statistics.dtype)
 
                 def outputs(params, x1=x1):
                     found = functional_call(self.model, (params, constants), (x1,))
@@ -607,13 +608,12 @@ class GraphEngine(Engine):
 
                 for first in range(0, samples, group):
                     chosen = slice(first, min(samples, first + group))
-                    z = signs[i, chosen]  # (M', P)
-                    directions = {k: part.reshape(-1, *selected[k].shape)
-                                  for k, part in zip(names, z.split(sizes, dim=1), strict=True)}
+                    parts = dict(zip(names, z_input[chosen].split(sizes, dim=1), strict=True))  # (M', J)
+                    directions = {k: part.reshape(-1, *selected[k].shape) for k, part in parts.items()}
                     products = vmap(product)(statistics[i, chosen], directions)
-                    flat = torch.cat([products[k].reshape(z.shape[0], -1) for k in names], 1)
-                    found[i, chosen] = z * flat
-        return dict(zip(names, found.split(sizes, dim=2), strict=True))
+                    for k, part in parts.items():
+                        torch.mul(part, products.pop(k).reshape(part.shape), out=found[k][i, chosen])
+        return found
 
     # ------------------------------------------------------------------ per layer
     def _block(self, parameter: torch.Tensor, first: torch.Tensor, inputs=None) -> ParameterDerivatives:

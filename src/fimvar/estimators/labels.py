@@ -127,6 +127,16 @@ def rademacher(seed: int, sample_index: torch.Tensor, probes: int, count: int,
     key = _hash32(seed_hash ^ _hash32(sample_index & _MASK32) ^ _hash32((sample_index >> 32) + 0x9E37))
     cell = _hash32(key[:, None, None] ^ _hash32(probe[None, :, None] * 0x10001 + 0x68E31DA4))
     bits = _hash32(cell ^ _hash32(word[None, None, :] * 2 + 0x1B873593))  # (n, probes, words)
-    shifts = torch.arange(32, device=device, dtype=torch.int64)
-    signs = ((bits[..., None] >> shifts) & 1).reshape(*bits.shape[:2], words * 32)[..., :count]
-    return (1 - 2 * signs).to(dtype)
+    # bit b of word w is the sign of entry 32 w + b: each byte of a word looks its 8 signs up in a
+    # table, a block of words at a time (no int64 tensor of one element per sign)
+    table = 1 - 2 * ((torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1)
+    table = table.to(dtype)
+    signs = torch.empty(*bits.shape[:2], count, dtype=dtype, device=device)
+    step = 1 << 16
+    for start in range(0, words, step):
+        block = bits[:, :, start : start + step]
+        octets = torch.stack([(block >> (8 * k)) & 255 for k in range(4)], -1)  # (n, probes, w, 4)
+        values = table[octets].reshape(*block.shape[:2], -1)  # (n, probes, 32 w)
+        stop = min(count, 32 * (start + step))
+        signs[:, :, 32 * start : stop] = values[:, :, : stop - 32 * start]
+    return signs
