@@ -165,6 +165,9 @@ class BlockSums:
 #: (a ResNet's convolutions: the per-tile overhead dominates cache-sized tiles there)
 FISHER_TILE_ELEMENTS = 1 << 20
 FISHER_WIDE_COLUMNS = 1 << 16
+#: elements of one tile of the per-input statistics (:func:`_unit_values`) for blocks of more than
+#: FISHER_WIDE_COLUMNS columns: ResNet-18's analysis took 20 % less time than with cache-sized tiles
+UNIT_TILE_ELEMENTS_WIDE = 1 << 18
 
 
 def fisher_sum(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives) -> torch.Tensor:
@@ -310,7 +313,8 @@ def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk
     n, width, columns = u.shape
     names: dict[int, list] = {}
     values: dict[int, torch.Tensor] = {}
-    for rows, cols in tiles(n, width, columns):
+    wide = columns > FISHER_WIDE_COLUMNS  # a ResNet's convolutions: fewer, larger tiles
+    for rows, cols in tiles(n, width, columns, **({"elements": UNIT_TILE_ELEMENTS_WIDE} if wide else {})):
         tile_u, tile_w = u[rows, :, cols], w[rows, :, cols]
         stats: dict = unit_statistics(family, h[rows], tile_u, tile_w, draws[rows],
                                       None if data_residual is None else data_residual[rows],
