@@ -55,6 +55,17 @@ def full_and_hidden(model, x) -> dict[str, torch.Tensor]:
     return out
 
 
+def sampled_tensors(result) -> dict[str, torch.Tensor]:
+    """Every tensor of a sampled analysis with Î2: the estimates, their noise terms, the spread sums."""
+    out = {f"{name}/{q}": getattr(result, q)[name] for q in ("i1", "v1", "between", "i2", "v2", "between_i2")
+           for name in result.shapes}
+    for prefix, spreads in (("spreads", result.spreads), ("spreads_i2", result.spreads_i2)):
+        out.update({f"{prefix}/{k}": getattr(spreads, k)
+                    for k in ("label_noise", "label_noise_outer", "pair", "pair_outer")})
+        out[f"{prefix}/pairs"] = torch.tensor(float(spreads.pairs))
+    return out
+
+
 def diagonal(result) -> dict:
     from fimvar.report.tensors import tensors_of
 
@@ -87,6 +98,10 @@ def scenarios(rank: int, world: int, out: Path) -> dict:
     got["analyze_graph"] = diagonal(fimvar.analyze(model, x, FAMILY, samples=2, engine="graph",
                                                    bounds=False))
     got["fisher"] = fimvar.fisher_diagonal(model, x, FAMILY)
+    # the sampled analysis with Î2's probes (sums updated in place; the same blocks of 2 as one
+    # process, so the same pairs of inputs for the standard errors)
+    sampled = fimvar.analyze_sampled(model, x, FAMILY, samples=2, batch_size=2, i2=True)
+    got["sampled"] = sampled_tensors(sampled)
     got["audit"] = audit_tensors(fimvar.audit(model, x, FAMILY, labels=labels, batch_size=3, samples=2))
     got["audit_world_size"] = fimvar.audit(model, x, FAMILY, estimator="exact").world_size
     got["full_and_hidden"] = full_and_hidden(model, x)

@@ -22,6 +22,7 @@ import fimvar
 from fimvar import FimvarError
 from fimvar.analysis import checkpoint
 from fimvar.analysis.diagonal import Analysis
+from fimvar.analysis.sampled import SampledAnalysis
 from fimvar.report.tensors import tensors_of
 
 
@@ -70,6 +71,36 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     interrupt_after(monkeypatch, 0)
     again = fimvar.analyze(model, x, checkpoint=path, **options)
     assert_identical(reference, again)
+
+
+def test_sampled_analysis_resumes_bit_identical(tmp_path, monkeypatch):
+    """The sampled analysis (its sums updated in place, Î2's too) interrupted after 3 blocks and
+    resumed from its checkpoint: the same tensors bit for bit, spread sums included."""
+    model, x, _ = setup_run()
+    options = dict(samples=2, batch_size=8, i2=True)
+    reference = fimvar.analyze_sampled(model, x, "categorical", **options)
+    path = tmp_path / "sampled.ckpt"
+    original, calls = SampledAnalysis.update, {"n": 0}
+
+    def update(self, x, labels=None, **kwargs):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, x, labels, **kwargs)
+
+    monkeypatch.setattr(SampledAnalysis, "update", update)
+    with pytest.raises(KeyboardInterrupt):
+        fimvar.analyze_sampled(model, x, "categorical", checkpoint=path, checkpoint_interval=0, **options)
+    monkeypatch.undo()
+    assert checkpoint.load(path)[1]["count"] == 24
+    resumed = fimvar.analyze_sampled(model, x, "categorical", checkpoint=path, **options)
+    for q in ("i1", "v1", "between", "i2", "v2", "between_i2"):
+        for name, value in getattr(reference, q).items():
+            assert torch.equal(getattr(resumed, q)[name], value), (q, name)
+    for field in ("label_noise", "label_noise_outer", "pair", "pair_outer"):
+        for which in ("spreads", "spreads_i2"):
+            mine, theirs = getattr(resumed, which), getattr(reference, which)
+            assert torch.equal(getattr(mine, field), getattr(theirs, field)), (which, field)
 
 
 def test_resume_with_batches_from_an_iterable(tmp_path, monkeypatch):

@@ -80,6 +80,8 @@ def single():
         "analyze": fimvar.analyze(model, x, "categorical", samples=2, labels=labels),
         "graph": fimvar.analyze(model, x, "categorical", samples=2, engine="graph", bounds=False),
         "fisher": fimvar.fisher_diagonal(model, x, "categorical"),
+        "sampled": worker.sampled_tensors(fimvar.analyze_sampled(model, x, "categorical", samples=2,
+                                                                 batch_size=2, i2=True)),
         "audit": fimvar.audit(model, x, "categorical", labels=labels, batch_size=3, samples=2),
         "full_and_hidden": worker.full_and_hidden(model, x),
         "case": c,
@@ -117,6 +119,7 @@ def test_probes_the_exact_fisher_the_audit_and_the_other_modes(ranks, single):
     assert_close(got[0]["analyze_graph"]["tensors"], tensors_of(single["graph"]), "analyze (graph, probes)")
     for rank in range(2):
         assert_close(got[rank]["fisher"], single["fisher"], "fisher_diagonal")
+        assert_close(got[rank]["sampled"], single["sampled"], "analyze_sampled with Î2")
         want = worker.audit_tensors(single["audit"])
         assert any(k.startswith("ewc/") for k in want)  # the fourth-order centred moments (Pébay)
         assert_close(got[rank]["audit"], want, "audit")
