@@ -185,6 +185,26 @@ def test_user_errors(tmp_path, capsys):
     user_error(capsys, *base, "--model", "fimvar.models:digits_mlp", *text, "--family", "categorical",
                match="--model hf:")
     user_error(capsys, *base, "--model", "fimvar.models:digits_mlp", "--data", "digits", match="--family")
+    user_error(capsys, *base, "--model", "fimvar.models:digits_mlp", "--data", "digits", "--family",
+               "categorical", "--i2", match="drop --i2")
+
+
+def test_i2_from_the_command_line(tmp_path, capsys):
+    """``--i2``: Î2 by Hutchinson probes in the report's last line and in ``sampled.safetensors``,
+    the same values as the Python API with the same seed."""
+    out = tmp_path / "i2"
+    args = ["--data", "text:bundled#length=16", "--inputs", "6", "--samples", "2", "--seed", "3",
+            "--threads", "1", "--no-figures", "--no-html"]
+    code, printed, err = run_cli(capsys, "analyze", "--model", "hf:gpt2-tiny", *args, "--i2",
+                                 "--out", str(out))
+    assert code == 0, err
+    assert "Î2 (one Hutchinson probe of the Hessian per draw" in printed and "Σ Var(Î2)" in printed
+    saved = load(out)
+    lm = load_language_model("gpt2-tiny")
+    ids, _, _ = text_sequences("bundled#length=16", lm)
+    api = fimvar.analyze_sampled(lm.model, ids[:6], samples=2, seed=3, i2=True)
+    for name, value in api.i2.items():
+        torch.testing.assert_close(saved.i2[name], value, rtol=1e-12, atol=0)
 
 
 def test_without_transformers(tmp_path, capsys, monkeypatch):

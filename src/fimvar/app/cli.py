@@ -44,6 +44,11 @@ def _add_analysis_options(parser: argparse.ArgumentParser, *, demo: bool = False
     group.add_argument("--device", default="auto",
                        help="cpu, cuda, cuda:1, … or auto (cuda when available; default)")
     group.add_argument("--no-bounds", action="store_true", help="skip the bounds of [A]/[B] (faster)")
+    if not demo:
+        group.add_argument("--i2", action="store_true",
+                           help="a language model (--model hf:…): also Î2, by one Hutchinson probe of the "
+                                "Hessian per draw (docs/theory.md §17.5; a Hessian-vector product per "
+                                "sequence and draw)")
     group.add_argument("--threads", type=int, default=1 if demo else None, metavar="T",
                        help="CPU threads for torch (default: " + ("1, fastest for the small demo model"
                             if demo else "torch's default") + ")")
@@ -392,6 +397,9 @@ def cmd_analyze(args) -> int:
     started = time.monotonic()
     if args.model.strip().startswith("hf:"):
         return cmd_analyze_language(args, started)
+    if args.i2:
+        raise FimvarError("--i2 is for a language model (--model hf:…), whose sampled analysis estimates "
+                          "Î1 alone by default; the analysis of this model gives Î2 exactly: drop --i2")
     if args.family is None:
         raise FimvarError("--family is required: categorical, gaussian, bernoulli or poisson (only a "
                           "language model, --model hf:…, is categorical by itself)")
@@ -496,7 +504,7 @@ def cmd_analyze_language(args, started: float) -> int:
     if args.dtype:
         model = model.to(getattr(torch, args.dtype))
     model = model.to(device)
-    analysis = SampledAnalysis(model, "categorical", args.samples, args.seed)
+    analysis = SampledAnalysis(model, "categorical", args.samples, args.seed, i2=args.i2)
     run = {
         "model": lm.description + (f" (weights {args.weights})" if args.weights else ""),
         "data": described + (f"; {len(data)} of them analysed" + (f" ({args.split} split)"

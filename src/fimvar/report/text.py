@@ -264,4 +264,22 @@ def sampled_report_text(result: SampledResult, target: Target = DEFAULT_TARGET,
              + (f", model in {precision}" if precision else ""))
     parts = [textwrap.fill(title, WIDTH), "", accuracy_table(plan, "i1"), "",
              sampled_layer_table(result, rows), "", plan_table(plan, accuracy=False)]
+    if result.i2:
+        parts += ["", textwrap.fill(_i2_line(result), WIDTH)]
     return "\n".join(parts)
+
+
+def _i2_line(result: SampledResult) -> str:
+    """Î2 by Hutchinson probes (docs/theory.md §17.5) against Î1: both means and variances summed
+    over every parameter, each variance with its standard error where 2 pairs of inputs give one."""
+    def variance(estimator: str) -> str:
+        value = sum(float(v.sum()) for v in result.variance(estimator).values())
+        spreads = result.spreads_i2 if estimator == "i2" else result.spreads
+        if spreads is None or spreads.pairs < 2:
+            return f"{value:.3g}"
+        return f"{value:.3g} ± {result.estimate('variance', estimator=estimator)[1]:.2g}"
+
+    trace = {e: sum(float(v.sum()) for v in getattr(result, e).values()) for e in ("i1", "i2")}
+    return (f"Î2 (one Hutchinson probe of the Hessian per draw, docs/theory.md §17.5): Σ Î2 = "
+            f"{trace['i2']:.4g} (Σ Î1 = {trace['i1']:.4g}); Σ Var(Î2) = {variance('i2')} against "
+            f"Σ Var(Î1) = {variance('i1')} at this run's N × M.")
