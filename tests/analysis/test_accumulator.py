@@ -67,6 +67,22 @@ def test_tensors_handed_out_are_never_changed_afterwards():
     assert all(torch.equal(state[k], saved[k]) for k in state)
 
 
+def test_a_tensor_not_handed_over_is_copied():
+    """Without ``in_place`` the first chunk's tensor is copied: the caller may change it, or give
+    the same tensor for two sums, and an in-place update of one sum leaves the other alone."""
+    accumulator = Accumulator()
+    zero = torch.zeros(5, dtype=torch.float64)
+    accumulator.add(KEY, zero)
+    accumulator.add_moments(TOTAL, M2, 3, zero, zero)
+    zero += 7.0
+    accumulator.finish_chunk(3)
+    accumulator.add(KEY, torch.ones(5, dtype=torch.float64), in_place=True)
+    assert torch.equal(accumulator._sums[KEY], torch.ones(5, dtype=torch.float64))
+    assert torch.equal(accumulator._sums[TOTAL], torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(accumulator._sums[M2], torch.zeros(5, dtype=torch.float64))
+    assert len({accumulator._sums[k].data_ptr() for k in (KEY, TOTAL, M2)}) == 3
+
+
 def test_restore_after_in_place_update_refuses_every_later_use():
     chunks = _chunks()
     accumulator = Accumulator()

@@ -109,7 +109,13 @@ def test_i2_is_written_and_read_back(tmp_path):
     ``sampled.safetensors``; one without has none after loading either."""
     case = make_case("mlp-tanh", "categorical", inputs=6, seed=1)
     result = fimvar.analyze_sampled(case.model, case.x, samples=3, seed=2, i2=True)
-    again = fimvar.load(result.save(tmp_path / "i2", figures=False, html=False))
+    folder = result.save(tmp_path / "i2", figures=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    validate(summary)
+    assert summary["run"]["i2"] is True
+    assert "Î2 is estimated too" in (folder / "report.html").read_text()
+    assert "Σ Var(Î2)" in result.table()
+    again = fimvar.load(folder)
     for q in ("i2", "v2", "between_i2"):
         assert getattr(again, q).keys() == getattr(result, q).keys()
         for name, value in getattr(result, q).items():
@@ -119,6 +125,7 @@ def test_i2_is_written_and_read_back(tmp_path):
             result.estimate("variance", estimator="i2", **design)
         for name, value in result.variance("i2", **design).items():
             assert torch.equal(again.variance("i2", **design)[name], value)
-    plain = fimvar.load(fimvar.analyze_sampled(case.model, case.x, samples=3).save(
-        tmp_path / "plain", figures=False, html=False))
-    assert plain.i2 == {} and plain.spreads_i2 is None
+    folder = fimvar.analyze_sampled(case.model, case.x, samples=3).save(tmp_path / "plain", figures=False)
+    plain = fimvar.load(folder)
+    assert plain.i2 == {} and plain.spreads_i2 is None and "i2" not in plain.metadata
+    assert "No exact Fisher, Î2 or bound is computed" in (folder / "report.html").read_text()

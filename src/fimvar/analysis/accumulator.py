@@ -125,10 +125,11 @@ class Accumulator:
 
     def _take(self, key: Key, value: torch.Tensor, handed_over: bool) -> torch.Tensor:
         """``value`` (float64, detached) as this accumulator's own tensor for ``key``: itself when
-        the caller handed it over (or the conversion made a new one), else a copy."""
+        the caller handed it over (or the conversion to float64 made a new one), else a copy
+        (``detach`` alone shares the caller's memory)."""
         converted = value.detach().to(torch.float64)
         self._owned.add(key)
-        return converted if handed_over or converted is not value else converted.clone()
+        return converted if handed_over or value.dtype != torch.float64 else converted.clone()
 
     def add(self, key: Key, value: torch.Tensor, *, in_place: bool = False) -> None:
         """Add a chunk's sum of one quantity (call :meth:`finish_chunk` once per chunk). With

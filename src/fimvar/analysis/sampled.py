@@ -328,7 +328,7 @@ class SampledAnalysis(FamilyAnalysis):
             input_var_unbiased=unbiased, between=between, fisher=fisher,
             spreads=self._spread_sums(""), **second,
             metadata={"seed": self.seed, "outputs": self.width, "engine": self.engine.name,
-                      "exact": exact, **self.run_metadata()},
+                      "exact": exact, **({"i2": True} if self.i2 else {}), **self.run_metadata()},
             groups=self.groups)
         layers = describe_groups(self.model, self.groups)
         if layers:

@@ -506,11 +506,16 @@ def render_sampled(summary: dict, figures: dict[str, Path] | None = None) -> str
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>fimvar report: {_e(run.get('model', run['family']))}</title><style>{CSS}</style>"
              f"</head><body>", "<h1>fimvar report (sampled Fisher)</h1>",
-             f"<p class=\"muted\">Î1, the squared score with labels sampled from the model, and its variance "
+             "<p class=\"muted\">Î1, the squared score with labels sampled from the model, and its variance "
              "estimated from the draws themselves — label noise from the spread of the M draws of each "
              "input, "
-             f"input noise from the spread between inputs — at any number of outputs (docs/theory.md §17; "
-             f"Soen &amp; Sun, NeurIPS 2021 and 2024). No exact Fisher, Î2 or bound is computed. fimvar "
+             "input noise from the spread between inputs — at any number of outputs (docs/theory.md §17; "
+             "Soen &amp; Sun, NeurIPS 2021 and 2024). "
+             + ("Î2 is estimated too, by one Hutchinson probe of the Hessian per draw (docs/theory.md "
+                "§17.5; its tensors are in sampled.safetensors; the text report compares its "
+                "variance with Î1's); no exact Fisher or bound is computed. " if run.get("i2") else
+                "No exact Fisher, Î2 or bound is computed. ")
+             + f"fimvar "
              f"{_e(summary['fimvar_version'])}, {_e(summary['created'])}, summary schema "
              f"v{summary['schema_version']}.</p>"]
     confidence = f"err @{100 * (1 - plan['delta']):g}%"
