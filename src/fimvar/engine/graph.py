@@ -593,8 +593,8 @@ class GraphEngine(Engine):
                 weights = None if keep is None else keep[i].to(statistics.dtype)
 
                 def outputs(params, x1=x1):
-                    found = functional_call(self.model, (params, constants), (x1,))
-                    return output_tensor(found).reshape(1, -1)
+                    returned = functional_call(self.model, (params, constants), (x1,))
+                    return output_tensor(returned).reshape(1, -1)
 
                 def product(statistic, direction, weights=weights, outputs=outputs):  # Hz = ∇_θ (z·∇_θ ℓ)
                     def along(params):

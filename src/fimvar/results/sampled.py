@@ -120,6 +120,14 @@ class SampledResult:
             return self.v2, self.between_i2, self.spreads_i2
         return self.v1, self.between, self.spreads
 
+    def _input_noise(self, estimator: str) -> Tensors:
+        """The unbiased input noise ``between − label noise/M`` of ``estimator`` (Î1: with the closed
+        forms' for the tensors of ``metadata["exact"]``, :attr:`input_var_unbiased`)."""
+        if estimator == "i1":
+            return self.input_var_unbiased
+        label, between, _ = self._terms(estimator)
+        return {k: between[k] - label[k] / self.samples for k in between}
+
     def variance(self, estimator: str = "i1", inputs: int | None = None,
                  draws: int | None = None) -> Tensors:
         """Estimated variance of Î1 over ``inputs`` inputs × ``draws`` draws (default this run's),
@@ -139,8 +147,8 @@ class SampledResult:
             v2, between, _ = self._terms("i2")
             if inputs == self.num_inputs and draws == self.samples:
                 return {k: v / inputs for k, v in between.items()}
-            return {k: joint_variance(between[k] - v2[k] / self.samples, v2[k], inputs, draws).clamp_min(0.0)
-                    for k in between}
+            return {k: joint_variance(v, v2[k], inputs, draws).clamp_min(0.0)
+                    for k, v in self._input_noise("i2").items()}
         own_design = estimator == "i1" and inputs == self.num_inputs and draws == self.samples
         exact = set(self.fisher)
 
@@ -188,9 +196,7 @@ class SampledResult:
         def summed(values: Tensors) -> float:
             return float(sum(float(values[k].sum()) for k in names))
 
-        # the unbiased input noise between − label/M (Î1: the closed form's for the exact tensors)
-        unbiased = (self.input_var_unbiased if estimator == "i1" else
-                    {k: between[k] - label_noise[k] / m for k in names})
+        unbiased = self._input_noise(estimator)
         if quantity == "v1":
             error = mean_standard_error(spreads.inputs, spreads.label_noise, spreads.label_noise_outer, g)
             return summed(label_noise), self._checked(error, "inputs")
