@@ -28,6 +28,7 @@ from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
     check_samples,
+    model_reference,
     trainable_parameters,
 )
 from fimvar.analysis.masking import check_masking_labels, masked_residuals, position_mask
@@ -145,7 +146,7 @@ class SampledAnalysis(FamilyAnalysis):
             ones = torch.ones_like(h)[:, None, :]
             keep = masked_residuals(ones, mask, h.shape[1] // family.positions)[:, 0]
         names = self.parameter_names
-        dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+        dtype = model_reference(self.model).dtype
         count = sum(self.model.get_parameter(k).numel() for k in names)
 
         def signs(i: int) -> torch.Tensor:  # input i's M directions, seeded by its global index
@@ -154,15 +155,9 @@ class SampledAnalysis(FamilyAnalysis):
 
         probes = self.engine.likelihood_probes(x, names, statistics.to(dtype), family.mean,
                                                None if keep is None else keep.to(dtype), signs)
-        spreads = []
-        for name in names:
-            within, total, m2, label_noise, pairs = self._plain_sums(probes.pop(name), n, square=False)
-            shape = self.model.get_parameter(name).shape
-            acc = self.accumulator
-            acc.add(parameter(name, "i2_within"), within.reshape(shape), in_place=True)
-            acc.add_moments(parameter(name, "i2"), parameter(name, "i2_m2"), n, total.reshape(shape),
-                            m2.reshape(shape), in_place=True)
-            spreads.append(((label_noise / (self.samples - 1)).cpu(), pairs.cpu()))
+        spreads = [self._add_draw_sums(name, self.model.get_parameter(name).shape, n, "i2",
+                                       *self._plain_sums(probes.pop(name), n, square=False))
+                   for name in names]
         self._add_spreads(spreads, prefix="i2_")
 
     def _add_output_layer(self, h: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -211,10 +206,21 @@ class SampledAnalysis(FamilyAnalysis):
             m2 = centred_fisher_squares(block, per_input, total, total_sq)
             label_noise = entry_totals(block, spread, 4)
             pairs = pair_half_distances(block, per_input)
-        acc, name = self.accumulator, block.name  # the chunk's sums are new: handed over
-        acc.add(parameter(name, "i1_within"), within.reshape(block.shape), in_place=True)
-        acc.add_moments(parameter(name, "score"), parameter(name, "score_m2"), n,
-                        total.reshape(block.shape), m2.reshape(block.shape), in_place=True)
+        return self._add_draw_sums(block.name, block.shape, n, "i1", within, total, m2, label_noise, pairs)
+
+    #: the accumulator's keys of each estimator's draw sums: within-input spread, total, centred m2
+    DRAW_KEYS = {"i1": ("i1_within", "score", "score_m2"), "i2": ("i2_within", "i2", "i2_m2")}
+
+    def _add_draw_sums(self, name: str, shape: torch.Size, n: int, estimator: str, within: torch.Tensor,
+                       total: torch.Tensor, m2: torch.Tensor, label_noise: torch.Tensor,
+                       pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one tensor's chunk sums of an estimator's draws (new tensors: handed over, updated in
+        place) and return its per-input label-noise estimates ``w_x`` and its pairs' ``D``."""
+        within_key, total_key, m2_key = self.DRAW_KEYS[estimator]
+        acc = self.accumulator
+        acc.add(parameter(name, within_key), within.reshape(shape), in_place=True)
+        acc.add_moments(parameter(name, total_key), parameter(name, m2_key), n, total.reshape(shape),
+                        m2.reshape(shape), in_place=True)
         return (label_noise / (self.samples - 1)).cpu(), pairs.cpu()
 
     def _plain_sums(self, first: torch.Tensor, n: int, square: bool = True) -> tuple[torch.Tensor, ...]:

@@ -544,9 +544,7 @@ class GraphEngine(Engine):
         sizes = [block.shape.numel() for block in blocks]
         selected, constants = self._split_parameters([block.name for block in blocks])
         estimates = signs.new_empty(n, samples, 2, sum(sizes))
-        # probes per vmap call: each holds the gradients and one pass's activations, with a factor
-        per_probe = 8 * (sum(sizes) + self._activation_elements) * signs.element_size()
-        group = max(1, min(samples, self.memory_budget // max(2 * per_probe, 1)))
+        group = self._draws_per_call(sum(sizes), samples, 2 * signs.element_size())
         with differentiable(self.model):  # double backward through attention, RNNs
             for i in range(n):  # per input: its Hessian is not that of the batch
                 contracted = self._contraction(x[i : i + 1], constants)
@@ -568,6 +566,13 @@ class GraphEngine(Engine):
         return [dataclasses.replace(block.plain(), curvature=g)
                 for block, g in zip(blocks, estimates.split(sizes, dim=3), strict=True)]
 
+    def _draws_per_call(self, parameters: int, samples: int, probe_bytes: int) -> int:
+        """Draws per vmapped Hessian-vector product within the memory budget: each holds the
+        gradients and one pass's activations, with a factor of 8, ``probe_bytes`` per element and
+        draw (the probes of one draw)."""
+        per_draw = 8 * (parameters + self._activation_elements) * probe_bytes
+        return max(1, min(samples, self.memory_budget // max(per_draw, 1)))
+
     def likelihood_probes(self, x: torch.Tensor, names: list[str], statistics: torch.Tensor, mean,
                           keep: torch.Tensor | None, signs) -> dict[str, torch.Tensor]:
         """Hutchinson estimates of the diagonal of the negative log-likelihood's Hessian at every
@@ -585,8 +590,7 @@ class GraphEngine(Engine):
         selected, constants = self._split_parameters(names)
         sizes = [selected[k].numel() for k in names]
         found = {k: statistics.new_empty(n, samples, size) for k, size in zip(names, sizes, strict=True)}
-        per_probe = 8 * (sum(sizes) + self._activation_elements) * statistics.element_size()
-        group = max(1, min(samples, self.memory_budget // max(2 * per_probe, 1)))
+        group = self._draws_per_call(sum(sizes), samples, 2 * statistics.element_size())
         with differentiable(self.model):  # double backward through attention, RNNs
             for i in range(n):  # per input: its Hessian is not that of the batch
                 x1, z_input = x[i : i + 1], signs(i)
