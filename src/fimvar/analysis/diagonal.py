@@ -18,6 +18,7 @@ from fimvar.analysis.inputs import (
     check_parameters_finite,
     check_result_finite,
     check_samples,
+    model_reference,
     trainable_parameters,
     warn_piecewise_linear,
 )
@@ -208,7 +209,7 @@ def with_probes(engine, x: torch.Tensor, blocks: list, draws: torch.Tensor, seed
     n = draws.shape[0]
     # the probes are contracted in the model's precision (the blocks of the autodiff fallback
     # are float64 whatever the model's)
-    dtype = next(p.dtype for p in engine.model.parameters() if p.is_floating_point())
+    dtype = model_reference(engine.model).dtype
     signs = rademacher(seed, torch.arange(start, start + n), 2 * draws.shape[1],
                        sum(b.shape.numel() for b in blocks), dtype, draws.device)
     return engine.curvature_probes(x, blocks, draws, signs)
