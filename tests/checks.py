@@ -31,6 +31,25 @@ def assert_close(actual, expected, label: str, rtol: float = 1e-10, floor: float
     assert error <= rtol, f"{label}: relative error {error:.3e} > {rtol:.0e}"
 
 
+def assert_same_document(actual, expected, path: str = "", rtol: float = 1e-13) -> None:
+    """Two JSON documents with the same structure and strings, and numbers equal to ``rtol``
+    (a reloaded result recomputes its sums in another memory layout: a BLAS may round the last
+    bit differently)."""
+    assert type(actual) is type(expected) or {type(actual), type(expected)} <= {int, float}, path
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), f"{path}: keys {sorted(actual)} != {sorted(expected)}"
+        for key, value in expected.items():
+            assert_same_document(actual[key], value, f"{path}/{key}", rtol)
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), f"{path}: {len(actual)} != {len(expected)} items"
+        for index, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same_document(a, e, f"{path}[{index}]", rtol)
+    elif isinstance(expected, float) and not isinstance(expected, bool):
+        assert abs(actual - expected) <= rtol * abs(expected), f"{path}: {actual!r} != {expected!r}"
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
 def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """A dict of per-parameter tensors as one flat vector (in the dict's order)."""
     return torch.cat([t.reshape(-1) for t in tensors.values()])

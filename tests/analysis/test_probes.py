@@ -29,7 +29,7 @@ def _quiet(function, *args, **kwargs):
 
 
 @pytest.mark.parametrize("model_name", HVP_MODELS)
-def test_curvature_probes_match_the_oracle(model_name):
+def test_probe_estimates_match_the_oracle(model_name):
     """``g = z ⊙ ∇²_θ(ε·h(x)) z`` per input, draw and probe against the oracle's Hessian-vector
     product (double backward through ``functional_call`` of the flat parameters; SDPA on the
     math kernel, the LSTM unrolled), and the parameters' layout."""
@@ -41,10 +41,10 @@ def test_curvature_probes_match_the_oracle(model_name):
     width = oracle.outputs(case.x[0]).numel()
     draws = torch.randn(2, 2, width, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     signs = rademacher(0, torch.arange(2), 4, oracle.theta.numel())
-    _, blocks = engine.derivatives(case.x)
-    probed = engine.curvature_probes(case.x, blocks, draws, signs)
-    assert [b.name for b in probed] == names and all(b.inputs is None for b in probed)
-    flat = torch.cat([b.curvature for b in probed], -1)  # (n, M, 2, P)
+    probed = engine.probe_estimates(case.x, names, draws, signs)
+    assert list(probed) == names
+    assert all(probed[name].shape == (2, 2, 2, p.numel()) for name, p in model.named_parameters())
+    flat = torch.cat(list(probed.values()), -1)  # (n, M, 2, P)
     for i in range(2):
         for m in range(2):
             theta = oracle.theta.clone().requires_grad_()
@@ -105,6 +105,26 @@ def test_probe_estimates_are_unbiased(model_name, family, masked):
             assert bool((gap <= 5 * error + 1e-12 * scale).all()), (
                 f"{model_name} {name} {quantity}: largest gap "
                 f"{float((gap / error.clamp_min(1e-300)).max()):.1f} standard errors")
+
+
+@pytest.mark.parametrize(("model_name", "family"), [("resnet-batchnorm", "categorical"),
+                                                     ("encoder-attention", "gaussian"), ("lstm", "poisson")])
+def test_cotangent_columns_give_the_exact_first_order_quantities(model_name, family):
+    """The graph engine's cotangent columns (docs/theory.md §14.3: the residuals of every class for
+    a categorical output, the unit columns otherwise, then the draws and the data residual) give
+    the exact first-order quantities of the autodiff engine with the same label draws: Fisher,
+    v1, input variance, Î1 with its within-input moments, empirical Fisher."""
+    case = make_case(model_name, family, inputs=3)
+    exact = _quiet(fimvar.analyze, case.model, case.x, family, samples=3, labels=case.labels,
+                   engine="autodiff", bounds=False)
+    probed = fimvar.analyze(case.model, case.x, family, samples=3, labels=case.labels, engine="graph",
+                            bounds=False, memory_budget=2**16)  # several chunks
+    for name in exact.fisher:
+        for quantity in ("fisher", "v1", "input_var", "i1", "empirical"):
+            assert_close(getattr(probed, quantity)[name], getattr(exact, quantity)[name],
+                         f"columns: {model_name} {quantity}", rtol=1e-10, floor=1e-14)
+        assert_close(probed.draw_moments["i1_within"][name], exact.draw_moments["i1_within"][name],
+                     f"columns: {model_name} i1_within", rtol=1e-10, floor=1e-14)
 
 
 def test_standard_errors_are_honest():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -25,7 +26,7 @@ from fimvar.analysis.inputs import (
 from fimvar.analysis.masking import masked_derivatives, masked_residuals, position_mask, unmasked_labels
 from fimvar.analysis.path import choose_path, output_columns
 from fimvar.analysis.sampled import analyze_sampled
-from fimvar.engine import make_engine
+from fimvar.engine import GraphEngine, make_engine
 from fimvar.errors import FimvarError, warn
 from fimvar.estimators import moments
 from fimvar.estimators.bounds.spectrum import BOUND_TERMS, Spectrum, bound_coefficients
@@ -36,7 +37,7 @@ from fimvar.estimators.bounds.trace import (
     group_sums,
     trace_bytes,
 )
-from fimvar.estimators.diagonal import PROBE_SPREAD, PROBED, block_sums
+from fimvar.estimators.diagonal import PROBE_SPREAD, PROBED, block_sums, column_block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals, rademacher
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.families.positions import Positions
@@ -85,7 +86,21 @@ class Analysis(FamilyAnalysis):
         warn_piecewise_linear(model)
 
     # ------------------------------------------------------------------ one chunk
+    def uses_columns(self) -> bool:
+        """Whether the chunks go through the graph engine's cotangent columns (docs/theory.md
+        §14.3, :meth:`_update_columns`): its probes, no bounds (they need ``u`` itself) and one
+        output distribution per input (per-position outputs keep the unit columns)."""
+        return (isinstance(self.engine, GraphEngine) and self.engine.estimates_second and not self.bounds
+                and not isinstance(self.family, Positions))
+
+    def column_count(self, with_labels: bool) -> int:
+        """Backward passes per chunk of :meth:`_update_columns`: the family's moment columns, the
+        label draws and the data residual."""
+        return self.width + self.samples + int(with_labels)
+
     def chunk_size(self, x: torch.Tensor) -> int:
+        if self.uses_columns():
+            return self.engine.chunk_size(x, self.width, self.samples, columns=self.column_count(True))
         if not self.bounds:
             return self.engine.chunk_size(x, self.width, self.samples)
         # the bounds add one per-input table per bound record and the group forms
@@ -94,6 +109,9 @@ class Analysis(FamilyAnalysis):
                                       input_bytes=trace_bytes(self.width, blocks))
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        if self.uses_columns():
+            self._update_columns(x, labels)
+            return
         family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
         h, blocks = self.engine.derivatives(x)
@@ -138,6 +156,35 @@ class Analysis(FamilyAnalysis):
                     self.accumulator.add(Key("group", group, quantity), value)
                 for term, value in found.bounds.items():
                     self.accumulator.add(Key("group", group, "bound", term.name), value)
+
+    def _update_columns(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """One chunk from the per-input gradients of cotangent columns (docs/theory.md §14.3):
+        the family's moment columns (categorical: the residuals ``ε_y`` of every class), the label
+        draws ``ε_m`` and the data residual, one backward pass each, statistics formed layer by
+        layer as the engine yields them; the second-order terms from the probes as in
+        :meth:`update_chunk`."""
+        family, drawn = self.family, {}
+
+        def cotangents(h: torch.Tensor) -> torch.Tensor:
+            family.check_outputs(h)
+            drawn["draws"] = draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
+            parts = [family.moment_cotangents(h), draws.transpose(1, 2)]
+            if labels is not None:
+                parts.append(family.centered(h, family.check_labels(labels.to(h.device), h))[:, :, None])
+            return torch.cat(parts, 2)
+
+        self.stage(f"derivatives of {x.shape[0]} inputs")
+        h, columns, blocks = self.engine.column_derivatives(x, cotangents)
+        n, moments = h.shape[0], columns.shape[2] - self.samples - int(labels is not None)
+        self.stage(f"probes of {n} inputs")
+        probes = probe_estimates(self.engine, x, self.parameter_names, drawn["draws"], self.seed,
+                                 self.chunk_start)
+        for done, block in enumerate(blocks):
+            self.stage(f"parameter {done + 1}/{len(self.parameter_names)} of {n} inputs")
+            block = dataclasses.replace(block.plain(), curvature=probes.pop(block.name))
+            sums = column_block_sums(family, h, block, moments, self.samples, labels is not None)
+            check_derivatives_finite(block.name, sums.quantities)
+            add_block_sums(self.accumulator, block.name, sums.quantities, n, in_place=True)
 
     # ------------------------------------------------------------------ state and result
     def config(self) -> dict[str, Any]:
@@ -204,29 +251,39 @@ class Analysis(FamilyAnalysis):
 
 def with_probes(engine, x: torch.Tensor, blocks: list, draws: torch.Tensor, seed: int, start: int) -> list:
     """The blocks with their Hutchinson probes (docs/theory.md §14.1) at the label draws ``draws``
-    (left-out positions already zeroed): random signs seeded by ``seed`` and the global input
-    indices from ``start``."""
+    (left-out positions already zeroed), in the plain layout (:func:`probe_estimates`)."""
+    estimates = probe_estimates(engine, x, [block.name for block in blocks], draws, seed, start)
+    return [dataclasses.replace(block.plain(), curvature=estimates[block.name]) for block in blocks]
+
+
+def probe_estimates(engine, x: torch.Tensor, names: list[str], draws: torch.Tensor, seed: int, start: int
+                    ) -> dict[str, torch.Tensor]:
+    """The Hutchinson probes of the parameters ``names`` (``(n, M, 2, J)`` each; docs/theory.md
+    §14.1) at the label draws ``draws``: random signs seeded by ``seed`` and the global input
+    indices from ``start``, over the parameters in the order of ``names``."""
     n = draws.shape[0]
     # the probes are contracted in the model's precision (the blocks of the autodiff fallback
     # are float64 whatever the model's)
     dtype = model_reference(engine.model).dtype
+    sizes = dict(engine.model.named_parameters())
     signs = rademacher(seed, torch.arange(start, start + n), 2 * draws.shape[1],
-                       sum(b.shape.numel() for b in blocks), dtype, draws.device)
-    return engine.curvature_probes(x, blocks, draws, signs)
+                       sum(sizes[name].numel() for name in names), dtype, draws.device)
+    return engine.probe_estimates(x, names, draws, signs)
 
 
 def add_block_sums(accumulator: Accumulator, name: str, quantities: dict[str, torch.Tensor], n: int,
-                   skip: tuple[str, ...] = ("fisher_sq",)) -> None:
+                   skip: tuple[str, ...] = ("fisher_sq",), in_place: bool = False) -> None:
     """Add one parameter tensor's chunk sums (:func:`~fimvar.estimators.diagonal.block_sums`):
     plain sums, and the centred sums over inputs ``<q>_m2`` (the Fisher's; with probes, those of
-    the estimates of v2 and c12) merged with Chan et al.'s update; ``skip``: quantities left out."""
+    the estimates of v2 and c12) merged with Chan et al.'s update; ``skip``: quantities left out;
+    ``in_place``: the caller hands the tensors over (:meth:`Accumulator.add`)."""
     streamed = {q: f"{q}_m2" for q in ("fisher", *PROBE_SPREAD) if f"{q}_m2" in quantities}
     for quantity, value in quantities.items():
         if quantity not in streamed and quantity not in streamed.values() and quantity not in skip:
-            accumulator.add(parameter(name, quantity), value)
+            accumulator.add(parameter(name, quantity), value, in_place=in_place)
     for quantity, m2 in streamed.items():
         accumulator.add_moments(parameter(name, quantity), parameter(name, m2), n, quantities[quantity],
-                                quantities[m2])
+                                quantities[m2], in_place=in_place)
 
 
 def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engine: str,

@@ -98,7 +98,7 @@ class Engine(ABC):
     """A back end that computes per-sample output derivatives of a model's parameters."""
 
     name: str = "engine"
-    #: whether the second-order quantities come from probes (``curvature_probes``) instead of ``w``
+    #: whether the second-order quantities come from probes (``probe_estimates``) instead of ``w``
     estimates_second: bool = False
 
     def __init__(self, model: nn.Module, parameter_names: list[str], memory_budget: int) -> None:

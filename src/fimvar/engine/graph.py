@@ -24,7 +24,7 @@ of the unit columns and sums the squared per-input gradients as they come, like 
 exact GGN diagonal (docs/theory.md §14.2).
 
 Second derivatives ``w`` are not computed: built with ``second=True``, the engine estimates the
-second-order quantities without bias from Hutchinson probes instead (:meth:`GraphEngine.curvature_probes`,
+second-order quantities without bias from Hutchinson probes instead (:meth:`GraphEngine.probe_estimates`,
 docs/theory.md §14.1): two per-sample Hessian-vector products per label draw (double backward,
 input by input), of every selected parameter at once, whatever the number of outputs.
 """
@@ -212,21 +212,34 @@ class GraphEngine(Engine):
         self._discovered = True
 
     def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,
-                   input_bytes: int = 0, factored: bool = False) -> int:
+                   input_bytes: int = 0, factored: bool = False, columns: int | None = None) -> int:
         """Inputs per chunk within the memory budget; ``factored``: for :meth:`fisher_sums`, which
-        holds one column's per-input gradients (and their float64 squares) at a time."""
+        holds one column's per-input gradients (and their float64 squares) at a time;
+        ``columns``: for :meth:`column_derivatives` with that many columns, consumed layer by
+        layer (every column's gradients at every layer, one layer's per-input gradients and
+        their float64 statistics at a time)."""
         self._discover(x)
         params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
         activations = self._activation_elements
+        itemsize = next(self.model.parameters()).element_size()
+        probes = 2 * max(draws, 1)
+        if columns is not None:  # the statistics are formed in tiles of all inputs: no per-input term
+            widest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in self.layers.values()),
+                         default=params)
+            per_input = (itemsize * columns * (activations + 2 * widest) + 8 * 4 * activations
+                         + probes * 2 * itemsize * params)
+            return self._limited(x, width, draws, per_input)
         # per input: the derivatives (T·P, float64, with room for the per-layer products), the
         # recorded layer inputs/outputs and one output column's gradients
-        itemsize = next(self.model.parameters()).element_size()
         derivatives = (itemsize + 8) * params if factored else itemsize * 3 * width * params
         per_input = derivatives + 8 * 4 * activations + column_bytes * params + input_bytes
         if self.estimates_second:  # the plain layout and 2M probes (signs, estimates, their
             # float64 products); the double backward runs one input at a time
-            probes = 2 * max(draws, 1)
             per_input += 8 * width * params + probes * params * (2 * itemsize + 8 * 4)
+        return self._limited(x, width, draws, per_input)
+
+    def _limited(self, x: torch.Tensor, width: int, draws: int, per_input: int) -> int:
+        """Inputs per chunk for ``per_input`` bytes each, within what the fallback allows."""
         size = max(1, min(4096, self.memory_budget // max(per_input, 1)))
         if self.fallback is not None:
             size = min(size, self.fallback.chunk_size(x, width, draws))
@@ -238,23 +251,47 @@ class GraphEngine(Engine):
             raise FimvarError("this graph engine was built for first derivatives only; build it with "
                               "second=True (second-order quantities estimated by probes) or use "
                               "engine='autodiff' for exact ones")
+        h, _, blocks = self.column_derivatives(x)
+        return h, self._in_order(list(blocks))
+
+    def column_derivatives(self, x: torch.Tensor, cotangents=None
+                           ) -> tuple[torch.Tensor, torch.Tensor, Iterator[ParameterDerivatives]]:
+        """Per-input gradients of ``C_r·h`` for the columns ``C = cotangents(h)`` (``(n, T, R)``,
+        float64) — :meth:`derivatives` is the default, the unit columns ``C = 1`` (``u`` itself): one
+        backward pass of the chunk per column, each block's ``first`` of shape ``(n, R, J)``
+        (``u·C_r`` per entry), in the model's dtype. Returns ``h`` (float64), ``C`` and the blocks
+        as an iterator in the order of the layers, each computed as it is consumed (one layer's
+        per-input gradients held at a time; :meth:`_streamed_blocks`), the parameters outside
+        the hooked layers (the autodiff fallback, ``u`` contracted with ``C``) last."""
         with contextlib.ExitStack() as stack, torch.enable_grad():
             outputs, records = self._recorded_forward(x, stack)
+            h = outputs.detach().to(torch.float64)
             n, width = outputs.shape
-            units = torch.eye(width, dtype=outputs.dtype, device=outputs.device).expand(n, width, width)
-            group = self._column_group(x, outputs, width)
+            columns = torch.eye(width, dtype=h.dtype, device=h.device).expand(n, -1, -1) \
+                if cotangents is None else cotangents(h)
+            chosen_all = columns.to(outputs.dtype)
+            group = self._column_group(x, outputs, columns.shape[2])
             gradients = [[] for _ in records]
-            for start in range(0, width, group):  # the unit columns e_t, batched (see fisher_sums)
-                chosen = units[:, :, start:start + group]
+            for start in range(0, columns.shape[2], group):  # batched beyond a classifier's columns
+                chosen = chosen_all[:, :, start:start + group]
                 found = self._column_gradients(outputs, [z for _, _, z in records], chosen,
-                                               retain=start + group < width)
+                                               retain=start + group < columns.shape[2])
                 for store, (_, _, z), g in zip(gradients, records, found, strict=True):
                     store.append(z.new_zeros(n, chosen.shape[2], *z.shape[1:]) if g is None else g)
-        # (n, T, *z) per layer, in the model's dtype like its derivatives
-        blocks = list(self._combined_blocks(records, [torch.cat(store, 1) for store in gradients]).values())
+        # (n, R, *z) per layer, in the model's dtype like its derivatives
+        blocks = self._streamed_blocks(records, [torch.cat(store, 1) for store in gradients])
         if self.fallback is not None:
-            blocks += self.fallback.derivatives(x, second=False)[1]
-        return outputs.detach().to(torch.float64), self._in_order(blocks)
+            others = self.fallback.derivatives(x, second=False)[1] if cotangents is None \
+                else self._fallback_columns(x, columns)
+            blocks = itertools.chain(blocks, others)
+        return h, columns, blocks
+
+    def _fallback_columns(self, x: torch.Tensor, columns: torch.Tensor) -> Iterator[ParameterDerivatives]:
+        """The autodiff fallback's blocks with ``u`` contracted with the columns ``C``."""
+        for block in self.fallback.derivatives(x, second=False)[1]:
+            first = torch.einsum("ntr,ntj->nrj", columns.to(block.first.dtype), block.first)
+            zero = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
+            yield dataclasses.replace(block, first=first, second=zero, shared={})
 
     def _combined_blocks(self, records, gradients: list[torch.Tensor | None],
                          contexts: list[dict] | None = None) -> dict[str, ParameterDerivatives]:
@@ -532,17 +569,17 @@ class GraphEngine(Engine):
         return [None if column[0] is None else torch.stack(column, 1)
                 for column in zip(*gradients, strict=True)]
 
-    def curvature_probes(self, x: torch.Tensor, blocks: list[ParameterDerivatives], draws: torch.Tensor,
-                         signs: torch.Tensor) -> list[ParameterDerivatives]:
-        """The blocks in the plain layout with their :attr:`~ParameterDerivatives.curvature`:
-        for every label draw ``ε_m`` (``(n, M, T)``) two independent Rademacher directions
-        ``z, z'`` over all the blocks' parameters (``signs``, ``(n, 2M, P)`` in the order of
-        ``blocks``: probes ``2m`` and ``2m + 1`` belong to draw ``m``) and
-        ``g = z ⊙ ∇²_θ(ε_m·h) z``, ``g'`` likewise (docs/theory.md §14.1). ``E[g_k] = w_k·ε_m``
-        and, the two being independent given the draw, ``E[g_k g'_k] = (w_k·ε_m)²``."""
+    def probe_estimates(self, x: torch.Tensor, names: list[str], draws: torch.Tensor, signs: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """For every label draw ``ε_m`` (``(n, M, T)``) two independent Rademacher directions
+        ``z, z'`` over the parameters ``names`` (``signs``, ``(n, 2M, P)`` in their order: probes
+        ``2m`` and ``2m + 1`` belong to draw ``m``) and ``g = z ⊙ ∇²_θ(ε_m·h) z``, ``g'`` likewise
+        (docs/theory.md §14.1), per name ``(n, M, 2, J)``. ``E[g_k] = w_k·ε_m`` and, the two being
+        independent given the draw, ``E[g_k g'_k] = (w_k·ε_m)²``."""
+        self._discover(x)
         n, samples = draws.shape[:2]
-        sizes = [block.shape.numel() for block in blocks]
-        selected, constants = self._split_parameters([block.name for block in blocks])
+        selected, constants = self._split_parameters(names)
+        sizes = [selected[name].numel() for name in names]
         estimates = signs.new_empty(n, samples, 2, sum(sizes))
         group = self._draws_per_call(sum(sizes), samples, 2 * signs.element_size())
         with differentiable(self.model):  # double backward through attention, RNNs
@@ -557,14 +594,13 @@ class GraphEngine(Engine):
                 for first in range(0, samples, group):
                     chosen = slice(first, min(samples, first + group))
                     z = signs[i, 2 * chosen.start : 2 * chosen.stop]  # (2M', P)
-                    directions = {block.name: part.reshape(-1, *block.shape)
-                                  for block, part in zip(blocks, z.split(sizes, dim=1), strict=True)}
+                    directions = {name: part.reshape(-1, *selected[name].shape)
+                                  for name, part in zip(names, z.split(sizes, dim=1), strict=True)}
                     coefficients = draws[i, chosen].to(signs.dtype).repeat_interleave(2, dim=0)
                     products = vmap(product)(coefficients, directions)
-                    flat = torch.cat([products[block.name].reshape(z.shape[0], -1) for block in blocks], 1)
+                    flat = torch.cat([products[name].reshape(z.shape[0], -1) for name in names], 1)
                     estimates[i, chosen] = (z * flat).reshape(-1, 2, z.shape[1])
-        return [dataclasses.replace(block.plain(), curvature=g)
-                for block, g in zip(blocks, estimates.split(sizes, dim=3), strict=True)]
+        return dict(zip(names, estimates.split(sizes, dim=3), strict=True))
 
     def _draws_per_call(self, parameters: int, samples: int, probe_bytes: int) -> int:
         """Draws per vmapped Hessian-vector product within the memory budget: each holds the

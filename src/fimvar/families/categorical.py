@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from fimvar.errors import FimvarError
@@ -92,28 +94,31 @@ class Categorical(ExponentialFamily):
         p = self.probabilities(h)
         return torch.eye(h.shape[1], dtype=h.dtype, device=h.device)[None] - p[:, None, :], p
 
-    # -- closed forms (docs/theory.md §4), each written once: with ``p`` of shape (n, T, 1) and
+    # -- closed forms (docs/theory.md §4), each written once: with ``p`` of shape (n, 1, T) and
     # the centred directions ũ = u − Σ p u, q = Σ p ũ², Var[(u·ε)²] = Σ p (ũ² − q)²,
-    # E[(u·ε)²(w·ε)] = Σ p ũ² w̃
+    # E[(u·ε)²(w·ε)] = Σ p ũ² w̃; every weighted sum over the classes Σ_c p_c X_c is one batched
+    # matrix product (n, 1, T)·(n, T, K), not an elementwise product and a reduction
     @staticmethod
     def _centred(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return u - (p * u).sum(1, keepdim=True)
+        return u - torch.bmm(p, u)
 
     @staticmethod
     def _fourth(p: torch.Tensor, centred_sq: torch.Tensor, quadratic: torch.Tensor) -> torch.Tensor:
-        return (p * (centred_sq - quadratic[:, None, :]) ** 2).sum(1)
+        """``Σ p (ũ² − q)²`` from ``ũ²`` (overwritten) and ``q`` (``(n, 1, K)``), ``(n, K)``."""
+        return torch.bmm(p, centred_sq.sub_(quadratic).square_())[:, 0]
 
-    def _weights(self, h: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(h)[:, :, None]
+    def _weights(self, h: torch.Tensor, *directions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``p`` as ``(n, 1, T)`` and the directions, all in their common (promoted) dtype."""
+        p = self.probabilities(h)[:, None, :]
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in directions], p.dtype)
+        return tuple(t.to(dtype) for t in (p, *directions))
 
     def quadratic(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        p = self._weights(h)
-        return (p * self._centred(p, u) ** 2).sum(1)
+        p, u = self._weights(h, u)
+        return torch.bmm(p, self._centred(p, u).square_())[:, 0]
 
     def fourth_variance(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        p = self._weights(h)
-        centred_sq = self._centred(p, u) ** 2
-        return self._fourth(p, centred_sq, (p * centred_sq).sum(1))
+        return self.first_order(h, u)[1]
 
     def unit_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Along ``e_c`` (``ũ = e_c − p``): ``I_cc = p_c(1 − p_c)`` and ``Var[ε_c²] = p_c (1 − p_c)²
@@ -125,29 +130,54 @@ class Categorical(ExponentialFamily):
         return quadratic, quadratic * (rest - p) ** 2
 
     def third_moment(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        p = self._weights(h)
-        return (p * self._centred(p, u) ** 2 * self._centred(p, w)).sum(1)
+        p, u, w = self._weights(h, u, w)
+        return torch.bmm(p, self._centred(p, u).square_().mul_(self._centred(p, w)))[:, 0]
 
     def contractions(self, h: torch.Tensor, u: torch.Tensor, w: torch.Tensor):
-        p = self._weights(h)
-        centred_sq, centred_w = self._centred(p, u) ** 2, self._centred(p, w)
-        weighted_sq = p * centred_sq
-        quadratic = weighted_sq.sum(1)
-        return (quadratic, self._fourth(p, centred_sq, quadratic), (p * centred_w**2).sum(1),
-                (weighted_sq * centred_w).sum(1))
+        p, u, w = self._weights(h, u, w)
+        centred_sq, centred_w = self._centred(p, u).square_(), self._centred(p, w)
+        quadratic = torch.bmm(p, centred_sq)
+        third = torch.bmm(p, centred_sq * centred_w)[:, 0]
+        quadratic_w = torch.bmm(p, centred_w.square_())[:, 0]
+        return quadratic[:, 0], self._fourth(p, centred_sq, quadratic), quadratic_w, third
 
     def first_order(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self._weights(h)
-        centred_sq = self._centred(p, u) ** 2
-        quadratic = (p * centred_sq).sum(1)
-        return quadratic, self._fourth(p, centred_sq, quadratic)
+        p, u = self._weights(h, u)
+        centred_sq = self._centred(p, u).square_()
+        quadratic = torch.bmm(p, centred_sq)
+        return quadratic[:, 0], self._fourth(p, centred_sq, quadratic)
+
+    def moment_cotangents(self, h: torch.Tensor) -> torch.Tensor:
+        """The residuals ``ε_y = e_y − p`` as columns (``(n, T, T)``): their pullbacks are the
+        centred directions ``ũ_y = u·ε_y`` themselves (docs/theory.md §14.3)."""
+        return self.support_residuals(h)[0].transpose(1, 2)
+
+    def column_first_order(self, h: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q, Σ_y p_y (ũ_y² − q)²)`` with ``q = Σ_y p_y ũ_y²`` from ``columns = ũ`` (``(n, T, K)``),
+        in the columns' own precision (two passes: no cancellation; docs/theory.md §14.3), returned
+        in float64. Below float64 each entry's columns are first scaled by the power of two
+        ``2ˢ`` that brings ``max_y |ũ_y|`` into ``[½, 1)`` (exact), and ``q``, ``v1`` scaled back by
+        ``2⁻²ˢ``, ``2⁻⁴ˢ`` in float64: a vanishing gradient neither underflows nor overflows."""
+        shift = None
+        if columns.dtype != torch.float64:  # 2^shift within float32's normal range: exact
+            largest = torch.linalg.vector_norm(columns, ord=float("inf"), dim=1)  # (n, K)
+            shift = (-torch.frexp(largest)[1]).clamp(-126, 126)
+            columns = torch.ldexp(columns, shift[:, None, :])
+        p = self.probabilities(h).to(columns.dtype)[:, None, :]
+        squares = columns.square()
+        quadratic = torch.bmm(p, squares)  # (n, 1, K)
+        fourth = self._fourth(p, squares, quadratic).to(torch.float64)
+        quadratic = quadratic[:, 0].to(torch.float64)
+        if shift is None:
+            return quadratic, fourth
+        return torch.ldexp(quadratic, -2 * shift), torch.ldexp(fourth, -4 * shift)
 
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Var[(a·ε)(b·ε)] = Σ_c p_c (ã_c b̃_c − ãᵀ diag(p) b̃)², formed entry by entry (centered)
-        p = self._weights(h)
+        p, a, b = self._weights(h, a, b)
         products = self._centred(p, a)[:, :, :, None] * self._centred(p, b)[:, :, None, :]  # (n, T, P, Q)
-        cross = torch.einsum("nc,ncij->nij", p[..., 0], products)
-        return torch.einsum("nc,ncij->nij", p[..., 0], (products - cross[:, None]) ** 2)
+        cross = torch.einsum("nc,ncij->nij", p[:, 0], products)
+        return torch.einsum("nc,ncij->nij", p[:, 0], (products - cross[:, None]) ** 2)
 
     # -- spectra: λ_min(I) = λ̃_min(M) = λ̃_min(K) = 0 along u = 1 (ε sums to zero)
     def fisher_eigenvalues(self, h: torch.Tensor) -> torch.Tensor:
