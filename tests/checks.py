@@ -44,8 +44,9 @@ def assert_same_document(actual, expected, path: str = "", rtol: float = 1e-13) 
         assert len(actual) == len(expected), f"{path}: {len(actual)} != {len(expected)} items"
         for index, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same_document(a, e, f"{path}[{index}]", rtol)
-    elif isinstance(expected, float) and not isinstance(expected, bool):
-        assert abs(actual - expected) <= rtol * abs(expected), f"{path}: {actual!r} != {expected!r}"
+    elif isinstance(expected, float):
+        assert actual == expected or abs(actual - expected) <= rtol * abs(expected), \
+            f"{path}: {actual!r} != {expected!r}"
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 

@@ -109,11 +109,11 @@ def test_probe_estimates_are_unbiased(model_name, family, masked):
 
 @pytest.mark.parametrize(("model_name", "family"), [("resnet-batchnorm", "categorical"),
                                                      ("encoder-attention", "gaussian"), ("lstm", "poisson")])
-def test_cotangent_columns_give_the_exact_first_order_quantities(model_name, family):
-    """The graph engine's cotangent columns (docs/theory.md §14.3: the residuals of every class for
-    a categorical output, the unit columns otherwise, then the draws and the data residual) give
-    the exact first-order quantities of the autodiff engine with the same label draws: Fisher,
-    v1, input variance, Î1 with its within-input moments, empirical Fisher."""
+def test_streamed_derivatives_give_the_exact_first_order_quantities(model_name, family):
+    """The analysis with the graph engine's streamed derivatives (docs/theory.md §14.3: statistics
+    layer by layer, in tiles holding every input) gives the exact first-order quantities of the
+    autodiff engine with the same label draws: Fisher, v1, input variance, Î1 with its
+    within-input moments, empirical Fisher."""
     case = make_case(model_name, family, inputs=3)
     exact = _quiet(fimvar.analyze, case.model, case.x, family, samples=3, labels=case.labels,
                    engine="autodiff", bounds=False)
@@ -122,9 +122,49 @@ def test_cotangent_columns_give_the_exact_first_order_quantities(model_name, fam
     for name in exact.fisher:
         for quantity in ("fisher", "v1", "input_var", "i1", "empirical"):
             assert_close(getattr(probed, quantity)[name], getattr(exact, quantity)[name],
-                         f"columns: {model_name} {quantity}", rtol=1e-10, floor=1e-14)
+                         f"streamed: {model_name} {quantity}", rtol=1e-10, floor=1e-14)
         assert_close(probed.draw_moments["i1_within"][name], exact.draw_moments["i1_within"][name],
-                     f"columns: {model_name} i1_within", rtol=1e-10, floor=1e-14)
+                     f"streamed: {model_name} i1_within", rtol=1e-10, floor=1e-14)
+
+
+def test_streamed_derivatives_give_the_whole_derivatives_path(monkeypatch):
+    """The analysis with streamed derivatives (docs/theory.md §14.3) and the one with every layer's
+    derivatives at once (§14.1) on the same graph engine, draws and probe signs give the same
+    numbers, second-order estimates and their standard errors included (several chunks, two
+    draws, data labels)."""
+    case = make_case("encoder-attention", "categorical", inputs=4)
+    run = dict(samples=2, labels=case.labels, engine="graph", bounds=False, memory_budget=2**17)
+    columns = fimvar.analyze(case.model, case.x, "categorical", **run)
+    monkeypatch.setattr(fimvar.analysis.diagonal.Analysis, "uses_columns", lambda self: False)
+    units = fimvar.analyze(case.model, case.x, "categorical", **run)
+    for name in units.fisher:
+        for quantity in ("fisher", "v1", "v2", "c12", "i1", "i2", "input_var", "empirical"):
+            assert_close(getattr(columns, quantity)[name], getattr(units, quantity)[name],
+                         f"streamed vs whole: {quantity}", rtol=1e-12, floor=1e-14)
+        for quantity in ("v2", "c12"):
+            assert_close(columns.standard_errors[quantity][name], units.standard_errors[quantity][name],
+                         f"streamed vs whole: standard error of {quantity}", rtol=1e-12, floor=1e-14)
+
+
+def test_streamed_derivatives_keep_v1_accurate_in_float32():
+    """Where ``(u·ε)²`` is nearly deterministic (two classes, near-uniform softmax: ``v1 ≪ q²``),
+    the streamed analysis of a float32 model still gives ``v1`` and the within-input moments of
+    Î1 to float32 accuracy against the float64 model on the autodiff engine: ``u`` is centred in
+    float64 and the draws projected from it, so that every ``ũ_y`` shares the rounding of ``u``
+    (§4's two-pass form keeps its relative accuracy; docs/theory.md §14.3)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(1e-4)
+        model[2].bias.zero_()
+    x = torch.randn(32, 6)
+    run = dict(samples=4, bounds=False, seed=1)
+    ours = fimvar.analyze(model, x, "categorical", engine="graph", **run)
+    exact = _quiet(fimvar.analyze, model.double(), x.double(), "categorical", engine="autodiff", **run)
+    for name in exact.fisher:
+        assert_close(ours.v1[name], exact.v1[name], "float32 streamed: v1", rtol=1e-5)
+        assert_close(ours.draw_moments["i1_within"][name], exact.draw_moments["i1_within"][name],
+                     "float32 streamed: i1_within", rtol=1e-5)
 
 
 def test_standard_errors_are_honest():

@@ -116,35 +116,3 @@ def fimvar_gaussian(sigma):
 
     return Gaussian(sigma=sigma)
 
-
-@pytest.mark.parametrize(("scale", "size"), [(1.0, 1.0), (1e-3, 1.0), (30.0, 1.0), (1.0, 1e-25), (3.0, 1e25)])
-def test_categorical_moments_from_residual_columns_in_float32(scale, size):
-    """``q`` and ``v1`` from the centred columns ``ũ_y = u·ε_y`` (docs/theory.md §14.3) contracted in
-    float32 stay within the stated rounding bound of the same contraction in float64: relative
-    ``T·2⁻²⁴`` on ``q`` and ``T·2⁻²⁴·(1 + q/√v1)`` on ``v1`` (constant 8, plus ``2⁻⁴⁰·q²`` of second
-    order) and, from terms ``p_y ũ_y²`` below float32's range, ``T·2⁻¹⁴⁹·max ũ²`` (``max ũ⁴``) —
-    on logits of every confidence, nearly deterministic ``(u·ε)²``, and gradients of size 1e-25
-    (whose squares underflow float32) and 1e25 (whose squares overflow it)."""
-    family = get_family("categorical")
-    generator = torch.Generator().manual_seed(5)
-    classes = 10
-    h = scale * torch.randn(64, classes, generator=generator, dtype=torch.float64)
-    u = torch.randn(64, classes, 40, generator=generator, dtype=torch.float64)
-    u[:, :, 0] = 1.0 + 1e-4 * u[:, :, 0]  # ũ ≈ 0: q tiny, v1 tinier
-    u[:, :2, 1], u[:, 2:, 1] = 1.0, 0.0  # |ũ_y| takes two values: (ũ² − q)² small against q²
-    u = size * u
-    residual_columns = family.moment_cotangents(h)  # (n, T, T): column y is e_y − p
-    centred = torch.einsum("ntr,ntk->nrk", residual_columns, u).to(torch.float32)
-    q32, v32 = family.column_first_order(h, centred)
-    q64, v64 = family.column_first_order(h, centred.to(torch.float64))
-    assert q32.dtype == v32.dtype == torch.float64 and bool((q32 > 0).all())
-    eps, largest = 2.0**-24, centred.double().abs().amax(1)  # (n, K): max_y |ũ_y|
-    tiny = 2 * classes * 2.0**-149  # float32's subnormal spacing, scaled back by max ũ² (max ũ⁴)
-    assert ((q32 - q64).abs() <= 8 * classes * eps * q64 + tiny * largest**2).all()
-    v_tolerance = 8 * classes * eps * (v64 + q64 * v64.sqrt()) + 2.0**-40 * q64**2 + tiny * largest**4
-    assert ((v32 - v64).abs() <= v_tolerance).all()
-    # the float64 contraction is the family's own first_order of u (to the conditioning of entry 0,
-    # whose ũ ≈ 1e-4·|u|: the two centre u differently, relative error ~1e-16·10⁸)
-    pulled_back = torch.einsum("ntr,ntk->nrk", residual_columns, u)
-    torch.testing.assert_close(family.column_first_order(h, pulled_back), family.first_order(h, u),
-                               rtol=1e-7, atol=0.0)

@@ -37,7 +37,7 @@ from fimvar.estimators.bounds.trace import (
     group_sums,
     trace_bytes,
 )
-from fimvar.estimators.diagonal import PROBE_SPREAD, PROBED, block_sums, column_block_sums
+from fimvar.estimators.diagonal import PROBE_SPREAD, PROBED, block_sums, streamed_block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals, rademacher
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.families.positions import Positions
@@ -87,20 +87,16 @@ class Analysis(FamilyAnalysis):
 
     # ------------------------------------------------------------------ one chunk
     def uses_columns(self) -> bool:
-        """Whether the chunks go through the graph engine's cotangent columns (docs/theory.md
-        §14.3, :meth:`_update_columns`): its probes, no bounds (they need ``u`` itself) and one
-        output distribution per input (per-position outputs keep the unit columns)."""
+        """Whether the chunks go through the graph engine's streamed derivatives (docs/theory.md
+        §14.3, :meth:`_update_columns`): its probes, no bounds (they need every layer's ``u`` at
+        once for the groups) and one output distribution per input (per-position outputs take
+        :meth:`update_chunk` with its masks)."""
         return (isinstance(self.engine, GraphEngine) and self.engine.estimates_second and not self.bounds
                 and not isinstance(self.family, Positions))
 
-    def column_count(self, with_labels: bool) -> int:
-        """Backward passes per chunk of :meth:`_update_columns`: the family's moment columns, the
-        label draws and the data residual."""
-        return self.width + self.samples + int(with_labels)
-
     def chunk_size(self, x: torch.Tensor) -> int:
         if self.uses_columns():
-            return self.engine.chunk_size(x, self.width, self.samples, columns=self.column_count(True))
+            return self.engine.chunk_size(x, self.width, self.samples, columns=self.width)
         if not self.bounds:
             return self.engine.chunk_size(x, self.width, self.samples)
         # the bounds add one per-input table per bound record and the group forms
@@ -158,31 +154,25 @@ class Analysis(FamilyAnalysis):
                     self.accumulator.add(Key("group", group, "bound", term.name), value)
 
     def _update_columns(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """One chunk from the per-input gradients of cotangent columns (docs/theory.md §14.3):
-        the family's moment columns (categorical: the residuals ``ε_y`` of every class), the label
-        draws ``ε_m`` and the data residual, one backward pass each, statistics formed layer by
-        layer as the engine yields them; the second-order terms from the probes as in
-        :meth:`update_chunk`."""
-        family, drawn = self.family, {}
-
-        def cotangents(h: torch.Tensor) -> torch.Tensor:
-            family.check_outputs(h)
-            drawn["draws"] = draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
-            parts = [family.moment_cotangents(h), draws.transpose(1, 2)]
-            if labels is not None:
-                parts.append(family.centered(h, family.check_labels(labels.to(h.device), h))[:, :, None])
-            return torch.cat(parts, 2)
-
+        """One chunk with the graph engine's derivatives streamed layer by layer (docs/theory.md
+        §14.3): each layer's per-input gradients ``u`` are reduced to their statistics in tiles of
+        entries that hold every input of the chunk as the engine yields them; the second-order
+        terms from the probes as in :meth:`update_chunk`."""
+        family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
-        h, columns, blocks = self.engine.column_derivatives(x, cotangents)
-        n, moments = h.shape[0], columns.shape[2] - self.samples - int(labels is not None)
+        h, blocks = self.engine.streamed_derivatives(x)
+        family.check_outputs(h)
+        n = h.shape[0]
+        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
+        residual = None
+        if labels is not None:
+            residual = family.centered(h, family.check_labels(labels.to(h.device), h))
         self.stage(f"probes of {n} inputs")
-        probes = probe_estimates(self.engine, x, self.parameter_names, drawn["draws"], self.seed,
-                                 self.chunk_start)
+        probes = probe_estimates(self.engine, x, self.parameter_names, draws, self.seed, self.chunk_start)
         for done, block in enumerate(blocks):
             self.stage(f"parameter {done + 1}/{len(self.parameter_names)} of {n} inputs")
             block = dataclasses.replace(block.plain(), curvature=probes.pop(block.name))
-            sums = column_block_sums(family, h, block, moments, self.samples, labels is not None)
+            sums = streamed_block_sums(family, h, block, draws, residual)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n, in_place=True)
 

@@ -32,7 +32,6 @@ input by input), of every selected parameter at once, whatever the number of out
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 from collections.abc import Iterator
 
@@ -215,7 +214,7 @@ class GraphEngine(Engine):
                    input_bytes: int = 0, factored: bool = False, columns: int | None = None) -> int:
         """Inputs per chunk within the memory budget; ``factored``: for :meth:`fisher_sums`, which
         holds one column's per-input gradients (and their float64 squares) at a time;
-        ``columns``: for :meth:`column_derivatives` with that many columns, consumed layer by
+        ``columns``: for :meth:`streamed_derivatives` with that many columns, consumed layer by
         layer (every column's gradients at every layer, one layer's per-input gradients and
         their float64 statistics at a time)."""
         self._discover(x)
@@ -251,47 +250,33 @@ class GraphEngine(Engine):
             raise FimvarError("this graph engine was built for first derivatives only; build it with "
                               "second=True (second-order quantities estimated by probes) or use "
                               "engine='autodiff' for exact ones")
-        h, _, blocks = self.column_derivatives(x)
+        h, blocks = self.streamed_derivatives(x)
         return h, self._in_order(list(blocks))
 
-    def column_derivatives(self, x: torch.Tensor, cotangents=None
-                           ) -> tuple[torch.Tensor, torch.Tensor, Iterator[ParameterDerivatives]]:
-        """Per-input gradients of ``C_r·h`` for the columns ``C = cotangents(h)`` (``(n, T, R)``,
-        float64) — :meth:`derivatives` is the default, the unit columns ``C = 1`` (``u`` itself): one
-        backward pass of the chunk per column, each block's ``first`` of shape ``(n, R, J)``
-        (``u·C_r`` per entry), in the model's dtype. Returns ``h`` (float64), ``C`` and the blocks
-        as an iterator in the order of the layers, each computed as it is consumed (one layer's
-        per-input gradients held at a time; :meth:`_streamed_blocks`), the parameters outside
-        the hooked layers (the autodiff fallback, ``u`` contracted with ``C``) last."""
+    def streamed_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, Iterator[ParameterDerivatives]]:
+        """:meth:`derivatives` (first derivatives ``u``, ``(n, T, J)`` per block, in the model's
+        dtype; one backward pass of the chunk per output column) with the blocks as an iterator
+        in the order of the layers, each formed as it is consumed (one layer's per-input
+        gradients held at a time, :meth:`_streamed_blocks`; docs/theory.md §14.3), the
+        parameters outside the hooked layers (the autodiff fallback) last. Returns ``h``
+        (float64) and the iterator."""
         with contextlib.ExitStack() as stack, torch.enable_grad():
             outputs, records = self._recorded_forward(x, stack)
-            h = outputs.detach().to(torch.float64)
             n, width = outputs.shape
-            columns = torch.eye(width, dtype=h.dtype, device=h.device).expand(n, -1, -1) \
-                if cotangents is None else cotangents(h)
-            chosen_all = columns.to(outputs.dtype)
-            group = self._column_group(x, outputs, columns.shape[2])
+            units = torch.eye(width, dtype=outputs.dtype, device=outputs.device).expand(n, width, width)
+            group = self._column_group(x, outputs, width)
             gradients = [[] for _ in records]
-            for start in range(0, columns.shape[2], group):  # batched beyond a classifier's columns
-                chosen = chosen_all[:, :, start:start + group]
+            for start in range(0, width, group):  # the unit columns e_t, batched (see fisher_sums)
+                chosen = units[:, :, start:start + group]
                 found = self._column_gradients(outputs, [z for _, _, z in records], chosen,
-                                               retain=start + group < columns.shape[2])
+                                               retain=start + group < width)
                 for store, (_, _, z), g in zip(gradients, records, found, strict=True):
                     store.append(z.new_zeros(n, chosen.shape[2], *z.shape[1:]) if g is None else g)
-        # (n, R, *z) per layer, in the model's dtype like its derivatives
+        # (n, T, *z) per layer, in the model's dtype like its derivatives
         blocks = self._streamed_blocks(records, [torch.cat(store, 1) for store in gradients])
         if self.fallback is not None:
-            others = self.fallback.derivatives(x, second=False)[1] if cotangents is None \
-                else self._fallback_columns(x, columns)
-            blocks = itertools.chain(blocks, others)
-        return h, columns, blocks
-
-    def _fallback_columns(self, x: torch.Tensor, columns: torch.Tensor) -> Iterator[ParameterDerivatives]:
-        """The autodiff fallback's blocks with ``u`` contracted with the columns ``C``."""
-        for block in self.fallback.derivatives(x, second=False)[1]:
-            first = torch.einsum("ntr,ntj->nrj", columns.to(block.first.dtype), block.first)
-            zero = torch.zeros((), dtype=first.dtype, device=first.device).expand(first.shape)
-            yield dataclasses.replace(block, first=first, second=zero, shared={})
+            blocks = itertools.chain(blocks, self.fallback.derivatives(x, second=False)[1])
+        return outputs.detach().to(torch.float64), blocks
 
     def _combined_blocks(self, records, gradients: list[torch.Tensor | None],
                          contexts: list[dict] | None = None) -> dict[str, ParameterDerivatives]:

@@ -259,30 +259,27 @@ def block_sums(
     return _reduced_sums(block, names, values, same_as)
 
 
-#: elements of one tile of :func:`column_block_sums` (all inputs, all columns, a slice of entries)
+#: elements of one tile of :func:`streamed_block_sums` (all inputs, all columns, a slice of entries)
 COLUMN_TILE_ELEMENTS = 1 << 19
-#: the per-input quantities of :func:`column_block_sums` whose centred sums of squares over the
-#: inputs are kept (``<q>_m2``: the input variance, the standard errors of single-draw probes)
+#: the per-input quantities of :func:`streamed_block_sums` whose centred sums of squares over
+#: the inputs are kept (``<q>_m2``: the input variance, the standard errors of single-draw probes)
 CENTRED = ("fisher", *PROBE_SPREAD)
 
 
-def column_block_sums(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives, moments: int,
-                      samples: int, data_labels: bool) -> BlockSums:
-    """:func:`block_sums` (without bounds) of a plain block from the per-input gradients of
-    cotangent columns (docs/theory.md §14.3): ``block.first`` is ``(n, R, K)`` with, in order, the
-    pullbacks of the ``moments`` columns of
-    :meth:`~fimvar.families.ExponentialFamily.moment_cotangents`, of the ``samples`` label draws
-    ``ε_m`` (``u·ε_m``) and, with ``data_labels``, of the data residual; ``block.curvature`` holds
-    the probes of the second-order terms (``(n, M, 2, K)``). Tiles of entries hold every input,
-    so that each tile's values are summed over the inputs at once, with the centred sums of
-    squares of :data:`CENTRED` by two passes."""
+def streamed_block_sums(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives,
+                        draws: torch.Tensor, data_residual: torch.Tensor | None) -> BlockSums:
+    """:func:`block_sums` without bounds of a plain block with probes (``block.curvature``,
+    ``(n, M, 2, K)``), in tiles of entries that hold every input of the chunk (docs/theory.md
+    §14.3): each tile's per-input values (:func:`unit_statistics`, in float64) are summed over
+    the inputs at once, with the centred sums of squares of :data:`CENTRED` by two passes."""
     n, width, columns = block.first.shape
     sums: dict[str, torch.Tensor] = {}
     step = max(1, COLUMN_TILE_ELEMENTS // (n * width))
     for start in range(0, columns, step):
         cols = slice(start, min(columns, start + step))
-        tile = block.first[:, :, cols]
-        stats = column_statistics(family, h, tile, moments, samples, data_labels, block.curvature[..., cols])
+        stats = unit_statistics(family, h, block.first[:, :, cols], None, draws, data_residual,
+                                draws.shape[1], block.curvature[..., cols])
+        stats.pop("fisher_sq")  # a plain block's input variance comes from fisher_m2 below
         for quantity, values in stats.items():
             if quantity not in sums:
                 sums[quantity] = values.new_empty(columns)
@@ -292,24 +289,6 @@ def column_block_sums(family: ExponentialFamily, h: torch.Tensor, block: Paramet
             if quantity in CENTRED:
                 sums[f"{quantity}_m2"][cols] = ((values - sums[quantity][cols] / n) ** 2).sum(0)
     return BlockSums({quantity: value.reshape(block.shape) for quantity, value in sums.items()})
-
-
-def column_statistics(family: ExponentialFamily, h: torch.Tensor, columns: torch.Tensor, moments: int,
-                      samples: int, data_labels: bool, curvature: torch.Tensor) -> dict[str, torch.Tensor]:
-    """:func:`unit_statistics` with probes from the pullbacks ``columns`` of
-    :func:`column_block_sums` (``(n, R, K)``): ``uᵀIu`` and ``v1`` by the family
-    (:meth:`~fimvar.families.ExponentialFamily.column_first_order`: the categorical's in the
-    columns' precision, scaled by powers of two),
-    the draws' ``(u·ε_m)²`` and the empirical ``(u·(t(ŷ) − η))²`` squared from their own columns,
-    everything after in float64 (``fisher_sq`` is left out: a plain block does not need it)."""
-    fisher, fourth = family.column_first_order(h, columns[:, :moments])
-    per_unit = {"fisher": fisher, "v1": fourth}
-    draw_sums = DrawSums(fisher, samples, probed=True)
-    draw_sums.add(columns[:, moments : moments + samples].to(torch.float64) ** 2, probes=curvature)
-    per_unit.update(draw_sums.statistics())
-    if data_labels:
-        per_unit["empirical"] = columns[:, moments + samples].to(torch.float64) ** 2
-    return per_unit
 
 
 def _reduced_sums(block: ParameterDerivatives, names: dict[int, list], values: dict[int, torch.Tensor],

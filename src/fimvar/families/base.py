@@ -177,17 +177,6 @@ class ExponentialFamily(ABC):
         (second-order quantities from probes, docs/theory.md §14.1)."""
         return self.quadratic(h, u), self.fourth_variance(h, u)
 
-    def moment_cotangents(self, h: torch.Tensor) -> torch.Tensor:
-        """The cotangents ``C`` (``(n, T, R)``, float64) whose pullbacks ``c_r = u·C_r`` give
-        :meth:`column_first_order` everything it needs (docs/theory.md §14.3): by default the
-        unit vectors (``c = u``); subclasses choose a basis in which the moments are cheaper."""
-        return torch.eye(h.shape[1], dtype=h.dtype, device=h.device).expand(h.shape[0], -1, -1)
-
-    def column_first_order(self, h: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`first_order` from the pullbacks ``columns = (u·C_r)_r`` (``(n, R, K)``) of the
-        cotangents of :meth:`moment_cotangents`, in float64; by default ``columns`` is ``u`` itself."""
-        return self.first_order(h, columns.to(torch.float64))
-
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``Var[(a_i·ε)(b_j·ε)]`` for all column pairs: ``(n,T,P), (n,T,Q) → (n, P, Q)``.
 

@@ -147,31 +147,6 @@ class Categorical(ExponentialFamily):
         quadratic = torch.bmm(p, centred_sq)
         return quadratic[:, 0], self._fourth(p, centred_sq, quadratic)
 
-    def moment_cotangents(self, h: torch.Tensor) -> torch.Tensor:
-        """The residuals ``ε_y = e_y − p`` as columns (``(n, T, T)``): their pullbacks are the
-        centred directions ``ũ_y = u·ε_y`` themselves (docs/theory.md §14.3)."""
-        return self.support_residuals(h)[0].transpose(1, 2)
-
-    def column_first_order(self, h: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q, Σ_y p_y (ũ_y² − q)²)`` with ``q = Σ_y p_y ũ_y²`` from ``columns = ũ`` (``(n, T, K)``),
-        in the columns' own precision (two passes: no cancellation; docs/theory.md §14.3), returned
-        in float64. Below float64 each entry's columns are first scaled by the power of two
-        ``2ˢ`` that brings ``max_y |ũ_y|`` into ``[½, 1)`` (exact), and ``q``, ``v1`` scaled back by
-        ``2⁻²ˢ``, ``2⁻⁴ˢ`` in float64: a vanishing gradient neither underflows nor overflows."""
-        shift = None
-        if columns.dtype != torch.float64:  # 2^shift within float32's normal range: exact
-            largest = torch.linalg.vector_norm(columns, ord=float("inf"), dim=1)  # (n, K)
-            shift = (-torch.frexp(largest)[1]).clamp(-126, 126)
-            columns = torch.ldexp(columns, shift[:, None, :])
-        p = self.probabilities(h).to(columns.dtype)[:, None, :]
-        squares = columns.square()
-        quadratic = torch.bmm(p, squares)  # (n, 1, K)
-        fourth = self._fourth(p, squares, quadratic).to(torch.float64)
-        quadratic = quadratic[:, 0].to(torch.float64)
-        if shift is None:
-            return quadratic, fourth
-        return torch.ldexp(quadratic, -2 * shift), torch.ldexp(fourth, -4 * shift)
-
     def pair_fourth_variance(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Var[(a·ε)(b·ε)] = Σ_c p_c (ã_c b̃_c − ãᵀ diag(p) b̃)², formed entry by entry (centered)
         p, a, b = self._weights(h, a, b)
