@@ -272,8 +272,13 @@ class GraphEngine(Engine):
                                                retain=start + group < width)
                 for store, (_, _, z), g in zip(gradients, records, found, strict=True):
                     store.append(z.new_zeros(n, chosen.shape[2], *z.shape[1:]) if g is None else g)
-        # (n, T, *z) per layer, in the model's dtype like its derivatives
-        blocks = self._streamed_blocks(records, [torch.cat(store, 1) for store in gradients])
+        # (n, T, *z) per layer, in the model's dtype like its derivatives; one group of columns is
+        # taken as it is (no copy), several are joined one layer at a time, the parts let go
+        joined = []
+        for store in gradients:
+            joined.append(store[0] if len(store) == 1 else torch.cat(store, 1))
+            store.clear()
+        blocks = self._streamed_blocks(records, joined)
         if self.fallback is not None:
             blocks = itertools.chain(blocks, self.fallback.derivatives(x, second=False)[1])
         return outputs.detach().to(torch.float64), blocks

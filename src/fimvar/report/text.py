@@ -101,6 +101,12 @@ def layer_table(result: DiagonalResult, target: Target = DEFAULT_TARGET,
         f"the better estimator's variance due to the inputs with M={result.samples} draws. better: the "
         f"estimator with the lower variance. α* and the bounds' tightness: report.html."
     )
+    estimated = sum(1 for quantities in result.estimated.values() if "v2" in quantities)
+    if estimated:
+        legend += (f" Estimated, not exact: std Î2, rel std Î2 and better rest on v2 estimated by "
+                   f"Hutchinson probes for {estimated} of {len(result.fisher)} parameter tensors "
+                   f"(docs/theory.md §14.1), each with a standard error (result.standard_errors, "
+                   f"report.html).")
     lines.extend(textwrap.wrap(legend, WIDTH))
     return "\n".join(lines)
 

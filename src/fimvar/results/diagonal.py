@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -119,7 +120,9 @@ class DiagonalResult:
             many LLM codes compute), averaged over inputs; ``None`` otherwise. :attr:`v1` is that
             of the per-sequence square ``(Σ_t u_t·ε_t)²``; both estimate the same Fisher.
         v2_unbiased: where ``v2`` is estimated, the unbiased estimate itself, which can fall
-            below 0; ``v2`` is then ``max(v2_unbiased, 0)``, never farther from the truth (≥ 0).
+            below 0; ``v2`` is then ``max(v2_unbiased, 0)``, never farther from the truth (≥ 0)
+            entry by entry. Sums over parameters (a layer's rows, the plan) add the unbiased
+            estimates and clamp the sum (:meth:`label_variance_sum`).
     """
 
     family: str
@@ -149,6 +152,16 @@ class DiagonalResult:
     v1_token: Tensors | None = None
 
     # ------------------------------------------------------------------ variances
+    def label_variance_sum(self, estimator: str, members: Iterable[str]) -> float:
+        """``Σ v`` over the parameter tensors ``members`` (``v1`` for ``i1``, ``v2`` for ``i2``):
+        where ``v2`` is estimated by probes, the sum of its unbiased estimates, clamped at 0 once
+        (a sum of per-entry clamped estimates ``max(v̂, 0)`` is biased upward by every entry whose
+        probe noise exceeds its value; docs/theory.md §14.1)."""
+        if estimator not in ("i1", "i2"):
+            raise FimvarError("label_variance_sum is defined for 'i1' and 'i2'")
+        values = self.v1 if estimator == "i1" else self.v2 if self.v2_unbiased is None else self.v2_unbiased
+        return max(sum(float(values[m].to(torch.float64).sum()) for m in members), 0.0)
+
     def _design(self, inputs: int | None, draws: int | None) -> tuple[int, int]:
         inputs = self.num_inputs if inputs is None else int(inputs)
         draws = self.samples if draws is None else int(draws)
@@ -317,9 +330,11 @@ class DiagonalResult:
 
         count = sum(self.fisher[m].numel() for m in members)
         fisher = total(self.fisher) / count
-        v1, v2 = total(self.v1) / count, total(self.v2) / count
+        v1, v2 = (self.label_variance_sum(e, members) / count for e in ("i1", "i2"))
         input_var = total(self.input_var) / count
         var = {e: total(variances[e]) for e in ESTIMATORS}
+        # Var(Î2) is linear in v2: the group's from the summed estimate (label_variance_sum)
+        var["i2"] = formulas.joint_variance(input_var * count, v2 * count, self.num_inputs, self.samples)
         better = "i1" if var["i1"] < var["i2"] else "i2"
 
         def share(label: float) -> float:

@@ -36,7 +36,8 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
     A layer's sums need no independence between its parameters: the target is the Euclidean
     norm, and ``E‖Î_g − I_g‖² = Σ_i Var Î(θ_i)`` by linearity of expectation whatever their
     covariances (:mod:`fimvar.estimators.design`). For a :class:`~fimvar.DiagonalResult`,
-    ``‖I_g‖²`` is that of its exact :attr:`~fimvar.DiagonalResult.fisher`; for a
+    ``‖I_g‖²`` is that of its exact :attr:`~fimvar.DiagonalResult.fisher` and ``b_i2`` its
+    :meth:`~fimvar.DiagonalResult.label_variance_sum` (probe estimates summed unclamped); for a
     :class:`~fimvar.SampledResult` (Î1 only) the plug-in ``‖Î1_g‖²``, ``a`` the sum of its
     clamped input noise (never below the unbiased one, so its N is never below that of
     :meth:`~fimvar.SampledResult.variance`) and ``b`` the sum of its unbiased ``v1``
@@ -57,8 +58,8 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
         parameters=sum(result.fisher[m].numel() for m in members),
         fisher_sq=sum(float(result.fisher[m].to(torch.float64).pow(2).sum()) for m in members),
         input=total(result.input_var),
-        label={"i1": total(result.v1), "i2": total(result.v2), "combined": total(combined),
-               "exact": 0.0},
+        label={"i1": total(result.v1), "i2": result.label_variance_sum("i2", members),
+               "combined": total(combined), "exact": 0.0},
     )
 
 
