@@ -1,6 +1,7 @@
 """``DiagonalResult``'s sums over a layer's parameters when v2 is estimated by probes
-(docs/theory.md §14.1): they add the unbiased estimates and clamp the sum once, so that a
-layer's row and plan stay unbiased where the per-entry clamped estimates are not."""
+(docs/theory.md §14.1): they add the unbiased estimates and clamp the sum once, and the
+combination takes one α per layer, so that a layer's row and plan stay unbiased where the
+per-entry clamped estimates and per-entry α* are not."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from cases import make_case
 
 import fimvar
+from fimvar.estimators.variance import combination_variance, joint_variance
 
 
 def test_layer_sums_of_estimated_v2_are_unbiased():
@@ -18,20 +20,28 @@ def test_layer_sums_of_estimated_v2_are_unbiased():
     autodiff sum within 5 standard errors of the mean over seeds, for every layer (the linear
     output layer's exact ``v2`` is 0); the sum of the per-entry clamped estimates ``max(v̂2, 0)``,
     which the rows no longer use, lies farther from it (measured: 3 and 12 standard errors
-    above, against 0.4 and 1.5 for the rows)."""
+    above, against 0.4 and 1.5 for the rows). The rows' variance of the combination (one α per
+    layer, :meth:`~fimvar.DiagonalResult.layer_weights`) matches the true variance of the
+    combination at that α within 5 standard errors."""
     case = make_case("mlp-tanh", "categorical", inputs=32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exact = fimvar.analyze(case.model, case.x, "categorical", engine="autodiff", bounds=False)
     exact_rows = {row["group"]: row for row in exact.group_summary()}
-    summed, clamped = {}, {}
+    summed, clamped, combined = {}, {}, {}
+    n = case.x.shape[0]
     for seed in range(20):
         probed = fimvar.analyze(case.model, case.x, "categorical", engine="graph", bounds=False, seed=seed)
         assert probed.estimated and probed.v2_unbiased is not None
+        weights = probed.layer_weights()
         for row in probed.group_summary():
             summed.setdefault(row["group"], []).append(row["std_i2"] ** 2 * row["parameters"])
             clamped.setdefault(row["group"], []).append(
                 sum(float(probed.v2[m].sum()) for m in row["members"]))
+            # the combination at this run's α of the layer, its true variance from the exact v2, c12
+            truth = sum(float(joint_variance(exact.input_var[m], combination_variance(
+                weights[m], exact.v1[m], exact.v2[m], exact.c12[m]), n, 1).sum()) for m in row["members"])
+            combined.setdefault(row["group"], []).append(row["variance_combined"] * row["parameters"] - truth)
     for group, values in summed.items():
         truth = exact_rows[group]["std_i2"] ** 2 * exact_rows[group]["parameters"]
         error = statistics.stdev(values) / len(values) ** 0.5
@@ -40,6 +50,11 @@ def test_layer_sums_of_estimated_v2_are_unbiased():
               f"per-entry clamped {statistics.fmean(clamped[group]):.4g}")
         assert gap <= 5 * error + 1e-12 * truth, f"{group}: Σ v2 off by {gap / error:.1f} standard errors"
         assert abs(statistics.fmean(clamped[group]) - truth) > gap
+        # the variance of the combination at the layer's α, against its true value at that α
+        error = statistics.stdev(combined[group]) / len(values) ** 0.5
+        gap = abs(statistics.fmean(combined[group]))
+        print(f"{group}: Var(combined) − truth {statistics.fmean(combined[group]):.3g} ± {error:.2g}")
+        assert gap <= 5 * error + 1e-12, f"{group}: Var(combined) off by {gap / error:.1f} standard errors"
     torch.testing.assert_close(  # exact results: the same sums as before, entry by entry
         exact.label_variance_sum("i2", exact.groups[next(iter(exact.groups))]),
         sum(float(exact.v2[m].sum()) for m in exact.groups[next(iter(exact.groups))]),

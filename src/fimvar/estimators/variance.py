@@ -72,6 +72,21 @@ def combined_variance_error(var1: Number, var2: Number, cov: Number, error2: Num
     return torch.where(denominator > 0, error, torch.zeros_like(error))
 
 
+def combination_variance(alpha: Number, var1: Number, var2: Number, cov: Number) -> Number:
+    """Variance of ``α Î1 + (1 − α) Î2`` for a fixed ``α``: ``α² V1 + (1 − α)² V2 + 2α(1 − α) C``
+    (docs/theory.md §8.1); linear in ``V2`` and ``C``, so unbiased estimates of them give an
+    unbiased estimate of it. Also the per-draw label variance of the combination from
+    ``v1, v2, c12``."""
+    return alpha**2 * var1 + (1 - alpha) ** 2 * var2 + 2 * alpha * (1 - alpha) * cov
+
+
+def combination_variance_error(alpha: Number, error2: Number, error_cov: Number) -> Number:
+    """Error of :func:`combination_variance` from errors ``error2`` of ``V2`` and ``error_cov`` of
+    ``C`` for a fixed ``α``: ``(1 − α)² error2 + 2|α(1 − α)| error_cov`` (a bound whatever the
+    correlation of the two errors; docs/theory.md §14.1)."""
+    return (1 - alpha) ** 2 * error2 + 2 * abs(alpha * (1 - alpha)) * error_cov
+
+
 def combine(alpha: Number, first: Number, second: Number) -> Number:
     """``α Î1 + (1 − α) Î2`` (unbiased for any fixed α, docs/theory.md §8.1)."""
     return alpha * first + (1 - alpha) * second

@@ -162,6 +162,47 @@ class DiagonalResult:
         values = self.v1 if estimator == "i1" else self.v2 if self.v2_unbiased is None else self.v2_unbiased
         return max(sum(float(values[m].to(torch.float64).sum()) for m in members), 0.0)
 
+    def layer_weights(self, tensors: Iterable[str] | None = None) -> dict[str, float]:
+        """For every parameter tensor whose ``v2`` is estimated by probes (of ``tensors``, default
+        all), the weight α of Î1 in the combination, one per layer: the minimiser of the layer's
+        summed label variance ``α² Σv1 + (1 − α)² Σv2 + 2α(1 − α) Σc12`` over its estimated
+        tensors (``Σv2`` by :meth:`label_variance_sum`), instead of one α per entry picked from the
+        entry's own noisy estimates, whose plug-in variance would be a biased-low minimum
+        (docs/theory.md §14.1). The input noise is the same for both estimators, so α does not
+        depend on the design. A tensor listed by several groups takes its first group's."""
+        layer: dict[str, list[str]] = {}  # estimated tensor → the estimated tensors of its first group
+        for members in self.groups.values():
+            estimated = [m for m in members if "v2" in self.estimated.get(m, ()) and m not in layer]
+            for m in estimated:
+                layer[m] = estimated
+        wanted = layer if tensors is None else [m for m in tensors if m in layer]
+        weights, found = {}, {}
+        for m in wanted:
+            key = id(layer[m])
+            if key not in found:
+                estimated = layer[m]
+                cov = sum(float(self.c12[k].to(torch.float64).sum()) for k in estimated)
+                found[key] = float(formulas.optimal_weight(self.label_variance_sum("i1", estimated),
+                                                           self.label_variance_sum("i2", estimated), cov))
+            weights[m] = found[key]
+        return weights
+
+    def combined_label_sum(self, members: Iterable[str]) -> float:
+        """``Σ`` over ``members`` of the per-draw label variance of the combination: per entry
+        ``(v1 v2 − c12²)/(v1 + v2 − 2 c12)`` (α* per entry) where everything is exact; at the
+        layer's α (:meth:`layer_weights`) from the unbiased ``v2`` where it is estimated, summed
+        and clamped at 0 once."""
+        members = list(members)
+        weights, exact, estimated = self.layer_weights(members), 0.0, 0.0
+        v2 = self.v2 if self.v2_unbiased is None else self.v2_unbiased
+        for m in members:
+            if m in weights:
+                estimated += float(formulas.combination_variance(weights[m], self.v1[m], v2[m],
+                                                                 self.c12[m]).sum())
+            else:
+                exact += float(formulas.combined_variance(self.v1[m], self.v2[m], self.c12[m]).sum())
+        return exact + max(estimated, 0.0)
+
     def _design(self, inputs: int | None, draws: int | None) -> tuple[int, int]:
         inputs = self.num_inputs if inputs is None else int(inputs)
         draws = self.samples if draws is None else int(draws)
@@ -175,16 +216,17 @@ class DiagonalResult:
         (default: the design of this run, i.e. the variance of :attr:`i1` / :attr:`i2`),
         ``(Var_x I(θ|x) + E_x v / M) / N`` ([B] Thm 4.7).
 
-        ``estimator``: ``i1``, ``i2``, ``combined`` (α* per parameter, docs/theory.md §8.1) or
+        ``estimator``: ``i1``, ``i2``, ``combined`` (at :meth:`alpha_star`, docs/theory.md §8.1) or
         ``exact`` (the Rao–Blackwellised ``I(θ|x)`` averaged over inputs: input noise only).
         """
         inputs, draws = self._design(inputs, draws)
         if estimator not in ESTIMATORS:
             raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
-        if estimator == "combined":
+        if estimator == "combined":  # α* per entry; the layer's α where v2 is estimated (layer_weights)
             v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
-            cov = self.covariance(inputs, draws)
-            return {k: formulas.combined_variance(v1[k], v2[k], cov[k]) for k in v1}
+            cov, weights = self.covariance(inputs, draws), self.layer_weights()
+            return {k: formulas.combination_variance(weights[k], v1[k], v2[k], cov[k]).clamp_min(0.0)
+                    if k in weights else formulas.combined_variance(v1[k], v2[k], cov[k]) for k in v1}
         label = {"i1": self.v1, "i2": self.v2, "exact": None}[estimator]
         return {k: formulas.joint_variance(v, 0.0 if label is None else label[k], inputs, draws)
                 for k, v in self.input_var.items()}
@@ -240,9 +282,11 @@ class DiagonalResult:
         if estimator == "i2":
             return {k: errors["v2"][k] * scale for k in self.fisher}
         v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
-        cov = self.covariance(inputs, draws)
-        return {k: formulas.combined_variance_error(v1[k], v2[k], cov[k], errors["v2"][k] * scale,
-                                                    errors["c12"][k] * scale) for k in v1}
+        cov, weights = self.covariance(inputs, draws), self.layer_weights()
+        return {k: formulas.combination_variance_error(weights[k], errors["v2"][k] * scale,
+                                                       errors["c12"][k] * scale) if k in weights
+                else formulas.combined_variance_error(v1[k], v2[k], cov[k], errors["v2"][k] * scale,
+                                                      errors["c12"][k] * scale) for k in v1}
 
     def covariance_error(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
         """Standard error of :meth:`covariance` per parameter (zero where ``c12`` is exact)."""
@@ -260,13 +304,16 @@ class DiagonalResult:
                 for k, c in self.c12.items()}
 
     def alpha_star(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
-        """Per-parameter weight of Î1 in the minimum-variance combination (docs/theory.md §8.1).
+        """Per-parameter weight of Î1 in the minimum-variance combination (docs/theory.md §8.1);
+        for the tensors whose ``v2`` is estimated by probes, their layer's α
+        (:meth:`layer_weights`, docs/theory.md §14.1).
 
         Where ``Var(Î1 − Î2) = 0`` the two estimators coincide and α* = 0 (Î2) is returned.
         """
         v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
-        cov = self.covariance(inputs, draws)
-        return {k: formulas.optimal_weight(v1[k], v2[k], cov[k]) for k in v1}
+        cov, weights = self.covariance(inputs, draws), self.layer_weights()
+        return {k: torch.full_like(v1[k], weights[k]) if k in weights
+                else formulas.optimal_weight(v1[k], v2[k], cov[k]) for k in v1}
 
     def combined(self, alpha: Tensors | float | None = None) -> Tensors:
         """``α Î1 + (1 − α) Î2``; α defaults to :meth:`alpha_star`. Unbiased for any fixed α;
@@ -333,8 +380,11 @@ class DiagonalResult:
         v1, v2 = (self.label_variance_sum(e, members) / count for e in ("i1", "i2"))
         input_var = total(self.input_var) / count
         var = {e: total(variances[e]) for e in ESTIMATORS}
-        # Var(Î2) is linear in v2: the group's from the summed estimate (label_variance_sum)
+        # Var(Î2) and, at fixed α, Var(combined) are linear in v2: the group's from the summed
+        # estimates (label_variance_sum, combined_label_sum)
         var["i2"] = formulas.joint_variance(input_var * count, v2 * count, self.num_inputs, self.samples)
+        var["combined"] = formulas.joint_variance(input_var * count, self.combined_label_sum(members),
+                                                  self.num_inputs, self.samples)
         better = "i1" if var["i1"] < var["i2"] else "i2"
 
         def share(label: float) -> float:

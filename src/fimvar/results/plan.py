@@ -24,7 +24,6 @@ from fimvar.estimators.design import (
     design,
     required_inputs,
 )
-from fimvar.estimators.variance import combined_variance
 from fimvar.results.groups import MODEL_GROUP, with_model_group
 from fimvar.results.presentation import present
 
@@ -37,7 +36,8 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
     norm, and ``E‖Î_g − I_g‖² = Σ_i Var Î(θ_i)`` by linearity of expectation whatever their
     covariances (:mod:`fimvar.estimators.design`). For a :class:`~fimvar.DiagonalResult`,
     ``‖I_g‖²`` is that of its exact :attr:`~fimvar.DiagonalResult.fisher` and ``b_i2`` its
-    :meth:`~fimvar.DiagonalResult.label_variance_sum` (probe estimates summed unclamped); for a
+    :meth:`~fimvar.DiagonalResult.label_variance_sum` and ``b_combined`` its
+    :meth:`~fimvar.DiagonalResult.combined_label_sum` (probe estimates summed unclamped); for a
     :class:`~fimvar.SampledResult` (Î1 only) the plug-in ``‖Î1_g‖²``, ``a`` the sum of its
     clamped input noise (never below the unbiased one, so its N is never below that of
     :meth:`~fimvar.SampledResult.variance`) and ``b`` the sum of its unbiased ``v1``
@@ -53,13 +53,12 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
             input=total(result.input_var),
             label={"i1": total(result.v1)},
         )
-    combined = {m: combined_variance(result.v1[m], result.v2[m], result.c12[m]) for m in members}
     return NoiseTerms(
         parameters=sum(result.fisher[m].numel() for m in members),
         fisher_sq=sum(float(result.fisher[m].to(torch.float64).pow(2).sum()) for m in members),
         input=total(result.input_var),
         label={"i1": total(result.v1), "i2": result.label_variance_sum("i2", members),
-               "combined": total(combined), "exact": 0.0},
+               "combined": result.combined_label_sum(members), "exact": 0.0},
     )
 
 
