@@ -115,4 +115,3 @@ def fimvar_gaussian(sigma):
     from fimvar import Gaussian
 
     return Gaussian(sigma=sigma)
-

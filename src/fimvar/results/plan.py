@@ -37,7 +37,7 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
     covariances (:mod:`fimvar.estimators.design`). For a :class:`~fimvar.DiagonalResult`,
     ``‖I_g‖²`` is that of its exact :attr:`~fimvar.DiagonalResult.fisher` and ``b_i2`` its
     :meth:`~fimvar.DiagonalResult.label_variance_sum` and ``b_combined`` its
-    :meth:`~fimvar.DiagonalResult.combined_label_sum` (probe estimates summed unclamped); for a
+    :meth:`~fimvar.DiagonalResult.combined_label_sum` (probe estimates summed, then clamped once); for a
     :class:`~fimvar.SampledResult` (Î1 only) the plug-in ``‖Î1_g‖²``, ``a`` the sum of its
     clamped input noise (never below the unbiased one, so its N is never below that of
     :meth:`~fimvar.SampledResult.variance`) and ``b`` the sum of its unbiased ``v1``
