@@ -134,15 +134,15 @@ def test_streamed_derivatives_give_the_whole_derivatives_path(monkeypatch):
     draws, data labels)."""
     case = make_case("encoder-attention", "categorical", inputs=4)
     run = dict(samples=2, labels=case.labels, engine="graph", bounds=False, memory_budget=2**17)
-    columns = fimvar.analyze(case.model, case.x, "categorical", **run)
-    monkeypatch.setattr(fimvar.analysis.diagonal.Analysis, "uses_columns", lambda self: False)
-    units = fimvar.analyze(case.model, case.x, "categorical", **run)
-    for name in units.fisher:
+    streamed = fimvar.analyze(case.model, case.x, "categorical", **run)
+    monkeypatch.setattr(fimvar.analysis.diagonal.Analysis, "streams_derivatives", lambda self: False)
+    whole = fimvar.analyze(case.model, case.x, "categorical", **run)
+    for name in whole.fisher:
         for quantity in ("fisher", "v1", "v2", "c12", "i1", "i2", "input_var", "empirical"):
-            assert_close(getattr(columns, quantity)[name], getattr(units, quantity)[name],
+            assert_close(getattr(streamed, quantity)[name], getattr(whole, quantity)[name],
                          f"streamed vs whole: {quantity}", rtol=1e-12, floor=1e-14)
         for quantity in ("v2", "c12"):
-            assert_close(columns.standard_errors[quantity][name], units.standard_errors[quantity][name],
+            assert_close(streamed.standard_errors[quantity][name], whole.standard_errors[quantity][name],
                          f"streamed vs whole: standard error of {quantity}", rtol=1e-12, floor=1e-14)
 
 

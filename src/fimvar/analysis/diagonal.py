@@ -86,16 +86,16 @@ class Analysis(FamilyAnalysis):
         warn_piecewise_linear(model)
 
     # ------------------------------------------------------------------ one chunk
-    def uses_columns(self) -> bool:
+    def streams_derivatives(self) -> bool:
         """Whether the chunks go through the graph engine's streamed derivatives (docs/theory.md
-        §14.3, :meth:`_update_columns`): its probes, no bounds (they need every layer's ``u`` at
+        §14.3, :meth:`_update_streamed`): its probes, no bounds (they need every layer's ``u`` at
         once for the groups) and one output distribution per input (per-position outputs take
         :meth:`update_chunk` with its masks)."""
         return (isinstance(self.engine, GraphEngine) and self.engine.estimates_second and not self.bounds
                 and not isinstance(self.family, Positions))
 
     def chunk_size(self, x: torch.Tensor) -> int:
-        if self.uses_columns():
+        if self.streams_derivatives():
             return self.engine.chunk_size(x, self.width, self.samples, columns=self.width)
         if not self.bounds:
             return self.engine.chunk_size(x, self.width, self.samples)
@@ -105,8 +105,8 @@ class Analysis(FamilyAnalysis):
                                       input_bytes=trace_bytes(self.width, blocks))
 
     def update_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        if self.uses_columns():
-            self._update_columns(x, labels)
+        if self.streams_derivatives():
+            self._update_streamed(x, labels)
             return
         family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
@@ -153,7 +153,7 @@ class Analysis(FamilyAnalysis):
                 for term, value in found.bounds.items():
                     self.accumulator.add(Key("group", group, "bound", term.name), value)
 
-    def _update_columns(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+    def _update_streamed(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         """One chunk with the graph engine's derivatives streamed layer by layer (docs/theory.md
         §14.3): each layer's per-input gradients ``u`` are reduced to their statistics in tiles of
         entries that hold every input of the chunk as the engine yields them; the second-order

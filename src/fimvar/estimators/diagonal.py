@@ -260,7 +260,7 @@ def block_sums(
 
 
 #: elements of one tile of :func:`streamed_block_sums` (all inputs, all columns, a slice of entries)
-COLUMN_TILE_ELEMENTS = 1 << 19
+STREAMED_TILE_ELEMENTS = 1 << 19
 #: the per-input quantities of :func:`streamed_block_sums` whose centred sums of squares over
 #: the inputs are kept (``<q>_m2``: the input variance, the standard errors of single-draw probes)
 CENTRED = ("fisher", *PROBE_SPREAD)
@@ -274,7 +274,7 @@ def streamed_block_sums(family: ExponentialFamily, h: torch.Tensor, block: Param
     the inputs at once, with the centred sums of squares of :data:`CENTRED` by two passes."""
     n, width, columns = block.first.shape
     sums: dict[str, torch.Tensor] = {}
-    step = max(1, COLUMN_TILE_ELEMENTS // (n * width))
+    step = max(1, STREAMED_TILE_ELEMENTS // (n * width))
     for start in range(0, columns, step):
         cols = slice(start, min(columns, start + step))
         stats = unit_statistics(family, h, block.first[:, :, cols], None, draws, data_residual,
