@@ -44,7 +44,7 @@ from fimvar.estimators import practical as formulas
 from fimvar.estimators.design import CostModel, Target
 from fimvar.estimators.diagonal import block_sums
 from fimvar.estimators.labels import check_seed, draw_residuals
-from fimvar.estimators.variance import combined_variance, joint_variance
+from fimvar.estimators.variance import joint_variance
 from fimvar.families import ExponentialFamily, get_family
 from fimvar.families.positions import Positions
 from fimvar.results.audit import AUDIT_TARGET, ESTIMATORS, AuditResult, EstimatorAudit
@@ -336,9 +336,7 @@ def entry(estimator: str, base: DiagonalResult, acc, cost: CostModel, batch_size
     over_inputs = f"over the {n} inputs as a sample of the data and the label draws ({m} per input)"
     if estimator in ("i1", "mc", "i2", "combined"):
         kind = "i1" if estimator == "mc" else estimator
-        label = {"i1": base.v1, "i2": base.v2}.get(kind)
-        if kind == "combined":
-            label = {k: combined_variance(base.v1[k], base.v2[k], base.c12[k]) for k in names}
+        label = base.label_variance(kind)
         given = {k: joint_variance(0.0, label[k], n, m) for k in names}
         unit = {k: joint_variance(base.input_var[k], label[k], 1, m) for k in names}
         return make(fisher, base.variance(kind), given, zero, unit, over_inputs,

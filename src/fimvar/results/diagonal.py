@@ -187,6 +187,19 @@ class DiagonalResult:
             weights[m] = found[key]
         return weights
 
+    def label_variance(self, estimator: str) -> Tensors:
+        """Per parameter, the label variance of one draw of an estimator: ``v1`` (``i1``), ``v2``
+        (``i2``) or, for ``combined``, the combination's at :meth:`alpha_star` —
+        ``(v1 v2 − c12²)/(v1 + v2 − 2 c12)`` with α* per entry, ``α² v1 + (1 − α)² v2 + 2α(1 − α)
+        c12`` at the layer's α where ``v2`` is estimated (docs/theory.md §8.1, §14.1)."""
+        if estimator not in ("i1", "i2", "combined"):
+            raise FimvarError("label_variance is defined for 'i1', 'i2' and 'combined'")
+        if estimator != "combined":
+            return self.v1 if estimator == "i1" else self.v2
+        weights, v1, v2, c12 = self.layer_weights(), self.v1, self.v2, self.c12
+        return {k: formulas.combination_variance(weights[k], v1[k], v2[k], c12[k]).clamp_min(0.0)
+                if k in weights else formulas.combined_variance(v1[k], v2[k], c12[k]) for k in v1}
+
     def combined_label_sum(self, members: Iterable[str]) -> float:
         """``Σ`` over ``members`` of the per-draw label variance of the combination: per entry
         ``(v1 v2 − c12²)/(v1 + v2 − 2 c12)`` (α* per entry) where everything is exact; at the
