@@ -96,7 +96,7 @@ class Analysis(FamilyAnalysis):
 
     def chunk_size(self, x: torch.Tensor) -> int:
         if self.streams_derivatives():
-            return self.engine.chunk_size(x, self.width, self.samples, columns=self.width)
+            return self.engine.chunk_size(x, self.width, self.samples, streamed=True)
         if not self.bounds:
             return self.engine.chunk_size(x, self.width, self.samples)
         # the bounds add one per-input table per bound record and the group forms

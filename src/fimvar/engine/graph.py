@@ -211,21 +211,21 @@ class GraphEngine(Engine):
         self._discovered = True
 
     def chunk_size(self, x: torch.Tensor, width: int, draws: int, column_bytes: int = 0,
-                   input_bytes: int = 0, factored: bool = False, columns: int | None = None) -> int:
+                   input_bytes: int = 0, factored: bool = False, streamed: bool = False) -> int:
         """Inputs per chunk within the memory budget; ``factored``: for :meth:`fisher_sums`, which
         holds one column's per-input gradients (and their float64 squares) at a time;
-        ``columns``: for :meth:`streamed_derivatives` with that many columns, consumed layer by
-        layer (every column's gradients at every layer, one layer's per-input gradients and
-        their float64 statistics at a time)."""
+        ``streamed``: for :meth:`streamed_derivatives`, consumed layer by layer (every output
+        column's gradients at every layer, one layer's per-input gradients and their float64
+        statistics at a time)."""
         self._discover(x)
         params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
         activations = self._activation_elements
         itemsize = next(self.model.parameters()).element_size()
         probes = 2 * max(draws, 1)
-        if columns is not None:  # the statistics are formed in tiles of all inputs: no per-input term
+        if streamed:  # the statistics are formed in tiles of all inputs: no per-input term
             widest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in self.layers.values()),
                          default=params)
-            per_input = (itemsize * columns * (activations + 2 * widest) + 8 * 4 * activations
+            per_input = (itemsize * width * (activations + 2 * widest) + 8 * 4 * activations
                          + probes * 2 * itemsize * params)
             return self._limited(x, width, draws, per_input)
         # per input: the derivatives (T·P, float64, with room for the per-layer products), the

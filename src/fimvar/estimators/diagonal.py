@@ -106,81 +106,50 @@ def unit_statistics(
         }
     if isinstance(family, Positions):
         per_unit["v1_token"] = family.token_fourth_variance(h, u)
-    draw_sums = DrawSums(fisher, draws.shape[1], probed)
-    for start in range(0, draws.shape[1], draw_chunk):
+    samples = draws.shape[1]
+    within = samples >= 2
+    deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
+    deviation2 = torch.zeros_like(fisher)  # Σ_m (−w·ε_m)
+    if within:
+        square1, square2, cross = (torch.zeros_like(fisher) for _ in range(3))
+    if probed:
+        estimates = {"v2": [], "c12": []}  # per-draw estimates, (n, m', K) each
+    for start in range(0, samples, draw_chunk):
         eps = draws[:, start : start + draw_chunk]
         projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε (u·ε alone with probes)
-        if probed:
-            draw_sums.add(projected[..., :columns] ** 2, probes=curvature[:, start : start + draw_chunk])
+        score = projected[..., :columns] ** 2
+        score_dev = score - fisher[:, None, :]
+        if probed:  # E[g g'] = (w·ε)², E[(g + g')/2] = w·ε
+            g = curvature[:, start : start + draw_chunk].to(torch.float64)
+            mean_g = (g[:, :, 0] + g[:, :, 1]) / 2
+            curvature_dev = -mean_g
+            estimates["v2"].append(g[:, :, 0] * g[:, :, 1])
+            estimates["c12"].append(-score * mean_g)
         else:
-            draw_sums.add(projected[..., :columns] ** 2, curvature=projected[..., columns:])
-    per_unit.update(draw_sums.statistics())
+            curvature_dev = -projected[..., columns:]
+        deviation1 += score_dev.sum(1)
+        deviation2 += curvature_dev.sum(1)
+        if within:
+            square1 += (score_dev**2).sum(1)
+            if not probed:
+                square2 += (curvature_dev**2).sum(1)
+                cross += (score_dev * curvature_dev).sum(1)
+    per_unit["i1"] = deviation1 + samples * fisher
+    per_unit["i2"] = deviation2 + samples * fisher
+    if within:
+        per_unit["i1_within"] = (square1 - deviation1**2 / samples).clamp_min(0.0)
+        if not probed:
+            per_unit["i2_within"] = (square2 - deviation2**2 / samples).clamp_min(0.0)
+            per_unit["i12_within"] = cross - deviation1 * deviation2 / samples
+    if probed:
+        for quantity, parts in estimates.items():
+            values = torch.cat(parts, 1)
+            mean = values.mean(1)
+            per_unit[quantity] = mean
+            per_unit[PROBE_SPREAD[quantity]] = ((values - mean[:, None]) ** 2).sum(1)
     if data_residual is not None:
         per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
     return per_unit
-
-
-class DrawSums:
-    """The per-input sums over the label draws ``ε_m`` of docs/theory.md §2 for one block, fed a
-    few draws at a time (:meth:`add`): of ``(u·ε_m)²`` (Î1) and ``uᵀIu − w·ε_m`` (Î2), and with
-    M ≥ 2 draws their within-input sums of squares and products around the per-input mean
-    (``*_within``), formed from the deviations from ``uᵀIu`` (expectation 0) without
-    cancellation, ``Σ (X − X̄)² = Σ (X − I)² − (Σ (X − I))²/M``. With probes (``probed``) the
-    terms with ``w`` come from them (:func:`unit_statistics`): the per-draw estimates of ``v2``
-    and ``c12`` and their spread (``*_probe_within``), and no ``i2``/``i12`` moments."""
-
-    def __init__(self, fisher: torch.Tensor, samples: int, probed: bool) -> None:
-        self.fisher, self.samples, self.probed = fisher, samples, probed
-        self.within = samples >= 2
-        self.deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
-        self.deviation2 = torch.zeros_like(fisher)  # Σ_m (−w·ε_m)
-        if self.within:
-            self.square1, self.square2, self.cross = (torch.zeros_like(fisher) for _ in range(3))
-        self.estimates: dict[str, list[torch.Tensor]] = {"v2": [], "c12": []}  # (n, m', K) each
-
-    def add(self, score: torch.Tensor, curvature: torch.Tensor | None = None,
-            probes: torch.Tensor | None = None) -> None:
-        """Draws with ``score = (u·ε_m)²`` (``(n, m', K)``) and either ``curvature = w·ε_m`` (same
-        shape) or ``probes`` (``(n, m', 2, K)``: two estimates of ``w·ε_m`` per draw)."""
-        score = score.to(torch.float64)
-        score_dev = score - self.fisher[:, None, :]
-        if self.probed:  # E[g g'] = (w·ε)², E[(g + g')/2] = w·ε
-            g = probes.to(torch.float64)
-            mean_g = (g[:, :, 0] + g[:, :, 1]) / 2
-            curvature_dev = -mean_g
-            self.estimates["v2"].append(g[:, :, 0] * g[:, :, 1])
-            self.estimates["c12"].append(-score * mean_g)
-        else:
-            curvature_dev = -curvature
-        self.deviation1 += score_dev.sum(1)
-        self.deviation2 += curvature_dev.sum(1)
-        if self.within:
-            self.square1 += (score_dev**2).sum(1)
-            if not self.probed:
-                self.square2 += (curvature_dev**2).sum(1)
-                self.cross += (score_dev * curvature_dev).sum(1)
-
-    def statistics(self) -> dict[str, torch.Tensor]:
-        """The per-input values (keys of :data:`SUM_DEGREES`), each ``(n, K)``."""
-        samples, found = self.samples, {}
-        found["i1"] = self.deviation1 + samples * self.fisher
-        found["i2"] = self.deviation2 + samples * self.fisher
-        if self.within:
-            found["i1_within"] = (self.square1 - self.deviation1**2 / samples).clamp_min(0.0)
-            if not self.probed:
-                found["i2_within"] = (self.square2 - self.deviation2**2 / samples).clamp_min(0.0)
-                found["i12_within"] = self.cross - self.deviation1 * self.deviation2 / samples
-        if self.probed:
-            for quantity, parts in self.estimates.items():
-                if samples == 1:  # one draw: its estimate, no spread within the input
-                    found[quantity] = parts[0][:, 0]
-                    found[PROBE_SPREAD[quantity]] = torch.zeros_like(found[quantity])
-                    continue
-                values = torch.cat(parts, 1)
-                mean = values.mean(1)
-                found[quantity] = mean
-                found[PROBE_SPREAD[quantity]] = ((values - mean[:, None]) ** 2).sum(1)
-        return found
 
 
 @dataclass
@@ -256,7 +225,24 @@ def block_sums(
                                                 data_residual, coefficients, draw_chunk,
                                                 block.curvature)
     names, values = cache["unit_statistics"]
-    return _reduced_sums(block, names, values, same_as)
+    reduced: dict = {}
+    for degree, table in values.items():
+        reduced.update(zip(names[degree], block.reduce_many(table, len(names[degree]), degree),
+                           strict=True))
+    quantities = {k: v for k, v in reduced.items() if isinstance(k, str)}
+    per_input = values[SUM_DEGREES["fisher"]][:, names[SUM_DEGREES["fisher"]].index("fisher")]
+    quantities["fisher_m2"] = centred_fisher_squares(block, per_input, quantities["fisher"],
+                                                     quantities["fisher_sq"])
+    if block.curvature is not None:  # spread of the probe estimates over the inputs (plain layout)
+        for quantity in PROBE_SPREAD:
+            degree = SUM_DEGREES[quantity]
+            estimate = values[degree][:, names[degree].index(quantity)]
+            quantities[f"{quantity}_m2"] = ((estimate - estimate.mean(0)) ** 2).sum(0).reshape(block.shape)
+    bounds = {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)}
+    for term, original in same_as.items():
+        bounds[term] = torch.zeros(block.shape, dtype=torch.float64, device=h.device) if original is None \
+            else bounds[original]
+    return BlockSums(quantities, bounds)
 
 
 #: elements of one tile of :func:`streamed_block_sums` (all inputs, all columns, a slice of entries)
@@ -289,30 +275,6 @@ def streamed_block_sums(family: ExponentialFamily, h: torch.Tensor, block: Param
             if quantity in CENTRED:
                 sums[f"{quantity}_m2"][cols] = ((values - sums[quantity][cols] / n) ** 2).sum(0)
     return BlockSums({quantity: value.reshape(block.shape) for quantity, value in sums.items()})
-
-
-def _reduced_sums(block: ParameterDerivatives, names: dict[int, list], values: dict[int, torch.Tensor],
-                  same_as: dict[BoundTerm, BoundTerm | None]) -> BlockSums:
-    """The :class:`BlockSums` of per-input tables (:class:`_Tables`): one reduction per degree,
-    the centred sums of squares over inputs, and the bound records that equal others."""
-    reduced: dict = {}
-    for degree, table in values.items():
-        reduced.update(zip(names[degree], block.reduce_many(table, len(names[degree]), degree),
-                           strict=True))
-    quantities = {k: v for k, v in reduced.items() if isinstance(k, str)}
-    per_input = values[SUM_DEGREES["fisher"]][:, names[SUM_DEGREES["fisher"]].index("fisher")]
-    quantities["fisher_m2"] = centred_fisher_squares(block, per_input, quantities["fisher"],
-                                                     quantities["fisher_sq"])
-    if block.curvature is not None:  # spread of the probe estimates over the inputs (plain layout)
-        for quantity in PROBE_SPREAD:
-            degree = SUM_DEGREES[quantity]
-            estimate = values[degree][:, names[degree].index(quantity)]
-            quantities[f"{quantity}_m2"] = ((estimate - estimate.mean(0)) ** 2).sum(0).reshape(block.shape)
-    bounds = {k: v for k, v in reduced.items() if isinstance(k, BoundTerm)}
-    for term, original in same_as.items():
-        bounds[term] = torch.zeros(block.shape, dtype=torch.float64, device=per_input.device) \
-            if original is None else bounds[original]
-    return BlockSums(quantities, bounds)
 
 
 def distinct_coefficients(coefficients: dict[BoundTerm, torch.Tensor] | None
@@ -377,32 +339,12 @@ def _degree(key: str | BoundTerm) -> int:
     return NORM_DEGREES[key.norm] if isinstance(key, BoundTerm) else SUM_DEGREES[key]
 
 
-class _Tables:
-    """Per-input values gathered by their degree in the layer input: one ``(n, k, K)`` float64
-    table per degree (``k`` quantities side by side), filled tile by tile."""
-
-    def __init__(self, n: int, columns: int, device: torch.device) -> None:
-        self.n, self.columns, self.device = n, columns, device
-        self.names: dict[int, list] = {}
-        self.values: dict[int, torch.Tensor] = {}
-
-    def fill(self, rows: slice, cols: slice, stats: dict) -> None:
-        if not self.names:
-            for quantity in stats:
-                self.names.setdefault(_degree(quantity), []).append(quantity)
-            self.values = {degree: torch.empty(self.n, len(keys), self.columns, dtype=torch.float64,
-                                               device=self.device) for degree, keys in self.names.items()}
-        for degree, keys in self.names.items():
-            target = self.values[degree][rows, :, cols]
-            for index, quantity in enumerate(keys):
-                target[:, index] = stats[quantity]
-
-
 def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk, curvature=None):
     """Every per-input value, as one ``(n, k·K)`` table per degree (``k`` quantities side by
     side, each ``K`` columns wide), with the quantity (or bound record) of each table."""
     n, width, columns = u.shape
-    tables = _Tables(n, columns, u.device)
+    names: dict[int, list] = {}
+    values: dict[int, torch.Tensor] = {}
     wide = columns > FISHER_WIDE_COLUMNS  # a ResNet's convolutions: fewer, larger tiles
     for rows, cols in tiles(n, width, columns, **({"elements": UNIT_TILE_ELEMENTS_WIDE} if wide else {})):
         tile_u, tile_w = u[rows, :, cols], w[rows, :, cols]
@@ -413,5 +355,13 @@ def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk
         if coefficients:
             stats.update(bound_norms(tile_u.to(torch.float64), tile_w.to(torch.float64),
                                      {k: c[rows] for k, c in coefficients.items()}))
-        tables.fill(rows, cols, stats)
-    return tables.names, tables.values
+        if not names:
+            for quantity in stats:
+                names.setdefault(_degree(quantity), []).append(quantity)
+            values = {degree: u.new_empty(n, len(keys), columns, dtype=torch.float64)
+                      for degree, keys in names.items()}
+        for degree, keys in names.items():
+            target = values[degree][rows, :, cols]
+            for index, quantity in enumerate(keys):
+                target[:, index] = stats[quantity]
+    return names, values
