@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 import warnings
 
+import pytest
 import torch
 from cases import make_case
 
@@ -15,7 +16,20 @@ import fimvar
 from fimvar.estimators.variance import combination_variance, joint_variance
 
 
-def test_layer_sums_of_estimated_v2_are_unbiased():
+@pytest.fixture(scope="module")
+def probe_runs():
+    """The exact autodiff analysis of one case and 20 graph-engine analyses of it with probe seeds
+    0…19, shared by the tests below."""
+    case = make_case("mlp-tanh", "categorical", inputs=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = fimvar.analyze(case.model, case.x, "categorical", engine="autodiff", bounds=False)
+    probed = [fimvar.analyze(case.model, case.x, "categorical", engine="graph", bounds=False, seed=seed)
+              for seed in range(20)]
+    return case.x.shape[0], exact, probed
+
+
+def test_layer_sums_of_estimated_v2_are_unbiased(probe_runs):
     """Over 20 probe seeds the layer rows' ``Σ v2`` (``std_i2² ×`` parameters) average to the exact
     autodiff sum within 5 standard errors of the mean over seeds, for every layer (the linear
     output layer's exact ``v2`` is 0); the sum of the per-entry clamped estimates ``max(v̂2, 0)``,
@@ -23,15 +37,10 @@ def test_layer_sums_of_estimated_v2_are_unbiased():
     above, against 0.4 and 1.5 for the rows). The rows' variance of the combination (one α per
     layer, :meth:`~fimvar.DiagonalResult.layer_weights`) matches the true variance of the
     combination at that α within 5 standard errors."""
-    case = make_case("mlp-tanh", "categorical", inputs=32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exact = fimvar.analyze(case.model, case.x, "categorical", engine="autodiff", bounds=False)
+    n, exact, runs = probe_runs
     exact_rows = {row["group"]: row for row in exact.group_summary()}
     summed, clamped, combined = {}, {}, {}
-    n = case.x.shape[0]
-    for seed in range(20):
-        probed = fimvar.analyze(case.model, case.x, "categorical", engine="graph", bounds=False, seed=seed)
+    for probed in runs:
         assert probed.estimated and probed.v2_unbiased is not None
         weights = probed.layer_weights()
         for row in probed.group_summary():
@@ -61,20 +70,16 @@ def test_layer_sums_of_estimated_v2_are_unbiased():
         rtol=1e-12, atol=0.0)
 
 
-def test_label_variance_of_the_combination_with_estimated_v2():
+def test_label_variance_of_the_combination_with_estimated_v2(probe_runs):
     """``label_variance("combined")`` where v2 is estimated by probes, what ``fimvar.audit`` takes
     for the combination's given and per-input variances: summed over a layer, its mean over 20
     probe seeds matches the true per-draw variance of the combination at each run's α (from the
     exact autodiff v1, v2, c12) within 5 standard errors of the mean (measured: −1.4 for the
     hidden layer; +3.2 for the linear output layer, whose exact v2 is 0, where the per-entry
     clamp ``max(v̂2, 0)`` of :meth:`~fimvar.DiagonalResult.variance` leans upward)."""
-    case = make_case("mlp-tanh", "categorical", inputs=32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exact = fimvar.analyze(case.model, case.x, "categorical", engine="autodiff", bounds=False)
+    _, exact, runs = probe_runs
     gaps: dict[str, list[float]] = {}
-    for seed in range(20):
-        probed = fimvar.analyze(case.model, case.x, "categorical", engine="graph", bounds=False, seed=seed)
+    for probed in runs:
         weights, label = probed.layer_weights(), probed.label_variance("combined")
         assert all(bool((label[k] >= 0).all()) for k in label)
         for group, members in probed.groups.items():
