@@ -73,6 +73,22 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     assert_identical(reference, again)
 
 
+def test_first_order_analysis_resumes_bit_identical(tmp_path, monkeypatch):
+    """A first-order run (second_order=False) killed after 2 of 5 batches resumes from its
+    checkpoint to the uninterrupted run's result, bit for bit, and stays first-order."""
+    model, x, y = setup_run()
+    options = dict(family="categorical", samples=3, labels=y, batch_size=8, second_order=False)
+    reference = fimvar.analyze(model, x, **options)
+    path = tmp_path / "run.ckpt"
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        fimvar.analyze(model, x, checkpoint=path, checkpoint_interval=0, **options)
+    monkeypatch.undo()
+    resumed = fimvar.analyze(model, x, checkpoint=path, **options)
+    assert resumed.second_order is False
+    assert_identical(reference, resumed)
+
+
 def test_sampled_analysis_resumes_bit_identical(tmp_path, monkeypatch):
     """The sampled analysis (its sums updated in place, Î2's too) interrupted after 3 blocks and
     resumed from its checkpoint: the same tensors bit for bit, spread sums included."""
@@ -123,6 +139,7 @@ def test_resume_with_batches_from_an_iterable(tmp_path, monkeypatch):
     ("family", "family"),
     ("data", "data"),
     ("weights", "model"),
+    ("second_order", "second_order"),
 ])
 def test_checkpoint_of_another_run_is_refused(tmp_path, change, match):
     model, x, y = setup_run()
@@ -137,6 +154,8 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, change, match):
         kwargs["family"] = "bernoulli"
     elif change == "data":
         x = x + 1
+    elif change == "second_order":  # a first-order run would mix its sums with the full run's
+        kwargs["second_order"] = False
     else:
         with torch.no_grad():
             model[0].weight.add_(0.1)

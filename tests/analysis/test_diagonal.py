@@ -73,6 +73,54 @@ def test_fisher_equals_the_expected_negative_hessian(model_name, family):
                      floor=1e-3 * natural_scale(truth, "fisher"))
 
 
+#: first-order analyses on every engine: stacks (structured), a LayerNorm model (autodiff), the
+#: architectures and a language model (graph, chosen by ``auto`` when second_order=False)
+FIRST_ORDER_CASES = [("mlp-tanh", "categorical", "structured"), ("conv2d", "gaussian", "structured"),
+                     ("mlp-sigmoid-softplus", "poisson", "structured"),
+                     ("layernorm", "bernoulli", "autodiff"),
+                     ("resnet-batchnorm", "categorical", "graph"), ("encoder-attention", "gaussian", "graph"),
+                     ("lstm", "bernoulli", "auto"), ("causal-lm", "categorical", "auto")]
+
+
+@pytest.mark.parametrize("model_name,family,engine", FIRST_ORDER_CASES)
+def test_first_order_analysis_matches_oracle(model_name, family, engine):
+    """``second_order=False``: the exact Fisher, v1, the input variance, Î1 (same draws), the
+    empirical Fisher and the bounds on the Fisher, v1 and the input variance against the oracle
+    (1e-10; the bounds hold); Î2, v2 and c12 are absent and what needs them is refused with a FimvarError."""
+    case, _, truth, oracle = computed(model_name, family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fimvar.analyze(case.model, case.x, family, samples=SAMPLES, seed=3,
+                                labels=case.labels, engine=engine, second_order=False)
+    assert result.engine == ("structured" if engine == "structured" else
+                             "autodiff" if engine == "autodiff" else "graph")
+    assert result.second_order is False and result.estimators == ("i1", "exact")
+    assert result.i2 == result.v2 == result.c12 == {}
+    for quantity in ("fisher", "v1", "input_var", "i1", "empirical"):
+        expected = oracle.split(truth[quantity])
+        for name, value in expected.items():
+            assert_close(getattr(result, quantity)[name], value, f"first-order {quantity} [{family}]",
+                         floor=1e-3 * natural_scale(truth, quantity))
+    assert result.bounds and {b.quantity for b in result.bounds.values()} <= {"fisher", "v1", "input_var"}
+    for bound in result.bounds.values():
+        expected = oracle.split(truth[bound.quantity])
+        for name, value in bound.values.items():
+            slack = 1e-9 * float(expected[name].abs().max()) + 1e-300
+            if bound.side == "upper":
+                assert (value >= expected[name] - slack).all(), bound.name
+            else:
+                assert (value <= expected[name] + slack).all(), bound.name
+    for needs_second in (lambda: result.variance("i2"), lambda: result.variance("combined"),
+                         result.combined, result.alpha_star, result.covariance,
+                         lambda: result.relative_std("i2"), lambda: result.draw_variance("i2")):
+        with pytest.raises(fimvar.FimvarError, match="second_order=True"):
+            needs_second()
+    rows = result.group_summary()
+    assert all(row["better"] == "i1" and row["std_i2"] is None and row["alpha_star"] is None
+               for row in rows)
+    assert result.plan().to_dict()
+
+
 @pytest.mark.parametrize("model_name,family", ORACLE_CASES)
 def test_group_traces_and_frobenius_match_oracle(model_name, family):
     case, result, truth, oracle = computed(model_name, family)

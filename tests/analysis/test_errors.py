@@ -134,6 +134,10 @@ def test_unknown_family_and_engine():
     raises("unknown engine", mlp(), X, engine="fast")
 
 
+def test_second_order_that_is_not_a_bool():
+    raises("second_order must be True or False", mlp(), X, second_order="no")
+
+
 def test_model_that_fails_on_the_inputs():
     raises("the model failed on inputs of shape", mlp(), torch.randn(3, 7, dtype=torch.float64))
 

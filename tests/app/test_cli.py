@@ -172,6 +172,25 @@ def test_analyze_other_specs(tmp_path, factory, capsys):
     assert set(load(tmp_path / "c").fisher) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
+def test_analyze_first_order(tmp_path, capsys):
+    """``--first-order``: a first-order analysis (the API's second_order=False), said in the saved
+    result, the summary's run and the printed table; the exact Fisher is that of the full run."""
+    options = ["--model", "fimvar.models:mlp", "--model-arg", "sizes=[10, 3, 1]", "--data", "diabetes",
+               "--family", "gaussian", "--labels", "--inputs", "8", "--no-html"]
+    code, printed, err = run_cli(capsys, "analyze", *options, "--first-order", "--out", str(tmp_path / "f"))
+    assert code == 0, err
+    assert "second_order=False" in printed
+    first = load(tmp_path / "f")
+    assert first.second_order is False and first.v2 == {} and first.empirical is not None
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["run"]["second_order"] is False
+    code, _, err = run_cli(capsys, "analyze", *options, "-q", "--no-figures", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    full = load(tmp_path / "s")
+    assert full.second_order is True
+    for name, value in full.fisher.items():
+        assert torch.allclose(first.fisher[name], value, rtol=1e-12, atol=0)
+
+
 def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = run_cli(capsys, "demo", "--out", str(out), "--inputs", "16", "--epochs", "20",

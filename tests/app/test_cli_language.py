@@ -187,6 +187,7 @@ def test_user_errors(tmp_path, capsys):
     user_error(capsys, *base, "--model", "fimvar.models:digits_mlp", "--data", "digits", match="--family")
     user_error(capsys, *base, "--model", "fimvar.models:digits_mlp", "--data", "digits", "--family",
                "categorical", "--i2", match="drop --i2")
+    user_error(capsys, *base, "--model", "hf:gpt2-tiny", *text, "--i2", "--first-order", match="one of them")
 
 
 def test_i2_from_the_command_line(tmp_path, capsys):

@@ -252,3 +252,30 @@ def test_saving_again_removes_stale_files(result, tmp_path):
     (out / "figures" / "mine.png").unlink()
     result.save(out, figures=False)  # an emptied figures/ goes too
     assert not (out / "figures").exists() and (out / "report.html").exists()
+
+
+def test_first_order_result_round_trip_summary_and_report(tmp_path):
+    """A first-order result (second_order=False) saves and loads bit-identically (still first-order),
+    its summary matches the schema with null Î2 columns, its table shows — for them, and its
+    report.html renders (headless Chromium, when installed) without console errors or raw NaN."""
+    case = make_case("mlp-tanh", "categorical", inputs=30, dtype=torch.float32, outputs=4)
+    first = fimvar.analyze(case.model, case.x, "categorical", samples=3, labels=case.labels,
+                           second_order=False)
+    out = first.save(tmp_path / "first", run={"model": "first-order"})
+    loaded = load(out)
+    assert loaded.second_order is False and loaded.estimators == ("i1", "exact") and loaded.v2 == {}
+    original, again = tensors_of(first), tensors_of(loaded)
+    assert original.keys() == again.keys() and not any("/i2" in k or "/v2" in k for k in original)
+    for key in original:
+        assert torch.equal(original[key], again[key]), key
+    document = json.loads((out / "summary.json").read_text())
+    validate(document)
+    assert document["run"]["second_order"] is False
+    assert all(g["std_i2"] is None and g["better"] == "i1" for g in document["groups"])
+    assert "—" in layer_table(first) and "second_order=False" in layer_table(first)
+    assert all((out / f).exists() for f in document["files"]["figures"])
+    browser = chromium()
+    if browser is not None:
+        dom, log = render(browser, out / "report.html", tmp_path / "profile")
+        assert console_messages(log) == [] and "first-order analysis" in dom
+        assert not re.search(r">\s*-?(nan|NaN|inf|Infinity)\s*<", dom)

@@ -72,6 +72,7 @@ class Analysis(FamilyAnalysis):
         groups: GroupSpec = None,
         bounds: bool = True,
         memory_budget: int | str | None = None,
+        second_order: bool = True,
     ) -> None:
         super().__init__(model, memory_budget)
         self.family = get_family(family)
@@ -81,7 +82,11 @@ class Analysis(FamilyAnalysis):
         check_parameters_finite(model, self.parameter_names)
         self.groups = resolve_groups(self.parameter_names, groups)
         self.bounds = bounds
-        self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget)
+        if not isinstance(second_order, bool):
+            raise FimvarError(f"second_order must be True or False, got {second_order!r}")
+        self.second_order = second_order
+        self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget,
+                                  second=self.second_order)
         self.masked_positions = 0  # per-position outputs left out (fimvar.analysis.masking)
         warn_piecewise_linear(model)
 
@@ -110,7 +115,7 @@ class Analysis(FamilyAnalysis):
             return
         family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
-        h, blocks = self.engine.derivatives(x)
+        h, blocks = self.engine.derivatives(x, second=self.second_order)
         family.check_outputs(h)
         n = h.shape[0]
         mask = position_mask(family, self.packing, x, labels)
@@ -119,7 +124,7 @@ class Analysis(FamilyAnalysis):
             labels = unmasked_labels(labels)
             self.masked_positions += int((~mask).sum())
         draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
-        probed = self.engine.estimates_second
+        probed = self.second_order and self.engine.estimates_second
         if probed:  # second-order quantities from probes (docs/theory.md §14.1)
             kept = draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
             blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.chunk_start)
@@ -132,13 +137,14 @@ class Analysis(FamilyAnalysis):
                 output_moments = OutputMoments(family, h)
             spectrum = Spectrum.of(family, h, getattr(output_moments, "fourth_symmetric", None))
             coefficients = bound_coefficients(spectrum)
-            if probed:  # the bounds on v2 need ‖w‖², which probes do not give
+            if probed or not self.second_order:  # the bounds on v2 need ‖w‖², which probes do not give
                 coefficients = {term: c for term, c in coefficients.items() if term.quantity != "v2"}
         widest = max(b.first.shape[2] for b in blocks)
         draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
         for done, block in enumerate(blocks):
             self.stage(f"parameter {done + 1}/{len(blocks)} of {n} inputs")
-            sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk)
+            sums = block_sums(family, h, block, draws, residual, coefficients, draw_chunk,
+                              self.second_order)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n)
             name = block.name
@@ -147,7 +153,8 @@ class Analysis(FamilyAnalysis):
         if output_moments is not None:
             by_name = {block.name: block for block in blocks}
             for group, members in with_model_group(self.groups).items():
-                found = group_sums(output_moments, [by_name[m] for m in members], second=not probed)
+                found = group_sums(output_moments, [by_name[m] for m in members],
+                                   second=self.second_order and not probed)
                 for quantity, value in found.exact.items():
                     self.accumulator.add(Key("group", group, quantity), value)
                 for term, value in found.bounds.items():
@@ -191,6 +198,8 @@ class Analysis(FamilyAnalysis):
             "groups": self.groups,
             "bounds": bool(self.bounds),
             "model": checkpoints.model_hash(self.model),
+            # only when off, so that the checkpoints of full analyses keep their fingerprint
+            **({} if self.second_order else {"second_order": False}),
         }
 
     def extra_state(self) -> dict[str, Any]:
@@ -224,7 +233,11 @@ class Analysis(FamilyAnalysis):
             notes.append(f"the model computes in {self.precision}: the derivatives, and so every value, "
                          "carry that precision (summed in float64); analyse a float32 copy for accurate "
                          "numbers")
-        if self.engine.estimates_second:
+        if not self.second_order:
+            notes.append("a first-order analysis (second_order=False): the exact Fisher, Î1, v1, the "
+                         "input variance and the empirical Fisher only; Î2, v2, c12, the combination "
+                         "and the bounds on v2 were not computed")
+        elif self.engine.estimates_second:
             notes.append("v2, c12 and Î2 were estimated without bias by Hutchinson probes (two "
                          "per label draw; docs/theory.md §14.1), not computed exactly: their standard "
                          "errors are in result.standard_errors and those of the variances in "
@@ -291,10 +304,13 @@ def diagonal_result(accumulator: Accumulator, *, family: str, samples: int, engi
     input_var = {k: moments.sample_variance(n, accumulator.sums[parameter(k, "fisher_m2")]) for k in names}
     has_labels = accumulator.has(parameter(names[0], "empirical"))
     empirical = mean("empirical") if has_labels else None
+    second_order = accumulator.has(parameter(names[0], "i2"))  # not in a first-order analysis
     result = DiagonalResult(
         family=family, samples=samples, num_inputs=n, engine=engine, shapes=shapes,
-        groups=groups, fisher=fisher, i1=mean("i1", samples), i2=mean("i2", samples),
-        v1=mean("v1"), v2=mean("v2"), c12=mean("c12"), input_var=input_var,
+        groups=groups, fisher=fisher, i1=mean("i1", samples),
+        i2=mean("i2", samples) if second_order else {},
+        v1=mean("v1"), v2=mean("v2") if second_order else {}, c12=mean("c12") if second_order else {},
+        input_var=input_var, second_order=second_order,
         v1_token=mean("v1_token") if accumulator.has(parameter(names[0], "v1_token")) else None,
         empirical=empirical,
         empirical_bias={k: empirical[k] - fisher[k] for k in names} if has_labels else None,
@@ -363,9 +379,10 @@ def check_diagonal_finite(result: DiagonalResult) -> None:
     quantities.update({f"standard error of {q}": values for q, values in result.standard_errors.items()})
     quantities.update({f"bound {name}": bound.values for name, bound in result.bounds.items()})
     check_result_finite(quantities)
-    check_result_finite({f"variance of {e}": result.variance(e) for e in ("i1", "i2", "combined", "exact")}
-                        | {"covariance of i1 and i2": result.covariance(), "alpha_star": result.alpha_star(),
-                           "combined estimate": result.combined()})
+    check_result_finite({f"variance of {e}": result.variance(e) for e in result.estimators})
+    if result.second_order:
+        check_result_finite({"covariance of i1 and i2": result.covariance(),
+                             "alpha_star": result.alpha_star(), "combined estimate": result.combined()})
     check_result_finite(dict(result.group_exact) | {f"bound {name}": bound.values
                                                     for name, bound in result.group_bounds.items()},
                         owner="group")
@@ -389,6 +406,7 @@ def analyze(
     batch_size: int | None = None,
     progress: bool = False,
     path: str = "auto",
+    second_order: bool = True,
 ) -> DiagonalResult | SampledResult:
     """Exact diagonal Fisher, the estimators Î1/Î2, their variances, covariance and bounds —
     or, for a model with more than :data:`~fimvar.analysis.path.EXACT_COLUMNS_UP_TO` output columns
@@ -435,6 +453,13 @@ def analyze(
             when ``bounds=True``) and takes data labels only as the ``-100``
             marks of padding (docs/theory.md §17.3); ``result.metadata["path"]`` and
             ``["path_reason"]`` say which path ran and why.
+        second_order: ``False`` for a first-order analysis: the exact Fisher, Î1 and its
+            variance (``v1``, the input variance), the empirical Fisher and the bounds on the
+            Fisher and on ``v1`` — everything that needs the first derivatives ``u`` alone —,
+            without Î2, ``v2``, ``c12`` and the combination (``result.estimators == ("i1",
+            "exact")``; docs/theory.md §3.1). It skips the second derivatives (or, on the graph
+            engine, the probes), the dearer half of the work; the first-order numbers are the
+            same as those of a full analysis. Ignored on the sampled path (Î1 only there).
 
     Returns:
         A :class:`~fimvar.DiagonalResult` of float64 tensors (``result.fisher_as(model)``: in the
@@ -460,7 +485,8 @@ def analyze(
         result.metadata.update(path="sampled", path_reason=reason)
         return result
     analysis = Analysis(model, family, samples, seed, engine, parameters=parameters,
-                        groups=groups, bounds=bounds, memory_budget=memory_budget)
+                        groups=groups, bounds=bounds, memory_budget=memory_budget,
+                        second_order=second_order)
     analysis.run(x, labels, batch_size=batch_size, checkpoint=checkpoint,
                  checkpoint_interval=checkpoint_interval, progress=progress)
     result = analysis.result()

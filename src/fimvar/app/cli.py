@@ -44,6 +44,10 @@ def _add_analysis_options(parser: argparse.ArgumentParser, *, demo: bool = False
     group.add_argument("--device", default="auto",
                        help="cpu, cuda, cuda:1, … or auto (cuda when available; default)")
     group.add_argument("--no-bounds", action="store_true", help="skip the bounds of [A]/[B] (faster)")
+    group.add_argument("--first-order", action="store_true",
+                       help="a first-order analysis: the exact Fisher, Î1, v1, the input variance and the "
+                            "empirical Fisher, without Î2, v2, c12 and the combination (faster: no "
+                            "second derivatives; docs/usage.md)")
     if not demo:
         group.add_argument("--i2", action="store_true",
                            help="a language model (--model hf:…): also Î2, by one Hutchinson probe of the "
@@ -361,7 +365,7 @@ def _run_analysis(args, model, x, y, run: dict, started: float, checkpoint: str 
     from fimvar.analysis.diagonal import Analysis
 
     analysis = Analysis(model, args.family, args.samples, args.seed, args.engine,
-                        bounds=not args.no_bounds)
+                        bounds=not args.no_bounds, second_order=not args.first_order)
     run["engine"] = analysis.engine.name
     group = distributed.process_group()
     if checkpoint is not None and group is None:
@@ -477,6 +481,9 @@ def cmd_analyze_language(args, started: float) -> int:
         if given:
             raise FimvarError(f"{option} does not apply to a language model (--model hf:…): the labels are "
                               "the next tokens, sampled from the model")
+    if args.first_order and args.i2:
+        raise FimvarError("--first-order leaves Î2 out and --i2 asks for it: give one of them (a language "
+                          "model's analysis is first-order without --i2)")
     if args.engine not in ("auto", "graph"):
         raise FimvarError(f"a language model is analysed by the sampled analysis on the graph engine; drop "
                           f"--engine {args.engine}")

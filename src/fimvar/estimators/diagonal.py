@@ -61,7 +61,7 @@ def unit_statistics(
     family: ExponentialFamily,
     h: torch.Tensor,
     u: torch.Tensor,
-    w: torch.Tensor,
+    w: torch.Tensor | None,
     draws: torch.Tensor,
     data_residual: torch.Tensor | None,
     draw_chunk: int,
@@ -84,10 +84,15 @@ def unit_statistics(
     estimate (module docs), ``w`` is not used, and ``*_probe_within`` holds the spread of the
     per-draw estimates of ``v2`` and ``c12`` around their per-input mean; the ``i2`` and
     ``i12`` draw moments are then left out (they would include the probes' variance).
+
+    With neither ``w`` nor ``curvature`` (a first-order analysis, ``analyze(...,
+    second_order=False)``) only the quantities of ``u`` are formed: ``fisher``, ``v1``, ``i1``,
+    ``i1_within``, ``empirical`` (and ``v1_token``).
     """
     n, width, columns = u.shape
     probed = curvature is not None
-    if probed:  # no w: the terms with w come from the probes below
+    first_only = w is None and not probed
+    if probed or first_only:  # no w: the terms with w come from the probes below, or are not formed
         both = u = u.to(torch.float64)
         fisher, fourth = family.first_order(h, both)
         per_unit = {"fisher": fisher, "fisher_sq": fisher**2, "v1": fourth}
@@ -119,6 +124,11 @@ def unit_statistics(
         projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε (u·ε alone with probes)
         score = projected[..., :columns] ** 2
         score_dev = score - fisher[:, None, :]
+        deviation1 += score_dev.sum(1)
+        if within:
+            square1 += (score_dev**2).sum(1)
+        if first_only:
+            continue
         if probed:  # E[g g'] = (w·ε)², E[(g + g')/2] = w·ε
             g = curvature[:, start : start + draw_chunk].to(torch.float64)
             mean_g = (g[:, :, 0] + g[:, :, 1]) / 2
@@ -127,18 +137,16 @@ def unit_statistics(
             estimates["c12"].append(-score * mean_g)
         else:
             curvature_dev = -projected[..., columns:]
-        deviation1 += score_dev.sum(1)
         deviation2 += curvature_dev.sum(1)
-        if within:
-            square1 += (score_dev**2).sum(1)
-            if not probed:
-                square2 += (curvature_dev**2).sum(1)
-                cross += (score_dev * curvature_dev).sum(1)
+        if within and not probed:
+            square2 += (curvature_dev**2).sum(1)
+            cross += (score_dev * curvature_dev).sum(1)
     per_unit["i1"] = deviation1 + samples * fisher
-    per_unit["i2"] = deviation2 + samples * fisher
+    if not first_only:
+        per_unit["i2"] = deviation2 + samples * fisher
     if within:
         per_unit["i1_within"] = (square1 - deviation1**2 / samples).clamp_min(0.0)
-        if not probed:
+        if not probed and not first_only:
             per_unit["i2_within"] = (square2 - deviation2**2 / samples).clamp_min(0.0)
             per_unit["i12_within"] = cross - deviation1 * deviation2 / samples
     if probed:
@@ -194,6 +202,7 @@ def block_sums(
     data_residual: torch.Tensor | None,
     coefficients: dict[BoundTerm, torch.Tensor] | None,
     draw_chunk: int,
+    second_order: bool = True,
 ) -> BlockSums:
     """Sums over the chunk's inputs of every per-parameter quantity for one parameter tensor.
 
@@ -212,6 +221,8 @@ def block_sums(
         coefficients: per-input bound factors (:func:`~fimvar.estimators.bounds.spectrum.bound_coefficients`),
             or ``None``.
         draw_chunk: how many draws to contract at once (memory).
+        second_order: form the quantities of ``w`` (``v2``, ``c12``, ``i2`` and their draw
+            moments); ``False``: those of ``u`` alone (:func:`unit_statistics`).
 
     Returns:
         The :class:`BlockSums`; ``quantities`` also holds ``fisher_m2``, the chunk's centred sum
@@ -223,7 +234,7 @@ def block_sums(
     if "unit_statistics" not in cache:
         cache["unit_statistics"] = _unit_values(family, h, block.first, block.second, draws,
                                                 data_residual, coefficients, draw_chunk,
-                                                block.curvature)
+                                                block.curvature, second_order)
     names, values = cache["unit_statistics"]
     reduced: dict = {}
     for degree, table in values.items():
@@ -339,7 +350,8 @@ def _degree(key: str | BoundTerm) -> int:
     return NORM_DEGREES[key.norm] if isinstance(key, BoundTerm) else SUM_DEGREES[key]
 
 
-def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk, curvature=None):
+def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk, curvature=None,
+                 second_order=True):
     """Every per-input value, as one ``(n, k·K)`` table per degree (``k`` quantities side by
     side, each ``K`` columns wide), with the quantity (or bound record) of each table."""
     n, width, columns = u.shape
@@ -348,7 +360,7 @@ def _unit_values(family, h, u, w, draws, data_residual, coefficients, draw_chunk
     wide = columns > FISHER_WIDE_COLUMNS  # a ResNet's convolutions: fewer, larger tiles
     for rows, cols in tiles(n, width, columns, **({"elements": UNIT_TILE_ELEMENTS_WIDE} if wide else {})):
         tile_u, tile_w = u[rows, :, cols], w[rows, :, cols]
-        stats: dict = unit_statistics(family, h[rows], tile_u, tile_w, draws[rows],
+        stats: dict = unit_statistics(family, h[rows], tile_u, tile_w if second_order else None, draws[rows],
                                       None if data_residual is None else data_residual[rows],
                                       draw_chunk,
                                       None if curvature is None else curvature[rows, :, :, cols])

@@ -139,17 +139,22 @@ def _findings(summary: dict) -> list[str]:
                    f"below {_error(exact['error_at_confidence'])} with probability {1 - plan['delta']:g}. "
                    f"Relative error ≤ {plan['rho']:g} needs {_num(exact['inputs_needed'])} inputs: the "
                    f"{plan['available']:,} inputs {held} are {verdict}.")
-    wins = {e: [g["layer"] for g in layers if g["better"] == e] for e in ("i1", "i2")}
-    out.append(f"Of the sampled estimators, Î2 has the lower variance in {len(wins['i2'])} of {len(layers)} "
-               "layers" + (f" ({_names(wins['i2'])})" if wins["i2"] else "")
-               + f"; Î1 in {len(wins['i1'])}" + (f" ({_names(wins['i1'])})" if wins["i1"] else "") + ".")
-    zero = [g["layer"] for g in layers if g["std_i2"] == 0]
-    if zero:
-        out.append(f"Î2 has zero label variance in {_names(zero)}: a linear output layer "
-                   "([B] Remark 4.4) — there Î2 equals the exact Fisher of each input.")
+    if run.get("second_order", True):
+        wins = {e: [g["layer"] for g in layers if g["better"] == e] for e in ("i1", "i2")}
+        out.append(f"Of the sampled estimators, Î2 has the lower variance in {len(wins['i2'])} of "
+                   f"{len(layers)} layers" + (f" ({_names(wins['i2'])})" if wins["i2"] else "")
+                   + f"; Î1 in {len(wins['i1'])}" + (f" ({_names(wins['i1'])})" if wins["i1"] else "") + ".")
+        zero = [g["layer"] for g in layers if g["std_i2"] == 0]
+        if zero:
+            out.append(f"Î2 has zero label variance in {_names(zero)}: a linear output layer "
+                       "([B] Remark 4.4) — there Î2 equals the exact Fisher of each input.")
+        second = f" and {_times(whole['relative_std_i2'])} (Î2)"
+    else:
+        out.append("A first-order analysis (<code>second_order=False</code>): Î2, its variance and the "
+                   "combination were not computed (— in the tables); Î1 is the only sampled estimator.")
+        second = ""
     out.append(f"Whole model: one draw has a standard deviation {_times(whole['relative_std_i1'])} the "
-               f"Fisher (Î1) and {_times(whole['relative_std_i2'])} (Î2); with M={run['samples']} draws per "
-               f"input, "
+               f"Fisher (Î1){second}; with M={run['samples']} draws per input, "
                f"{_pct(whole['input_noise_share_i1'])} of Î1's variance comes from the inputs.")
     rec = whole["recommended"]["normal"]
     if rec:
@@ -218,7 +223,8 @@ def _accuracy(summary: dict) -> str:
             f"parameter). "
             f"Target: relative error ≤ {plan['rho']:g} with probability ≥ {1 - plan['delta']:g}.</p>"
             + _table(headers, rows, classes=classes)
-            + f"<details><summary>The sampled estimators Î1, Î2 and their combination, with M = "
+            + f"<details><summary>The sampled estimators "
+              f"{'Î1, Î2 and their combination' if run.get('second_order', True) else 'Î1'}, with M = "
               f"{run['samples']} {draws} per input</summary>"
             + _table(["layer", "estimator"] + headers[1:], sampled, left=2, classes=sclasses)
             + "</details>" + _rule(plan))

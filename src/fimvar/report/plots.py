@@ -143,6 +143,8 @@ def fisher_std(result, target: Target = DEFAULT_TARGET):
         "std of one draw of Î2": ("i2", [r["std_i2"] for r in rows], "v"),
         "input noise sqrt Var_x I(θ|x)": ("input", [math.sqrt(max(r["input_var"], 0.0)) for r in rows], "s"),
     }
+    if not result.second_order:  # a first-order analysis: no Î2
+        del series["std of one draw of Î2"]
     floor, zeros_drawn = _layer_series(ax, x, layers, series, 7)
     _named_ticks(ax, x, layers)
     ax.set_xlabel("layer (module and shape)")
@@ -238,7 +240,7 @@ def relative_std(result, target: Target = DEFAULT_TARGET):
     from matplotlib.figure import Figure
 
     groups = _layers(result)
-    ratios = {e: result.relative_std(e) for e in ("i1", "i2")}
+    ratios = {e: result.relative_std(e) for e in ("i1", "i2") if e in result.estimators}
     per_layer = {g: {e: torch.cat([ratios[e][m].reshape(-1) for m in result.groups[g]]).double().numpy()
                      for e in ratios} for g in groups}
     finite = np.concatenate([r[np.isfinite(r) & (r > 0)] for d in per_layer.values() for r in d.values()]

@@ -180,6 +180,7 @@ def build_summary(result: DiagonalResult, target: Target = DEFAULT_TARGET, *, ru
         "available": plan.available,
         "parameters": sum(math.prod(s) for s in result.shapes.values()),
         "labels": result.empirical is not None,
+        "second_order": result.second_order,
         **metadata,
     }
     document = {

@@ -22,6 +22,9 @@ Keys are ``"<parameter>/<quantity>"`` (float64, the parameter's shape). Stored q
 ``alpha_star``, ``combined``
 ==========================  =================================================================
 
+A first-order result (``analyze(..., second_order=False)``, header ``"second_order": false``)
+stores neither ``i2``, ``v2``, ``c12`` nor the derived tensors that need them.
+
 The header metadata (key ``fimvar``) holds one JSON document with the format version and what
 :func:`read` needs to rebuild the :class:`~fimvar.DiagonalResult` (family, draws, inputs, engine,
 shapes, groups, run metadata, bound descriptions, group-level values); derived tensors are not
@@ -48,11 +51,14 @@ FORMAT_VERSION = 1
 PRIMARY = ("fisher", "i1", "i2", "v1", "v2", "c12", "input_var")
 DERIVED = ("variance_i1", "variance_i2", "variance_combined", "variance_exact", "covariance",
            "alpha_star", "combined")
+#: what a first-order result (``second_order=False``) lacks
+SECOND_ORDER = ("i2", "v2", "c12", "variance_i2", "variance_combined", "covariance", "alpha_star", "combined")
 
 
 def tensors_of(result: DiagonalResult) -> dict[str, torch.Tensor]:
     """Every stored tensor of ``result``, keyed ``"<parameter>/<quantity>"``."""
-    quantities: dict[str, dict[str, torch.Tensor]] = {q: getattr(result, q) for q in PRIMARY}
+    quantities: dict[str, dict[str, torch.Tensor]] = {q: getattr(result, q) for q in PRIMARY
+                                                      if result.second_order or q not in SECOND_ORDER}
     if result.empirical is not None:
         quantities["empirical"] = result.empirical
         quantities["empirical_bias"] = result.empirical_bias
@@ -66,12 +72,10 @@ def tensors_of(result: DiagonalResult) -> dict[str, torch.Tensor]:
         quantities["v2_unbiased"] = result.v2_unbiased
     if result.v1_token is not None:
         quantities["v1_token"] = result.v1_token
-    quantities.update({
-        "variance_i1": result.variance("i1"), "variance_i2": result.variance("i2"),
-        "variance_combined": result.variance("combined"), "variance_exact": result.variance("exact"),
-        "covariance": result.covariance(), "alpha_star": result.alpha_star(),
-        "combined": result.combined(),
-    })
+    quantities.update({f"variance_{e}": result.variance(e) for e in result.estimators})
+    if result.second_order:
+        quantities.update(covariance=result.covariance(), alpha_star=result.alpha_star(),
+                          combined=result.combined())
     out = {}
     for quantity, values in quantities.items():
         for name in result.shapes:
@@ -100,7 +104,8 @@ def write(result: DiagonalResult, path: str | Path) -> None:
         "draw_moments": list(result.draw_moments),
         "estimated": {name: list(q) for name, q in result.estimated.items()},
         "standard_errors": list(result.standard_errors),
-        "derived": list(DERIVED),
+        "derived": [q for q in DERIVED if result.second_order or q not in SECOND_ORDER],
+        "second_order": result.second_order,
     }
     _write_file(path, tensors_of(result), header)
 
@@ -120,10 +125,12 @@ def _diagonal_from(path: str | Path, tensors: dict[str, torch.Tensor], meta: dic
             raise FimvarError(f"{path} lacks the tensor {error.args[0]}") from error
 
     has_labels = bool(meta["labels"])
+    second_order = bool(meta.get("second_order", True))  # files of full analyses before the key
     result = DiagonalResult(
         family=meta["family"], samples=int(meta["samples"]), num_inputs=int(meta["num_inputs"]),
         engine=meta["engine"], shapes=shapes, groups={g: list(m) for g, m in meta["groups"].items()},
-        **{q: quantity(q) for q in PRIMARY},
+        **{q: quantity(q) if second_order or q not in SECOND_ORDER else {} for q in PRIMARY},
+        second_order=second_order,
         empirical=quantity("empirical") if has_labels else None,
         empirical_bias=quantity("empirical_bias") if has_labels else None,
         draw_moments={m: quantity(f"draw:{m}") for m in meta["draw_moments"]},

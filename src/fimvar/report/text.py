@@ -101,6 +101,9 @@ def layer_table(result: DiagonalResult, target: Target = DEFAULT_TARGET,
         f"the better estimator's variance due to the inputs with M={result.samples} draws. better: the "
         f"estimator with the lower variance. α* and the bounds' tightness: report.html."
     )
+    if not result.second_order:
+        legend += (" A first-order analysis (second_order=False): Î2 and its variance were not "
+                   "computed (—), and Î1 is the only sampled estimator.")
     estimated = sum(1 for quantities in result.estimated.values() if "v2" in quantities)
     if estimated:
         legend += (f" Estimated, not exact: std Î2, rel std Î2 and better rest on v2 estimated by "

@@ -123,6 +123,10 @@ class DiagonalResult:
             below 0; ``v2`` is then ``max(v2_unbiased, 0)``, never farther from the truth (≥ 0)
             entry by entry. Sums over parameters (a layer's rows, the plan) add the unbiased
             estimates and clamp the sum (:meth:`label_variance_sum`).
+        second_order: ``False`` for a first-order analysis (``analyze(..., second_order=False)``):
+            ``i2``, ``v2`` and ``c12`` are then empty and :attr:`estimators` is ``("i1", "exact")``;
+            what needs them (``variance("i2")``, the combination, ``covariance``) raises a
+            :class:`~fimvar.FimvarError`.
     """
 
     family: str
@@ -150,6 +154,24 @@ class DiagonalResult:
     standard_errors: dict[str, Tensors] = field(default_factory=dict)
     v2_unbiased: Tensors | None = None
     v1_token: Tensors | None = None
+    second_order: bool = True
+
+    @property
+    def estimators(self) -> tuple[str, ...]:
+        """The estimators whose variance this result knows (and so those its plan designs):
+        Î1, Î2, their combination and the exact Fisher; ``("i1", "exact")`` for a first-order
+        analysis."""
+        return ESTIMATORS if self.second_order else ("i1", "exact")
+
+    def _require(self, estimator: str, what: str) -> None:
+        """Raise a :class:`FimvarError` when ``estimator`` needs the second-order quantities of a
+        first-order result, or is unknown."""
+        if estimator not in ESTIMATORS:
+            raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        if estimator not in self.estimators:
+            raise FimvarError(f"{what} of {estimator!r} needs v2 and c12, which a first-order analysis "
+                              "(second_order=False) does not compute; rerun fimvar.analyze with "
+                              "second_order=True")
 
     # ------------------------------------------------------------------ variances
     def label_variance_sum(self, estimator: str, members: Iterable[str]) -> float:
@@ -159,6 +181,7 @@ class DiagonalResult:
         probe noise exceeds its value; docs/theory.md §14.1)."""
         if estimator not in ("i1", "i2"):
             raise FimvarError("label_variance_sum is defined for 'i1' and 'i2'")
+        self._require(estimator, "the label variance")
         values = self.v1 if estimator == "i1" else self.v2 if self.v2_unbiased is None else self.v2_unbiased
         return max(sum(float(values[m].to(torch.float64).sum()) for m in members), 0.0)
 
@@ -194,6 +217,7 @@ class DiagonalResult:
         c12`` at the layer's α where ``v2`` is estimated (docs/theory.md §8.1, §14.1)."""
         if estimator not in ("i1", "i2", "combined"):
             raise FimvarError("label_variance is defined for 'i1', 'i2' and 'combined'")
+        self._require(estimator, "the label variance")
         if estimator != "combined":
             return self.v1 if estimator == "i1" else self.v2
         weights, v1, v2, c12 = self.layer_weights(), self.v1, self.v2, self.c12
@@ -206,6 +230,7 @@ class DiagonalResult:
         layer's α (:meth:`layer_weights`) from the unbiased ``v2`` where it is estimated, summed
         and clamped at 0 once."""
         members = list(members)
+        self._require("combined", "the label variance")
         weights, exact, estimated = self.layer_weights(members), 0.0, 0.0
         v2 = self.v2 if self.v2_unbiased is None else self.v2_unbiased
         for m in members:
@@ -233,8 +258,7 @@ class DiagonalResult:
         ``exact`` (the Rao–Blackwellised ``I(θ|x)`` averaged over inputs: input noise only).
         """
         inputs, draws = self._design(inputs, draws)
-        if estimator not in ESTIMATORS:
-            raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        self._require(estimator, "the variance")
         if estimator == "combined":  # α* per entry; the layer's α where v2 is estimated (layer_weights)
             v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
             cov, weights = self.covariance(inputs, draws), self.layer_weights()
@@ -273,6 +297,7 @@ class DiagonalResult:
         where the Fisher is 0 (no relative error is defined there; never NaN)."""
         if estimator not in ("i1", "i2"):
             raise FimvarError("relative_std is defined for 'i1' and 'i2'")
+        self._require(estimator, "the relative standard deviation")
         label = self.v1 if estimator == "i1" else self.v2
         return {k: torch.where(f > 0, label[k].clamp_min(0).sqrt() / f, torch.full_like(f, float("inf")))
                 for k, f in self.fisher.items()}
@@ -286,8 +311,7 @@ class DiagonalResult:
         contains ``v2`` and ``c12``, and its error is propagated to first order with absolute
         values (an upper bound whatever the correlation of the two estimates)."""
         inputs, draws = self._design(inputs, draws)
-        if estimator not in ESTIMATORS:
-            raise FimvarError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        self._require(estimator, "the variance's error")
         errors = self._quantity_errors()
         scale = 1.0 / (inputs * draws)
         if estimator in ("i1", "exact"):
@@ -303,6 +327,7 @@ class DiagonalResult:
 
     def covariance_error(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
         """Standard error of :meth:`covariance` per parameter (zero where ``c12`` is exact)."""
+        self._require("i2", "the covariance's error")
         inputs, draws = self._design(inputs, draws)
         return {k: e / (inputs * draws) for k, e in self._quantity_errors()["c12"].items()}
 
@@ -312,6 +337,7 @@ class DiagonalResult:
 
     def covariance(self, inputs: int | None = None, draws: int | None = None) -> Tensors:
         """``Cov(Î1, Î2) = (Var_x I(θ|x) + E_x c12 / M) / N`` per parameter for the given design."""
+        self._require("i2", "the covariance")
         inputs, draws = self._design(inputs, draws)
         return {k: formulas.joint_variance(self.input_var[k], c, inputs, draws)
                 for k, c in self.c12.items()}
@@ -323,6 +349,7 @@ class DiagonalResult:
 
         Where ``Var(Î1 − Î2) = 0`` the two estimators coincide and α* = 0 (Î2) is returned.
         """
+        self._require("combined", "the weight α*")
         v1, v2 = self.variance("i1", inputs, draws), self.variance("i2", inputs, draws)
         cov, weights = self.covariance(inputs, draws), self.layer_weights()
         return {k: torch.full_like(v1[k], weights[k]) if k in weights
@@ -331,6 +358,7 @@ class DiagonalResult:
     def combined(self, alpha: Tensors | float | None = None) -> Tensors:
         """``α Î1 + (1 − α) Î2``; α defaults to :meth:`alpha_star`. Unbiased for any fixed α;
         choose α on a probe run and apply it to independent draws to keep it unbiased."""
+        self._require("combined", "the estimate")
         alpha = self.alpha_star() if alpha is None else alpha
         if not isinstance(alpha, dict):
             alpha = {k: torch.full_like(v, float(alpha)) for k, v in self.i1.items()}
@@ -343,11 +371,13 @@ class DiagonalResult:
         plain sample variance of the draws. Needs ``samples ≥ 2``."""
         if estimator not in ("i1", "i2"):
             raise FimvarError("draw_variance is defined for 'i1' and 'i2'")
+        self._require(estimator, "the draws' variance")
         return self._within(f"{estimator}_within")
 
     def draw_covariance(self) -> Tensors:
         """Monte Carlo estimate of ``c12`` (pooled within-input sample covariance of the draws
         of Î1 and Î2). Needs ``samples ≥ 2``."""
+        self._require("i2", "the draws' covariance")
         return self._within("i12_within")
 
     def _within(self, key: str) -> Tensors:
@@ -379,32 +409,45 @@ class DiagonalResult:
         ``summary.json``'s ``groups`` are these rows (their names: docs/usage.md)."""
         plan = plan if plan is not None else make_plan(self, Target.of(rho, delta))
         groups = with_model_group(self.groups) if include_model else dict(self.groups)
-        variances = {e: self.variance(e) for e in ESTIMATORS}
-        cov = self.covariance()
+        variances = {e: self.variance(e) for e in self.estimators}
+        cov = self.covariance() if self.second_order else None
         return [self._row(group, members, variances, cov, plan) for group, members in groups.items()]
 
-    def _row(self, group: str, members: list[str], variances: dict[str, Tensors], cov: Tensors,
+    def _row(self, group: str, members: list[str], variances: dict[str, Tensors], cov: Tensors | None,
              plan) -> dict:
         def total(d: Tensors) -> float:
             return sum(float(d[m].sum()) for m in members)
 
         count = sum(self.fisher[m].numel() for m in members)
         fisher = total(self.fisher) / count
-        v1, v2 = (self.label_variance_sum(e, members) / count for e in ("i1", "i2"))
+        v1 = self.label_variance_sum("i1", members) / count
         input_var = total(self.input_var) / count
-        var = {e: total(variances[e]) for e in ESTIMATORS}
-        # Var(Î2) and, at fixed α, Var(combined) are linear in v2: the group's from the summed
-        # estimates (label_variance_sum, combined_label_sum)
-        var["i2"] = formulas.joint_variance(input_var * count, v2 * count, self.num_inputs, self.samples)
-        var["combined"] = formulas.joint_variance(input_var * count, self.combined_label_sum(members),
-                                                  self.num_inputs, self.samples)
-        better = "i1" if var["i1"] < var["i2"] else "i2"
+        var = {e: total(variances[e]) for e in self.estimators}
+        v2 = alpha = None  # a first-order result: no Î2 and no combination
+        if self.second_order:
+            v2 = self.label_variance_sum("i2", members) / count
+            # Var(Î2) and, at fixed α, Var(combined) are linear in v2: the group's from the summed
+            # estimates (label_variance_sum, combined_label_sum)
+            var["i2"] = formulas.joint_variance(input_var * count, v2 * count, self.num_inputs, self.samples)
+            var["combined"] = formulas.joint_variance(input_var * count, self.combined_label_sum(members),
+                                                      self.num_inputs, self.samples)
+            alpha = formulas.optimal_weight(var["i1"], var["i2"], total(cov))
+        better = "i2" if v2 is not None and var["i2"] <= var["i1"] else "i1"
 
-        def share(label: float) -> float:
+        def share(label: float | None) -> float | None:
+            if label is None:
+                return None
             return input_var / (input_var + label) if input_var + label > 0 else 0.0
 
-        def relative(std: float) -> float:
+        def relative(std: float | None) -> float | None:
+            if std is None:
+                return None
             return std / fisher if fisher > 0 else math.inf
+
+        def per_parameter(value: float | None) -> float | None:
+            return None if value is None else value / count
+
+        std_i2 = None if v2 is None else v2**0.5
 
         row = {
             "group": group,
@@ -413,18 +456,18 @@ class DiagonalResult:
             "parameters": count,
             "fisher": fisher,
             "std_i1": v1**0.5,
-            "std_i2": v2**0.5,
+            "std_i2": std_i2,
             "relative_std_i1": relative(v1**0.5),
-            "relative_std_i2": relative(v2**0.5),
+            "relative_std_i2": relative(std_i2),
             "input_var": input_var,
             "input_noise_share_i1": share(v1 / self.samples),
-            "input_noise_share_i2": share(v2 / self.samples),
+            "input_noise_share_i2": share(None if v2 is None else v2 / self.samples),
             "variance_i1": var["i1"] / count,
-            "variance_i2": var["i2"] / count,
-            "variance_combined": var["combined"] / count,
+            "variance_i2": per_parameter(var.get("i2")),
+            "variance_combined": per_parameter(var.get("combined")),
             "variance_exact": var["exact"] / count,
             "better": better,
-            "alpha_star": formulas.optimal_weight(var["i1"], var["i2"], total(cov)),
+            "alpha_star": alpha,
             "tightness": {name: bound.group_tightness({group: members})[group]
                           for name, bound in self.bounds.items()},
             "empirical": None,

@@ -126,5 +126,6 @@ def bound_norms(u: torch.Tensor, w: torch.Tensor, coefficients: dict[BoundTerm, 
     Thm 5.2, Lemma 4.8)."""
     norms = {"u2": (u**2).sum(1)}
     norms["u4"] = norms["u2"] ** 2
-    norms["w2"] = (w**2).sum(1)
+    if any(term.norm == "w2" for term in coefficients):
+        norms["w2"] = (w**2).sum(1)
     return {term: norms[term.norm] * c[:, None] for term, c in coefficients.items()}
