@@ -27,9 +27,11 @@ curvlinops 3.x has no exact diagonal routine: its diagonal estimators (``hutchin
 ``xdiag``) are randomised. The exact diagonal through it takes one GGN-matrix product per
 parameter; here it is computed for one entry per parameter tensor (the largest of fimvar's
 Fisher) and its time extrapolated to every entry, and ``hutchinson_diag`` is timed with a few
-products. The full analysis (``fimvar.analyze``: v1, v2, c12, Î1, Î2) of such networks runs on
-the graph engine with v2, c12 and Î2 estimated by Hutchinson probes (docs/theory.md §14.1): it
-is timed on a few inputs with a time limit (``--analyze``, ``--analyze-inputs``).
+products. The first-order analysis (``analyze(..., second_order=False)``: the exact Fisher, v1,
+the input variance, Î1) is timed on all N inputs (``--first-order``). The full analysis
+(``fimvar.analyze``: v1, v2, c12, Î1, Î2) of such networks runs on the graph engine with v2,
+c12 and Î2 estimated by Hutchinson probes (docs/theory.md §14.1): it is timed on a few inputs
+with a time limit (``--analyze``, ``--analyze-inputs``).
 """
 
 from __future__ import annotations
@@ -303,8 +305,23 @@ def run_workload(name: str, w: Workload, args) -> str:
         def auto():
             found["fimvar"] = fimvar.fisher_diagonal(w.model, w.x, "categorical")
 
-        rows.append(Row(f"fimvar `fisher_diagonal` (`engine=\"auto\"` → {engine})",
-                        measured(auto, time_limit=limit, memory_limit=memory)))
+        fisher_m = measured(auto, time_limit=limit, memory_limit=memory)
+        rows.append(Row(f"fimvar `fisher_diagonal` (`engine=\"auto\"` → {engine})", fisher_m))
+        if args.first_order:  # the first-order analysis on all N inputs: issue target ≤ 1.5× the Fisher
+            def first_order():
+                found["first_order"] = fimvar.analyze(w.model, w.x, "categorical", bounds=False,
+                                                      second_order=False)
+
+            m = measured(first_order, time_limit=args.analyze_limit, memory_limit=memory)
+            note = ""
+            if m.status == "ok" and fisher_m.seconds:
+                result = found["first_order"]
+                note = f"{m.seconds / fisher_m.seconds:.2f}× the exact Fisher; engine {result.engine}"
+                errors = relative_differences(result.fisher, found["fimvar"])
+                agreement.append(f"fimvar first-order analysis vs `fisher_diagonal`, Fisher: "
+                                 f"{summary(*errors)}")
+            rows.append(Row("fimvar `analyze(bounds=False, second_order=False)` (exact Fisher, v1, input "
+                            "variance, Î1; one draw)", m, note=note))
 
     # fimvar autodiff on a few inputs (the tests' ground truth), and fimvar auto on the same
     few_n = min(args.autodiff_inputs, n)
@@ -506,6 +523,8 @@ def main() -> None:
                         help="do not run fimvar where an input has more outputs than this (0: no limit)")
     parser.add_argument("--analyze", action=argparse.BooleanOptionalAction, default=True,
                         help="time fimvar.analyze(bounds=False) on a few inputs")
+    parser.add_argument("--first-order", action=argparse.BooleanOptionalAction, default=True,
+                        help="time fimvar.analyze(bounds=False, second_order=False) on all N inputs")
     parser.add_argument("--analyze-limit", type=float, default=300.0, help="seconds for fimvar.analyze")
     parser.add_argument("--analyze-inputs", type=int, default=4,
                         help="inputs for fimvar.analyze (its time is scaled to N)")

@@ -93,10 +93,11 @@ class Analysis(FamilyAnalysis):
     # ------------------------------------------------------------------ one chunk
     def streams_derivatives(self) -> bool:
         """Whether the chunks go through the graph engine's streamed derivatives (docs/theory.md
-        §14.3, :meth:`_update_streamed`): its probes, no bounds (they need every layer's ``u`` at
-        once for the groups) and one output distribution per input (per-position outputs take
-        :meth:`update_chunk` with its masks)."""
-        return (isinstance(self.engine, GraphEngine) and self.engine.estimates_second and not self.bounds
+        §14.3, :meth:`_update_streamed`): its probes or a first-order analysis, no bounds (they
+        need every layer's ``u`` at once for the groups) and one output distribution per input
+        (per-position outputs take :meth:`update_chunk` with its masks)."""
+        graph = isinstance(self.engine, GraphEngine)
+        return (graph and (self.engine.estimates_second or not self.second_order) and not self.bounds
                 and not isinstance(self.family, Positions))
 
     def chunk_size(self, x: torch.Tensor) -> int:
@@ -164,7 +165,7 @@ class Analysis(FamilyAnalysis):
         """One chunk with the graph engine's derivatives streamed layer by layer (docs/theory.md
         §14.3): each layer's per-input gradients ``u`` are reduced to their statistics in tiles of
         entries that hold every input of the chunk as the engine yields them; the second-order
-        terms from the probes as in :meth:`update_chunk`."""
+        terms from the probes as in :meth:`update_chunk` (none in a first-order analysis)."""
         family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
         h, blocks = self.engine.streamed_derivatives(x)
@@ -174,11 +175,13 @@ class Analysis(FamilyAnalysis):
         residual = None
         if labels is not None:
             residual = family.centered(h, family.check_labels(labels.to(h.device), h))
-        self.stage(f"probes of {n} inputs")
-        probes = probe_estimates(self.engine, x, self.parameter_names, draws, self.seed, self.chunk_start)
+        probes = {}
+        if self.second_order:
+            self.stage(f"probes of {n} inputs")
+            probes = probe_estimates(self.engine, x, self.parameter_names, draws, self.seed, self.chunk_start)
         for done, block in enumerate(blocks):
             self.stage(f"parameter {done + 1}/{len(self.parameter_names)} of {n} inputs")
-            block = dataclasses.replace(block.plain(), curvature=probes.pop(block.name))
+            block = dataclasses.replace(block.plain(), curvature=probes.pop(block.name, None))
             sums = streamed_block_sums(family, h, block, draws, residual)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n, in_place=True)
@@ -236,7 +239,9 @@ class Analysis(FamilyAnalysis):
         if not self.second_order:
             notes.append("a first-order analysis (second_order=False): the exact Fisher, Î1, v1, the "
                          "input variance and the empirical Fisher only; Î2, v2, c12, the combination "
-                         "and the bounds on v2 were not computed")
+                         "and the bounds on v2 were not computed; its per-input contractions ran in the "
+                         "derivatives' precision, at least float32 (docs/theory.md §13.3), summed in "
+                         "float64")
         elif self.engine.estimates_second:
             notes.append("v2, c12 and Î2 were estimated without bias by Hutchinson probes (two "
                          "per label draw; docs/theory.md §14.1), not computed exactly: their standard "

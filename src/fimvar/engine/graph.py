@@ -221,7 +221,7 @@ class GraphEngine(Engine):
         params = sum(p.numel() for n, p in self.model.named_parameters() if n in self.parameter_names)
         activations = self._activation_elements
         itemsize = next(self.model.parameters()).element_size()
-        probes = 2 * max(draws, 1)
+        probes = 2 * max(draws, 1) if self.estimates_second else 0
         if streamed:  # the statistics are formed in tiles of all inputs: no per-input term
             widest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in self.layers.values()),
                          default=params)

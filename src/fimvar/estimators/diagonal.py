@@ -92,10 +92,13 @@ def unit_statistics(
     n, width, columns = u.shape
     probed = curvature is not None
     first_only = w is None and not probed
+    # a first-order analysis contracts in the derivatives' own precision, at least float32 (h of
+    # such a model is exact in it; docs/theory.md §13.3), and returns its per-input values in float64
+    work = contraction_dtype(u.dtype) if first_only else torch.float64
     if probed or first_only:  # no w: the terms with w come from the probes below, or are not formed
-        both = u = u.to(torch.float64)
-        fisher, fourth = family.first_order(h, both)
-        per_unit = {"fisher": fisher, "fisher_sq": fisher**2, "v1": fourth}
+        both = u = u.to(work)
+        fisher, fourth = family.first_order(h.to(work), both)
+        per_unit = {"fisher": fisher, "v1": fourth}
     else:
         both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
         both[..., :columns] = u
@@ -104,13 +107,12 @@ def unit_statistics(
         fisher, fourth, quadratic_w, third = family.contractions(h, u, w)
         per_unit = {
             "fisher": fisher,
-            "fisher_sq": fisher**2,
             "v1": fourth,
             "v2": quadratic_w,
             "c12": -third,
         }
     if isinstance(family, Positions):
-        per_unit["v1_token"] = family.token_fourth_variance(h, u)
+        per_unit["v1_token"] = family.token_fourth_variance(h.to(work), u)
     samples = draws.shape[1]
     within = samples >= 2
     deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
@@ -120,8 +122,8 @@ def unit_statistics(
     if probed:
         estimates = {"v2": [], "c12": []}  # per-draw estimates, (n, m', K) each
     for start in range(0, samples, draw_chunk):
-        eps = draws[:, start : start + draw_chunk]
-        projected = torch.einsum("nmt,ntj->nmj", eps, both)  # u·ε and w·ε (u·ε alone with probes)
+        eps = draws[:, start : start + draw_chunk].to(work)
+        projected = torch.bmm(eps, both)  # u·ε and w·ε (u·ε alone with probes), (n, m, ·)
         score = projected[..., :columns] ** 2
         score_dev = score - fisher[:, None, :]
         deviation1 += score_dev.sum(1)
@@ -141,7 +143,7 @@ def unit_statistics(
         if within and not probed:
             square2 += (curvature_dev**2).sum(1)
             cross += (score_dev * curvature_dev).sum(1)
-    per_unit["i1"] = deviation1 + samples * fisher
+    per_unit["i1"] = deviation1.to(torch.float64) + samples * fisher.to(torch.float64)
     if not first_only:
         per_unit["i2"] = deviation2 + samples * fisher
     if within:
@@ -156,8 +158,18 @@ def unit_statistics(
             per_unit[quantity] = mean
             per_unit[PROBE_SPREAD[quantity]] = ((values - mean[:, None]) ** 2).sum(1)
     if data_residual is not None:
-        per_unit["empirical"] = torch.einsum("nt,ntj->nj", data_residual, u) ** 2
+        per_unit["empirical"] = torch.bmm(data_residual.to(work)[:, None, :], u)[:, 0] ** 2
+    per_unit = {quantity: values.to(torch.float64) for quantity, values in per_unit.items()}
+    per_unit["fisher_sq"] = per_unit["fisher"] ** 2
     return per_unit
+
+
+def contraction_dtype(derivatives: torch.dtype) -> torch.dtype:
+    """The precision of a first-order analysis' per-input contractions: that of the derivatives,
+    at least float32 (float64 for a float64 model). Their rounding then adds an error of the form
+    of the derivatives' own, ``γ_T = (T+1)·2⁻²⁴`` in place of the derivatives' unit roundoff
+    (docs/theory.md §13.3); every sum over inputs stays in float64."""
+    return torch.promote_types(derivatives, torch.float32)
 
 
 @dataclass
@@ -258,6 +270,9 @@ def block_sums(
 
 #: elements of one tile of :func:`streamed_block_sums` (all inputs, all columns, a slice of entries)
 STREAMED_TILE_ELEMENTS = 1 << 19
+#: the same for a first-order block (no probes; contracted in float32 for a float32 model): larger
+#: tiles, fewer calls (measured on ResNet-18: 1 << 21 fastest of 1 << 17 … 1 << 23)
+FIRST_ORDER_TILE_ELEMENTS = 1 << 21
 #: the per-input quantities of :func:`streamed_block_sums` whose centred sums of squares over
 #: the inputs are kept (``<q>_m2``: the input variance, the standard errors of single-draw probes)
 CENTRED = ("fisher", *PROBE_SPREAD)
@@ -266,16 +281,19 @@ CENTRED = ("fisher", *PROBE_SPREAD)
 def streamed_block_sums(family: ExponentialFamily, h: torch.Tensor, block: ParameterDerivatives,
                         draws: torch.Tensor, data_residual: torch.Tensor | None) -> BlockSums:
     """:func:`block_sums` without bounds of a plain block with probes (``block.curvature``,
-    ``(n, M, 2, K)``), in tiles of entries that hold every input of the chunk (docs/theory.md
-    §14.3): each tile's per-input values (:func:`unit_statistics`, in float64) are summed over
-    the inputs at once, with the centred sums of squares of :data:`CENTRED` by two passes."""
+    ``(n, M, 2, K)``; ``None`` in a first-order analysis: the quantities of ``u`` alone), in
+    tiles of entries that hold every input of the chunk (docs/theory.md §14.3): each tile's
+    per-input values (:func:`unit_statistics`, in float64) are summed over the inputs at once,
+    with the centred sums of squares of :data:`CENTRED` by two passes."""
     n, width, columns = block.first.shape
     sums: dict[str, torch.Tensor] = {}
-    step = max(1, STREAMED_TILE_ELEMENTS // (n * width))
+    tile = STREAMED_TILE_ELEMENTS if block.curvature is not None else FIRST_ORDER_TILE_ELEMENTS
+    step = max(1, tile // (n * width))
     for start in range(0, columns, step):
         cols = slice(start, min(columns, start + step))
+        curvature = None if block.curvature is None else block.curvature[..., cols]
         stats = unit_statistics(family, h, block.first[:, :, cols], None, draws, data_residual,
-                                draws.shape[1], block.curvature[..., cols])
+                                draws.shape[1], curvature)
         stats.pop("fisher_sq")  # a plain block's input variance comes from fisher_m2 below
         for quantity, values in stats.items():
             if quantity not in sums:
