@@ -70,11 +70,11 @@ def gradient(workload: Workload):
 
 
 # ---------------------------------------------------------------------------------- fimvar
-def fimvar_analysis(engine: str, bounds: bool):
+def fimvar_analysis(engine: str, bounds: bool, second_order: bool = True):
     def setup(workload: Workload):
         def run():
             return fimvar.analyze(workload.model, workload.x, workload.family, samples=1,
-                                  engine=engine, bounds=bounds)
+                                  engine=engine, bounds=bounds, second_order=second_order)
 
         return run
 
@@ -169,6 +169,8 @@ METHODS: list[Method] = [
     Method("fimvar structured: full + bounds", "the same + every bound of [B]",
            fimvar_analysis("structured", bounds=True)),
     Method("fimvar structured: exact Fisher", "exact diagonal Fisher", fimvar_fisher),
+    Method("fimvar structured: first-order analysis", "I, v1, Var_x I, Î1 (second_order=False)",
+           fimvar_analysis("structured", bounds=False, second_order=False)),
     Method("fimvar autodiff: full analysis", "I, v1, v2, c12, Var_x I, Î1, Î2",
            fimvar_analysis("autodiff", bounds=False)),
     Method("BackPACK DiagGGNExact", "exact diagonal GGN = Fisher",

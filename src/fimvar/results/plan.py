@@ -53,9 +53,10 @@ def noise_terms(result, members: list[str]) -> NoiseTerms:
             input=total(result.input_var),
             label={"i1": total(result.v1)},
         )
-    label = {"i1": total(result.v1), "exact": 0.0}
+    label = {"i1": total(result.v1)}
     if "i2" in result.estimators:  # not in a first-order analysis
         label.update(i2=result.label_variance_sum("i2", members), combined=result.combined_label_sum(members))
+    label["exact"] = 0.0
     return NoiseTerms(
         parameters=sum(result.fisher[m].numel() for m in members),
         fisher_sq=sum(float(result.fisher[m].to(torch.float64).pow(2).sum()) for m in members),
