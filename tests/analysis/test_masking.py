@@ -85,3 +85,32 @@ def test_a_mask_of_other_positions_is_refused():
     model, ids, _, _ = padded_batch()
     with pytest.raises(fimvar.FimvarError, match="attention_mask has 2 positions"):
         fimvar.analyze(model, {"input_ids": ids, "attention_mask": torch.ones(4, 2, dtype=torch.long)})
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+@pytest.mark.parametrize("how", ["attention_mask", "labels"])
+def test_streamed_graph_analysis_leaves_padding_out(how, second_order):
+    """The graph engine without bounds streams its layers (docs/theory.md §14.3), a first-order
+    analysis and one with probes alike: the exact quantities (Fisher, v1, the empirical Fisher) of
+    a padded batch equal those of the unpadded sequences one by one (autodiff), to 1e-10; the
+    probes see the same mask."""
+    model, ids, mask, labels = padded_batch()
+    labels = labels.clone()
+    for i, length in enumerate(LENGTHS):
+        labels[i, length:] = -100
+    data = {"input_ids": ids, "attention_mask": mask} if how == "attention_mask" else ids
+    analysed = model if how == "attention_mask" else model.lm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fimvar.analyze(analysed, data, "categorical", samples=2, bounds=False, engine="graph",
+                                second_order=second_order, labels=None if how == "attention_mask" else labels,
+                                memory_budget=2**16)
+    prefix = "lm." if how == "attention_mask" else ""
+    expected = one_by_one(model, ids, None if how == "attention_mask" else labels)
+    assert result.metadata["masked_positions"] == sum(3 - n for n in LENGTHS)
+    for (quantity, name), value in expected.items():
+        if quantity in ("v2", "c12"):
+            continue  # exact above, estimated by probes here (their own tests: test_probes.py)
+        torch.testing.assert_close(getattr(result, quantity)[prefix + name], value, rtol=1e-10, atol=1e-14)
+    if second_order:
+        assert all(torch.isfinite(v).all() for v in result.v2.values())

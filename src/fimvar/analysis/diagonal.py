@@ -23,7 +23,13 @@ from fimvar.analysis.inputs import (
     trainable_parameters,
     warn_piecewise_linear,
 )
-from fimvar.analysis.masking import masked_derivatives, masked_residuals, position_mask, unmasked_labels
+from fimvar.analysis.masking import (
+    masked_derivatives,
+    masked_residuals,
+    masked_rows,
+    position_mask,
+    unmasked_labels,
+)
 from fimvar.analysis.path import choose_path, output_columns
 from fimvar.analysis.sampled import analyze_sampled
 from fimvar.engine import GraphEngine, make_engine
@@ -93,12 +99,10 @@ class Analysis(FamilyAnalysis):
     # ------------------------------------------------------------------ one chunk
     def streams_derivatives(self) -> bool:
         """Whether the chunks go through the graph engine's streamed derivatives (docs/theory.md
-        §14.3, :meth:`_update_streamed`): its probes or a first-order analysis, no bounds (they
-        need every layer's ``u`` at once for the groups) and one output distribution per input
-        (per-position outputs take :meth:`update_chunk` with its masks)."""
+        §14.3, :meth:`_update_streamed`): its probes or a first-order analysis, and no bounds
+        (they need every layer's ``u`` at once for the groups)."""
         graph = isinstance(self.engine, GraphEngine)
-        return (graph and (self.engine.estimates_second or not self.second_order) and not self.bounds
-                and not isinstance(self.family, Positions))
+        return graph and (self.engine.estimates_second or not self.second_order) and not self.bounds
 
     def chunk_size(self, x: torch.Tensor) -> int:
         if self.streams_derivatives():
@@ -171,6 +175,11 @@ class Analysis(FamilyAnalysis):
         h, blocks = self.engine.streamed_derivatives(x)
         family.check_outputs(h)
         n = h.shape[0]
+        mask = position_mask(family, self.packing, x, labels)  # per-position outputs left out
+        if mask is not None:
+            positions_width = h.shape[1] // family.positions
+            labels = unmasked_labels(labels)
+            self.masked_positions += int((~mask).sum())
         draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
         residual = None
         if labels is not None:
@@ -178,10 +187,13 @@ class Analysis(FamilyAnalysis):
         probes = {}
         if self.second_order:
             self.stage(f"probes of {n} inputs")
-            probes = probe_estimates(self.engine, x, self.parameter_names, draws, self.seed, self.chunk_start)
+            kept = draws if mask is None else masked_residuals(draws, mask, positions_width)
+            probes = probe_estimates(self.engine, x, self.parameter_names, kept, self.seed, self.chunk_start)
         for done, block in enumerate(blocks):
             self.stage(f"parameter {done + 1}/{len(self.parameter_names)} of {n} inputs")
             block = dataclasses.replace(block.plain(), curvature=probes.pop(block.name, None))
+            if mask is not None:
+                block = dataclasses.replace(block, first=masked_rows(block.first, mask, positions_width))
             sums = streamed_block_sums(family, h, block, draws, residual)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n, in_place=True)
