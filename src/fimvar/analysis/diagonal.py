@@ -121,21 +121,14 @@ class Analysis(FamilyAnalysis):
         family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
         h, blocks = self.engine.derivatives(x, second=self.second_order)
-        family.check_outputs(h)
         n = h.shape[0]
-        mask = position_mask(family, self.packing, x, labels)
+        draws, residual, mask = self._chunk_labels(x, h, labels)
         if mask is not None:
             blocks = masked_derivatives(blocks, mask, h.shape[1] // family.positions)
-            labels = unmasked_labels(labels)
-            self.masked_positions += int((~mask).sum())
-        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
         probed = self.second_order and self.engine.estimates_second
         if probed:  # second-order quantities from probes (docs/theory.md §14.1)
             kept = draws if mask is None else masked_residuals(draws, mask, h.shape[1] // family.positions)
             blocks = with_probes(self.engine, x, blocks, kept, self.seed, self.chunk_start)
-        residual = None
-        if labels is not None:
-            residual = family.centered(h, family.check_labels(labels.to(h.device), h))
         output_moments, coefficients = None, None
         if self.bounds:
             if h.shape[1] <= MAX_TRACE_WIDTH:
@@ -173,17 +166,9 @@ class Analysis(FamilyAnalysis):
         family = self.family
         self.stage(f"derivatives of {x.shape[0]} inputs")
         h, blocks = self.engine.streamed_derivatives(x)
-        family.check_outputs(h)
         n = h.shape[0]
-        mask = position_mask(family, self.packing, x, labels)  # per-position outputs left out
-        if mask is not None:
-            positions_width = h.shape[1] // family.positions
-            labels = unmasked_labels(labels)
-            self.masked_positions += int((~mask).sum())
-        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
-        residual = None
-        if labels is not None:
-            residual = family.centered(h, family.check_labels(labels.to(h.device), h))
+        draws, residual, mask = self._chunk_labels(x, h, labels)
+        positions_width = None if mask is None else h.shape[1] // family.positions
         probes = {}
         if self.second_order:
             self.stage(f"probes of {n} inputs")
@@ -197,6 +182,24 @@ class Analysis(FamilyAnalysis):
             sums = streamed_block_sums(family, h, block, draws, residual)
             check_derivatives_finite(block.name, sums.quantities)
             add_block_sums(self.accumulator, block.name, sums.quantities, n, in_place=True)
+
+    def _chunk_labels(self, x: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """After the checks of the chunk's outputs ``h``: its label draws' residuals ``ε``
+        (``(n, M, T)``), those of its data labels (or ``None``) and the mask of the per-position
+        outputs left out (``None`` when all count; docs/theory.md §13), counted in
+        :attr:`masked_positions`."""
+        family = self.family
+        family.check_outputs(h)
+        mask = position_mask(family, self.packing, x, labels)
+        if mask is not None:
+            labels = unmasked_labels(labels)
+            self.masked_positions += int((~mask).sum())
+        draws = draw_residuals(family, h, self.samples, self.seed, self.chunk_start)
+        residual = None
+        if labels is not None:
+            residual = family.centered(h, family.check_labels(labels.to(h.device), h))
+        return draws, residual, mask
 
     # ------------------------------------------------------------------ state and result
     def config(self) -> dict[str, Any]:
