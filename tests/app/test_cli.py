@@ -174,8 +174,7 @@ def test_analyze_other_specs(tmp_path, factory, capsys):
 
 def test_analyze_first_order(tmp_path, capsys):
     """``--first-order``: a first-order analysis (the API's second_order=False), said in the saved
-    result, the summary's run and the printed table; the exact Fisher is that of the full run (to the
-    float32 rounding of its contractions)."""
+    result, the summary's run and the printed table; the exact Fisher is that of the full run."""
     options = ["--model", "fimvar.models:mlp", "--model-arg", "sizes=[10, 3, 1]", "--data", "diabetes",
                "--family", "gaussian", "--labels", "--inputs", "8", "--no-html"]
     code, printed, err = run_cli(capsys, "analyze", *options, "--first-order", "--out", str(tmp_path / "f"))
@@ -189,8 +188,7 @@ def test_analyze_first_order(tmp_path, capsys):
     full = load(tmp_path / "s")
     assert full.second_order is True
     for name, value in full.fisher.items():
-        # the float32 model's first-order contractions run in float32 (docs/theory.md §13.3)
-        assert torch.allclose(first.fisher[name], value, rtol=1e-5, atol=0)
+        assert torch.allclose(first.fisher[name], value, rtol=1e-12, atol=0)
 
 
 def test_demo_small(tmp_path, capsys):

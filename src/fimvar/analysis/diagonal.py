@@ -254,9 +254,7 @@ class Analysis(FamilyAnalysis):
         if not self.second_order:
             notes.append("a first-order analysis (second_order=False): the exact Fisher, Î1, v1, the "
                          "input variance and the empirical Fisher only; Î2, v2, c12, the combination "
-                         "and the bounds on v2 were not computed; its per-input contractions ran in the "
-                         "derivatives' precision, at least float32 (docs/theory.md §13.3), summed in "
-                         "float64")
+                         "and the bounds on v2 were not computed")
         elif self.engine.estimates_second:
             notes.append("v2, c12 and Î2 were estimated without bias by Hutchinson probes (two "
                          "per label draw; docs/theory.md §14.1), not computed exactly: their standard "

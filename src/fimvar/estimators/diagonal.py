@@ -92,12 +92,9 @@ def unit_statistics(
     n, width, columns = u.shape
     probed = curvature is not None
     first_only = w is None and not probed
-    # a first-order analysis contracts in the derivatives' own precision, at least float32 (h of
-    # such a model is exact in it; docs/theory.md §13.3), and returns its per-input values in float64
-    work = contraction_dtype(u.dtype) if first_only else torch.float64
     if probed or first_only:  # no w: the terms with w come from the probes below, or are not formed
-        both = u = u.to(work)
-        fisher, fourth = family.first_order(h.to(work), both)
+        both = u = u.to(torch.float64)
+        fisher, fourth = family.first_order(h, both)
         per_unit = {"fisher": fisher, "v1": fourth}
     else:
         both = u.new_empty(n, width, 2 * columns, dtype=torch.float64)  # u and w side by side
@@ -112,7 +109,7 @@ def unit_statistics(
             "c12": -third,
         }
     if isinstance(family, Positions):
-        per_unit["v1_token"] = family.token_fourth_variance(h.to(work), u)
+        per_unit["v1_token"] = family.token_fourth_variance(h, u)
     samples = draws.shape[1]
     within = samples >= 2
     deviation1 = torch.zeros_like(fisher)  # Σ_m ((u·ε_m)² − I)
@@ -122,7 +119,7 @@ def unit_statistics(
     if probed:
         estimates = {"v2": [], "c12": []}  # per-draw estimates, (n, m', K) each
     for start in range(0, samples, draw_chunk):
-        eps = draws[:, start : start + draw_chunk].to(work)
+        eps = draws[:, start : start + draw_chunk]
         projected = torch.bmm(eps, both)  # u·ε and w·ε (u·ε alone with probes), (n, m, ·)
         score = projected[..., :columns] ** 2
         score_dev = score - fisher[:, None, :]
@@ -143,7 +140,7 @@ def unit_statistics(
         if within and not probed:
             square2 += (curvature_dev**2).sum(1)
             cross += (score_dev * curvature_dev).sum(1)
-    per_unit["i1"] = deviation1.to(torch.float64) + samples * fisher.to(torch.float64)
+    per_unit["i1"] = deviation1 + samples * fisher
     if not first_only:
         per_unit["i2"] = deviation2 + samples * fisher
     if within:
@@ -158,18 +155,9 @@ def unit_statistics(
             per_unit[quantity] = mean
             per_unit[PROBE_SPREAD[quantity]] = ((values - mean[:, None]) ** 2).sum(1)
     if data_residual is not None:
-        per_unit["empirical"] = torch.bmm(data_residual.to(work)[:, None, :], u)[:, 0] ** 2
-    per_unit = {quantity: values.to(torch.float64) for quantity, values in per_unit.items()}
-    per_unit["fisher_sq"] = per_unit["fisher"] ** 2
+        per_unit["empirical"] = torch.bmm(data_residual[:, None, :], u)[:, 0] ** 2
+    per_unit["fisher_sq"] = fisher**2
     return per_unit
-
-
-def contraction_dtype(derivatives: torch.dtype) -> torch.dtype:
-    """The precision of a first-order analysis' per-input contractions: that of the derivatives,
-    at least float32 (float64 for a float64 model). Their rounding then adds an error of the form
-    of the derivatives' own, ``γ_T = (T+1)·2⁻²⁴`` in place of the derivatives' unit roundoff
-    (docs/theory.md §13.3); every sum over inputs stays in float64."""
-    return torch.promote_types(derivatives, torch.float32)
 
 
 @dataclass
@@ -270,9 +258,9 @@ def block_sums(
 
 #: elements of one tile of :func:`streamed_block_sums` (all inputs, all columns, a slice of entries)
 STREAMED_TILE_ELEMENTS = 1 << 19
-#: the same for a first-order block (no probes; contracted in float32 for a float32 model): larger
-#: tiles, fewer calls (measured on ResNet-18: 1 << 21 fastest of 1 << 17 … 1 << 23)
-FIRST_ORDER_TILE_ELEMENTS = 1 << 21
+#: the same for a first-order block (no probes): larger tiles, fewer calls (measured on
+#: ResNet-18: 1 << 21 fastest of 1 << 19, 21, 23)
+FIRST_ORDER_TILE_ELEMENTS = 1 << 20
 #: the per-input quantities of :func:`streamed_block_sums` whose centred sums of squares over
 #: the inputs are kept (``<q>_m2``: the input variance, the standard errors of single-draw probes)
 CENTRED = ("fisher", *PROBE_SPREAD)
