@@ -135,7 +135,7 @@ class Analysis(FamilyAnalysis):
                 output_moments = OutputMoments(family, h)
             spectrum = Spectrum.of(family, h, getattr(output_moments, "fourth_symmetric", None))
             coefficients = bound_coefficients(spectrum)
-            if probed or not self.second_order:  # the bounds on v2 need ‖w‖², which probes do not give
+            if probed or not self.second_order:  # the bounds on v2 need ‖w‖²: neither probes nor u give it
                 coefficients = {term: c for term, c in coefficients.items() if term.quantity != "v2"}
         widest = max(b.first.shape[2] for b in blocks)
         draw_chunk = max(1, self.memory_budget // (8 * 6 * n * widest))
