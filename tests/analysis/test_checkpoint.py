@@ -53,9 +53,12 @@ def interrupt_after(monkeypatch, blocks: int) -> None:
     monkeypatch.setattr(Analysis, "update", update)
 
 
-def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize("second_order", [True, False])
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, second_order):
+    """Killed after 3 of 5 batches, the run resumes to the uninterrupted result bit for bit (a
+    first-order run, second_order=False, too, and stays first-order)."""
     model, x, y = setup_run()
-    options = dict(family="categorical", samples=3, labels=y, batch_size=8)
+    options = dict(family="categorical", samples=3, labels=y, batch_size=8, second_order=second_order)
     reference = fimvar.analyze(model, x, **options)
     path = tmp_path / "run.ckpt"
     interrupt_after(monkeypatch, 3)
@@ -66,27 +69,12 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     assert meta["count"] == 24
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # no temporary file left behind
     resumed = fimvar.analyze(model, x, checkpoint=path, **options)
+    assert resumed.second_order is second_order
     assert_identical(reference, resumed)
     # the finished checkpoint holds every input: a rerun does no work and gives the same result
     interrupt_after(monkeypatch, 0)
     again = fimvar.analyze(model, x, checkpoint=path, **options)
     assert_identical(reference, again)
-
-
-def test_first_order_analysis_resumes_bit_identical(tmp_path, monkeypatch):
-    """A first-order run (second_order=False) killed after 2 of 5 batches resumes from its
-    checkpoint to the uninterrupted run's result, bit for bit, and stays first-order."""
-    model, x, y = setup_run()
-    options = dict(family="categorical", samples=3, labels=y, batch_size=8, second_order=False)
-    reference = fimvar.analyze(model, x, **options)
-    path = tmp_path / "run.ckpt"
-    interrupt_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        fimvar.analyze(model, x, checkpoint=path, checkpoint_interval=0, **options)
-    monkeypatch.undo()
-    resumed = fimvar.analyze(model, x, checkpoint=path, **options)
-    assert resumed.second_order is False
-    assert_identical(reference, resumed)
 
 
 def test_sampled_analysis_resumes_bit_identical(tmp_path, monkeypatch):

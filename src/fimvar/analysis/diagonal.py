@@ -176,7 +176,8 @@ class Analysis(FamilyAnalysis):
             probes = probe_estimates(self.engine, x, self.parameter_names, kept, self.seed, self.chunk_start)
         for done, block in enumerate(blocks):
             self.stage(f"parameter {done + 1}/{len(self.parameter_names)} of {n} inputs")
-            block = dataclasses.replace(block.plain(), curvature=probes.pop(block.name, None))
+            curvature = probes.pop(block.name) if self.second_order else None
+            block = dataclasses.replace(block.plain(), curvature=curvature)
             if mask is not None:
                 block = dataclasses.replace(block, first=masked_rows(block.first, mask, positions_width))
             sums = streamed_block_sums(family, h, block, draws, residual)

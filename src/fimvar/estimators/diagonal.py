@@ -258,9 +258,6 @@ def block_sums(
 
 #: elements of one tile of :func:`streamed_block_sums` (all inputs, all columns, a slice of entries)
 STREAMED_TILE_ELEMENTS = 1 << 19
-#: the same for a first-order block (no probes): larger tiles, fewer calls (measured on
-#: ResNet-18: 1 << 21 fastest of 1 << 19, 21, 23)
-FIRST_ORDER_TILE_ELEMENTS = 1 << 20
 #: the per-input quantities of :func:`streamed_block_sums` whose centred sums of squares over
 #: the inputs are kept (``<q>_m2``: the input variance, the standard errors of single-draw probes)
 CENTRED = ("fisher", *PROBE_SPREAD)
@@ -275,8 +272,7 @@ def streamed_block_sums(family: ExponentialFamily, h: torch.Tensor, block: Param
     with the centred sums of squares of :data:`CENTRED` by two passes."""
     n, width, columns = block.first.shape
     sums: dict[str, torch.Tensor] = {}
-    tile = STREAMED_TILE_ELEMENTS if block.curvature is not None else FIRST_ORDER_TILE_ELEMENTS
-    step = max(1, tile // (n * width))
+    step = max(1, STREAMED_TILE_ELEMENTS // (n * width))
     for start in range(0, columns, step):
         cols = slice(start, min(columns, start + step))
         curvature = None if block.curvature is None else block.curvature[..., cols]
