@@ -208,6 +208,15 @@ def test_warnings_name_the_users_line():
     assert caught[0].filename == HERE
 
 
+def test_a_first_order_analysis_does_not_warn_about_i2():
+    """The piecewise-linear warning is about Î2's label variance; a first-order analysis has no Î2."""
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fimvar.analyze(model, data()[0], bounds=False, second_order=False)
+    assert result.estimators == ("i1", "exact")
+
+
 def test_no_torch_jit_deprecation_warning_reaches_the_user():
     """The first forward-mode derivative of a process (the autodiff engine's) imports PyTorch's
     jvp decompositions, which warn ``torch.jit.script is deprecated`` once per rule: run in a

@@ -94,7 +94,8 @@ class Analysis(FamilyAnalysis):
         self.engine = make_engine(engine, model, self.parameter_names, self.memory_budget,
                                   second=self.second_order)
         self.masked_positions = 0  # per-position outputs left out (fimvar.analysis.masking)
-        warn_piecewise_linear(model)
+        if second_order:  # the warning is about Î2, which a first-order analysis does not form
+            warn_piecewise_linear(model)
 
     # ------------------------------------------------------------------ one chunk
     def streams_derivatives(self) -> bool:
