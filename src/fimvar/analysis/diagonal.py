@@ -401,8 +401,9 @@ def check_diagonal_finite(result: DiagonalResult) -> None:
     check_result_finite(quantities)
     check_result_finite({f"variance of {e}": result.variance(e) for e in result.estimators})
     if result.second_order:
-        check_result_finite({"covariance of i1 and i2": result.covariance(),
-                             "alpha_star": result.alpha_star(), "combined estimate": result.combined()})
+        alpha = result.alpha_star()
+        check_result_finite({"covariance of i1 and i2": result.covariance(), "alpha_star": alpha,
+                             "combined estimate": result.combined(alpha)})
     check_result_finite(dict(result.group_exact) | {f"bound {name}": bound.values
                                                     for name, bound in result.group_bounds.items()},
                         owner="group")
